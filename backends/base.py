@@ -1,0 +1,60 @@
+"""The plain array-API adapter; backend adapters override only what differs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from portopt.numerics import RuleNamespace
+
+
+class Adapter:
+    """Behaviour of a backend that follows the array API standard and nothing more.
+
+    ``xp`` is the namespace ``array_api_compat.array_namespace`` returned for the arrays.
+    """
+
+    name = "array-api"
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+
+    @classmethod
+    def handles(cls, xp: Any) -> bool:
+        return True
+
+    def label(self, device: Any) -> str:
+        """Backend and device in a few words, e.g. 'torch-cpu'."""
+        return getattr(self.xp, "__name__", self.name)
+
+    def rule_namespace(self, device: Any) -> RuleNamespace:
+        """The namespace the rules compute with on ``device``: every primitive correctly rounded."""
+        return RuleNamespace(self.xp, self.primitive_overrides(device))
+
+    def primitive_overrides(self, device: Any) -> dict:
+        """Functions of this backend that are not correctly rounded, replaced. None here."""
+        return {}
+
+    def device(self, x: Any) -> Any:
+        return array_api_compat.device(x)
+
+    def is_writeable(self, x: Any) -> bool:
+        try:
+            return bool(array_api_compat.is_writeable_array(x))
+        except TypeError:
+            return False
+
+    def write(self, destination: Any, source: Any) -> None:
+        """Copy ``source`` into ``destination``'s memory, wherever it lives (views too)."""
+        destination[...] = source
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A host NumPy copy of ``x`` with the same bits."""
+        x = array_api_compat.to_device(x, "cpu") if self.device(x) != "cpu" else x
+        return np.asarray(x)
+
+    def from_numpy(self, array: np.ndarray, device: Any = None) -> Any:
+        """``array`` as an array of this backend on ``device``, same bits."""
+        return self.xp.asarray(array, device=device) if device is not None else self.xp.asarray(array)

@@ -1,0 +1,28 @@
+"""array-api-strict: the standard and nothing else, to prove the rules need nothing more."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .base import Adapter
+
+
+class StrictAdapter(Adapter):
+    name = "array_api_strict"
+
+    @classmethod
+    def handles(cls, xp: Any) -> bool:
+        return array_api_compat.is_array_api_strict_namespace(xp)
+
+    def label(self, device: Any) -> str:
+        return "array_api_strict"
+
+    def is_writeable(self, x: Any) -> bool:
+        return True
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        # The strict namespace exposes its data through the buffer protocol (DLPack).
+        return np.array(np.from_dlpack(x), copy=True)

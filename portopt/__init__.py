@@ -1,0 +1,31 @@
+"""portopt: optimizer update rules written once against the array API standard.
+
+The same rule gives the same bits on NumPy, torch (CPU and CUDA), CuPy and any
+array-API namespace. See README.md for the numerics contract.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+# In a source checkout the adapters and the suite sit beside this folder (backends/,
+# conformance/); an installed package has them inside it as portopt.backends and
+# portopt.conformance (pyproject's package-dir). Make both layouts import the same way.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+_parent = _os.path.dirname(_here)
+if not _os.path.isdir(_os.path.join(_here, "backends")) and _os.path.isfile(
+    _os.path.join(_parent, "backends", "__init__.py")
+):
+    __path__.append(_parent)  # noqa: F821 - the package's own search path
+
+from .optimizer import Rule  # noqa: E402
+from .rules import RULES, AdaGrad, Adam, AdamW, AMSGrad, RMSProp  # noqa: E402
+from .state import State  # noqa: E402
+from .trees import flatten, tree_map, unflatten  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "RULES", "Rule", "State",
+    "flatten", "unflatten", "tree_map", "__version__",
+]

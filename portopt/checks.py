@@ -1,0 +1,115 @@
+"""Input checks run before a step writes anything: trees, backends, devices, shapes, dtypes."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import array_api_compat
+
+from .numerics import compute_dtype
+from .state import State
+from .trees import TreeDef, flatten, leaf_paths
+
+__all__ = ["Leaves", "check_params", "check_grads", "check_state"]
+
+
+class Leaves:
+    """Flattened parameters with their namespace, device and readable leaf paths."""
+
+    def __init__(self, leaves: list, treedef: TreeDef, xp: Any, device: Any) -> None:
+        self.leaves = leaves
+        self.treedef = treedef
+        self.xp = xp
+        self.device = device
+        self.paths = leaf_paths(treedef)
+
+
+def _where(argument: str, path: str) -> str:
+    return f"{argument}{path}"
+
+
+def _namespace(argument: str, path: str, x: Any) -> Any:
+    if not array_api_compat.is_array_api_obj(x):
+        raise TypeError(f"{_where(argument, path)} must be an array, got {type(x).__name__}")
+    return array_api_compat.array_namespace(x)
+
+
+def check_params(params: Any) -> Leaves:
+    """Flatten ``params``; every leaf a real floating array of one backend and device."""
+    leaves, treedef = flatten(params)
+    paths = leaf_paths(treedef)
+    xp = device = None
+    for path, p in zip(paths, leaves):
+        leaf_xp = _namespace("params", path, p)
+        if xp is None:
+            xp, device = leaf_xp, array_api_compat.device(p)
+        elif leaf_xp is not xp:
+            raise TypeError(
+                f"params{path} is a {leaf_xp.__name__} array but params{paths[0]} is a "
+                f"{xp.__name__} array; all params must come from one backend"
+            )
+        elif array_api_compat.device(p) != device:
+            raise ValueError(
+                f"params{path} is on device {array_api_compat.device(p)} but params{paths[0]} "
+                f"is on {device}; all params must be on one device"
+            )
+        if xp.isdtype(p.dtype, "complex floating"):
+            raise TypeError(f"params{path} is complex ({p.dtype}); portopt supports real floating params only")
+        if not xp.isdtype(p.dtype, "real floating"):
+            raise TypeError(f"params{path} has dtype {p.dtype}; params must be real floating arrays")
+    return Leaves(leaves, treedef, xp, device)
+
+
+def _check_tree(argument: str, treedef: TreeDef, params: Leaves) -> None:
+    if treedef != params.treedef:
+        raise ValueError(
+            f"{argument} has tree structure {treedef.describe()} but params has "
+            f"{params.treedef.describe()}"
+        )
+
+
+def _check_like(argument: str, path: str, x: Any, p: Any, params: Leaves, dtype: Any) -> None:
+    x_xp = _namespace(argument, path, x)
+    if x_xp is not params.xp:
+        raise TypeError(
+            f"{argument}{path} is a {x_xp.__name__} array but params{path} is a "
+            f"{params.xp.__name__} array"
+        )
+    if array_api_compat.device(x) != params.device:
+        raise ValueError(f"{argument}{path} is on device {array_api_compat.device(x)}, params on {params.device}")
+    if tuple(x.shape) != tuple(p.shape):
+        raise ValueError(f"{argument}{path} has shape {tuple(x.shape)}, params{path} has shape {tuple(p.shape)}")
+    if x.dtype != dtype:
+        raise TypeError(f"{argument}{path} has dtype {x.dtype}, expected {dtype}")
+
+
+def check_grads(grads: Any, params: Leaves) -> list:
+    """Leaves of ``grads``: same tree, backend, device, shapes and dtypes as the params."""
+    leaves, treedef = flatten(grads)
+    _check_tree("grads", treedef, params)
+    for path, g, p in zip(params.paths, leaves, params.leaves):
+        _check_like("grads", path, g, p, params, p.dtype)
+    return leaves
+
+
+def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: Leaves) -> dict[str, list]:
+    """Slot leaves of ``state``, checked to belong to this rule and these params."""
+    if not isinstance(state, State):
+        raise TypeError(f"state must be a portopt State (from init), got {type(state).__name__}")
+    if state.rule != rule_name:
+        raise ValueError(f"state was made by {state.rule}, not {rule_name}")
+    if set(state.slots) != set(slot_names):
+        raise ValueError(
+            f"state has slots {sorted(state.slots)} but this {rule_name} needs {sorted(slot_names)}; "
+            "was it made with other options (e.g. amsgrad, momentum, centered)?"
+        )
+    if isinstance(state.step, bool) or not isinstance(state.step, int) or state.step < 0:
+        raise ValueError(f"state.step must be an int >= 0, got {state.step!r}")
+    slots: dict[str, list] = {}
+    for name in slot_names:
+        leaves, treedef = flatten(state.slots[name])
+        _check_tree(f"state.slots[{name!r}]", treedef, params)
+        for path, x, p in zip(params.paths, leaves, params.leaves):
+            _check_like(f"state.slots[{name!r}]", path, x, p, params, compute_dtype(params.xp, p.dtype))
+        slots[name] = leaves
+    return slots

@@ -1,0 +1,69 @@
+"""Checking hyperparameters, and evaluating the ones given as schedules.
+
+A schedulable hyperparameter (``lr``, ``weight_decay``, ``eps``) is a number or a callable
+``f(steps_taken) -> float`` run on the host before each step (0 before the first). Each
+value is checked where it is known: numbers in the constructor, schedule values before
+the step writes anything.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, Union
+
+__all__ = ["Schedule", "Hyperparameter", "check_number", "check_betas", "evaluate"]
+
+Schedule = Callable[[int], float]
+Hyperparameter = Union[float, Schedule]
+
+
+def _check_range(name: str, value: float, low: float, high: float | None, *, closed_high: bool) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    if high is not None and (value > high or (value == high and not closed_high)):
+        bracket = "]" if closed_high else ")"
+        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value!r}")
+    return float(value)
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: float = 0.0,
+    high: float | None = None,
+    closed_high: bool = False,
+    schedulable: bool = False,
+) -> Hyperparameter:
+    """Validate a real hyperparameter (or, where ``schedulable``, a callable schedule)."""
+    if schedulable and callable(value):
+        return value  # checked on each evaluation by `evaluate`
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "a number or a callable schedule" if schedulable else "a real number"
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    return _check_range(name, float(value), low, high, closed_high=closed_high)
+
+
+def check_betas(betas: object) -> tuple[float, float]:
+    """``betas`` is a pair of numbers in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return (
+        check_number("betas[0]", betas[0], high=1.0),
+        check_number("betas[1]", betas[1], high=1.0),
+    )
+
+
+def evaluate(name: str, value: Hyperparameter, steps_taken: int, *, low: float = 0.0) -> float:
+    """The hyperparameter's value for the step after ``steps_taken`` steps, checked."""
+    if not callable(value):
+        return value
+    result = value(steps_taken)
+    if isinstance(result, bool) or not isinstance(result, numbers.Real):
+        raise TypeError(
+            f"{name} schedule returned {type(result).__name__} at step {steps_taken}; expected a float"
+        )
+    return _check_range(f"{name} (schedule value at step {steps_taken})", float(result), low, None, closed_high=False)

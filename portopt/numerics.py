@@ -1,0 +1,108 @@
+"""The numerics contract in code: compute dtypes, host scalars, and the namespace rules see.
+
+Rules compute with ``+ - * /``, a correctly rounded ``sqrt``, ``maximum``/``minimum``,
+``where`` and comparisons, in one fixed order (see ../shared/NUMERICS.md). This module
+hands them a namespace in which every one of those is correctly rounded on every backend,
+and turns host-side Python floats into 0-d arrays of the compute dtype exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "RuleNamespace",
+    "compute_dtype",
+    "ieee_maximum",
+    "ieee_minimum",
+    "materialise",
+    "HALF_PRECISION_DTYPE_NAMES",
+]
+
+# Parameters of these dtypes are updated in float32 and rounded once (NUMERICS.md rule 3).
+HALF_PRECISION_DTYPE_NAMES = ("float16", "bfloat16")
+
+
+def dtype_name(xp: Any, dtype: Any) -> str:
+    """'float32', 'bfloat16', ... for a dtype of any namespace."""
+    for name in ("float16", "bfloat16", "float32", "float64"):
+        candidate = getattr(xp, name, None)
+        if candidate is not None and dtype == candidate:
+            return name
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def compute_dtype(xp: Any, dtype: Any) -> Any:
+    """The dtype a rule computes in for parameters of ``dtype``: float32 for half precision."""
+    if dtype_name(xp, dtype) in HALF_PRECISION_DTYPE_NAMES:
+        return xp.float32
+    return dtype
+
+
+def ieee_maximum(xp: Any, x: Any, y: Any) -> Any:
+    """IEEE 754-2019 ``maximum``: NaN propagates and ``+0 > -0``.
+
+    NumPy and torch disagree on ``maximum(-0.0, +0.0)`` (each returns one argument by
+    position), so the rules get this definition, built from comparisons and ``where``.
+    """
+    keep_x = (x > y) | (x != x) | ((x == y) & xp.signbit(y))
+    return xp.where(keep_x, x, y)
+
+
+def ieee_minimum(xp: Any, x: Any, y: Any) -> Any:
+    """IEEE 754-2019 ``minimum``: NaN propagates and ``-0 < +0``."""
+    keep_x = (x < y) | (x != x) | ((x == y) & xp.signbit(x))
+    return xp.where(keep_x, x, y)
+
+
+class RuleNamespace:
+    """An array-API namespace with some functions replaced by correctly rounded ones.
+
+    Everything not overridden is the backend's own function. ``raw`` is the namespace
+    underneath; ``overridden`` names what was replaced, for reports.
+    """
+
+    def __init__(self, raw: Any, overrides: Mapping[str, Callable[..., Any]] = ()) -> None:
+        self.raw = raw
+        self._overrides = dict(overrides)
+        self._overrides.setdefault("maximum", lambda x, y: ieee_maximum(raw, x, y))
+        self._overrides.setdefault("minimum", lambda x, y: ieee_minimum(raw, x, y))
+
+    @property
+    def overridden(self) -> tuple[str, ...]:
+        return tuple(sorted(self._overrides))
+
+    def __getattr__(self, name: str) -> Any:
+        overrides = self.__dict__.get("_overrides", {})
+        if name in overrides:
+            return overrides[name]
+        return getattr(self.__dict__["raw"], name)
+
+    def __repr__(self) -> str:
+        return f"RuleNamespace({getattr(self.raw, '__name__', self.raw)!r}, overrides={self.overridden})"
+
+
+class Scalars:
+    """Host scalars of one step as attributes: 0-d arrays for numbers, bools stay bools."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        return f"Scalars({self.__dict__!r})"
+
+
+def materialise(xp: Any, values: Mapping[str, float | bool], dtype: Any, device: Any) -> Scalars:
+    """Turn each host float into a 0-d array of ``dtype`` on ``device``, once.
+
+    A bare Python float never meets an array (NUMERICS.md: torch would compute float16
+    with the unrounded scalar); flags (bools) are kept as Python bools for the kernel's
+    static branches.
+    """
+    converted: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, bool):
+            converted[name] = value
+        else:
+            converted[name] = xp.asarray(float(value), dtype=dtype, device=device)
+    return Scalars(converted)

@@ -1,0 +1,152 @@
+"""Adam, AdamW and AMSGrad: one kernel, three sets of options.
+
+Kingma & Ba (2015), Algorithm 1; decoupled decay from Loshchilov & Hutter (2019);
+AMSGrad from Reddi et al. (2018). Semantics and names as torch.optim.Adam / AdamW.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..host import power
+from ..hyperparams import Hyperparameter, check_betas, check_number, evaluate
+from ..optimizer import Rule
+
+__all__ = ["Adam", "AdamW", "AMSGrad", "adam_kernel"]
+
+
+def adam_kernel(xp, s, p, g, m, v, v_max=None):
+    """One Adam step, elementwise, in this order (t = steps taken + 1)::
+
+        g  <- -g                        if maximize
+        g  <- g + wd * p                coupled L2 (Adam)
+        p  <- p * (1 - lr * wd)         decoupled decay (AdamW)
+        m  <- b1 * m + (1 - b1) * g
+        v  <- b2 * v + (1 - b2) * (g * g)
+        v_max <- maximum(v_max, v)      if amsgrad, and v_max replaces v below
+        p  <- p - (lr / (1 - b1^t)) * (m / (sqrt(v) / sqrt(1 - b2^t) + eps))
+    """
+    if s.maximize:
+        g = -g
+    if s.coupled_decay:
+        g = g + s.weight_decay * p
+    if s.decoupled_decay:
+        p = p * s.decay_factor
+    m = s.beta1 * m + s.one_minus_beta1 * g
+    v = s.beta2 * v + s.one_minus_beta2 * (g * g)
+    if s.amsgrad:
+        v_max = xp.maximum(v_max, v)
+        denom = xp.sqrt(v_max) / s.bias_correction2_sqrt + s.eps
+        return p - s.step_size * (m / denom), m, v, v_max
+    denom = xp.sqrt(v) / s.bias_correction2_sqrt + s.eps
+    return p - s.step_size * (m / denom), m, v
+
+
+class Adam(Rule):
+    """Adam with coupled L2 weight decay (``g + wd * p``), as torch.optim.Adam.
+
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g²``,
+    ``p -= lr/(1-b1^t) · m / (sqrt(v)/sqrt(1-b2^t) + eps)``. Kingma & Ba (2015).
+    """
+
+    name = "Adam"
+    kernel = staticmethod(adam_kernel)
+    decoupled = False
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: Hyperparameter = 1e-8,
+        weight_decay: Hyperparameter = 0.0,
+        amsgrad: bool = False,
+        maximize: bool = False,
+    ) -> None:
+        self.lr = check_number("lr", lr, schedulable=True)
+        self.betas = check_betas(betas)
+        self.eps = check_number("eps", eps, schedulable=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
+        self.amsgrad = _check_flag("amsgrad", amsgrad)
+        self.maximize = _check_flag("maximize", maximize)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(
+            lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+            amsgrad=self.amsgrad, maximize=self.maximize,
+        )
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if self.amsgrad else ("exp_avg", "exp_avg_sq")
+
+    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+        lr = evaluate("lr", self.lr, steps_taken)
+        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
+        beta1, beta2 = self.betas
+        t = steps_taken + 1
+        return dict(
+            maximize=self.maximize,
+            amsgrad=self.amsgrad,
+            coupled_decay=weight_decay != 0 and not self.decoupled,
+            decoupled_decay=weight_decay != 0 and self.decoupled,
+            weight_decay=weight_decay,
+            decay_factor=1.0 - lr * weight_decay,
+            beta1=beta1,
+            one_minus_beta1=1.0 - beta1,
+            beta2=beta2,
+            one_minus_beta2=1.0 - beta2,
+            step_size=lr / (1.0 - power(beta1, t)),
+            bias_correction2_sqrt=math.sqrt(1.0 - power(beta2, t)),
+            eps=evaluate("eps", self.eps, steps_taken),
+        )
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay ``p *= 1 - lr*wd`` before the Adam step.
+
+    Loshchilov & Hutter (2019); as torch.optim.AdamW (default weight_decay 1e-2).
+    """
+
+    name = "AdamW"
+    decoupled = True
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: Hyperparameter = 1e-8,
+        weight_decay: Hyperparameter = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize)
+
+
+class AMSGrad(Adam):
+    """Adam keeping ``v_max = max(v_max, v)`` in place of ``v`` (Reddi et al. 2018).
+
+    Identical to ``Adam(amsgrad=True)``, bias-corrected as torch.optim.Adam does.
+    """
+
+    name = "AMSGrad"
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: Hyperparameter = 1e-8,
+        weight_decay: Hyperparameter = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(lr, betas, eps, weight_decay, True, maximize)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        values = super().hyperparameters()
+        del values["amsgrad"]
+        return values
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value

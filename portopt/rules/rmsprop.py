@@ -1,0 +1,103 @@
+"""RMSProp, plain or centered, with optional heavy-ball momentum.
+
+Tieleman & Hinton (2012), centered form from Graves (2013); as torch.optim.RMSprop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..hyperparams import Hyperparameter, check_number, evaluate
+from ..optimizer import Rule
+from .adam import _check_flag
+
+__all__ = ["RMSProp", "rmsprop_kernel"]
+
+
+def rmsprop_kernel(xp, s, p, g, square_avg, *optional):
+    """One RMSProp step, elementwise, in this order::
+
+        g   <- -g                              if maximize
+        g   <- g + wd * p                      if weight_decay
+        sq  <- alpha * sq + (1 - alpha) * (g * g)
+        ga  <- alpha * ga + (1 - alpha) * g    if centered
+        avg <- sqrt(sq - ga * ga) + eps        (centered; else sqrt(sq) + eps)
+        buf <- momentum * buf + g / avg;  p <- p - lr * buf     if momentum > 0
+        p   <- p - lr * (g / avg)                               otherwise
+
+    ``optional`` holds ``momentum_buffer`` (if momentum) then ``grad_avg`` (if centered).
+    """
+    buffer = optional[0] if s.use_momentum else None
+    grad_avg = optional[-1] if s.centered else None
+    if s.maximize:
+        g = -g
+    if s.coupled_decay:
+        g = g + s.weight_decay * p
+    square_avg = s.alpha * square_avg + s.one_minus_alpha * (g * g)
+    if s.centered:
+        grad_avg = s.alpha * grad_avg + s.one_minus_alpha * g
+        avg = xp.sqrt(square_avg - grad_avg * grad_avg) + s.eps
+    else:
+        avg = xp.sqrt(square_avg) + s.eps
+    if s.use_momentum:
+        buffer = s.momentum * buffer + g / avg
+        p = p - s.lr * buffer
+    else:
+        p = p - s.lr * (g / avg)
+    slots = (square_avg,) + ((buffer,) if s.use_momentum else ()) + ((grad_avg,) if s.centered else ())
+    return (p,) + slots
+
+
+class RMSProp(Rule):
+    """``sq = α sq + (1-α) g²``, ``p -= lr · g / (sqrt(sq) + eps)``; centered subtracts
+    the squared running mean of g; momentum accumulates ``g / avg``. As torch.optim.RMSprop.
+    """
+
+    name = "RMSProp"
+    kernel = staticmethod(rmsprop_kernel)
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 1e-2,
+        alpha: float = 0.99,
+        eps: Hyperparameter = 1e-8,
+        weight_decay: Hyperparameter = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        maximize: bool = False,
+    ) -> None:
+        self.lr = check_number("lr", lr, schedulable=True)
+        self.alpha = check_number("alpha", alpha, high=1.0)
+        self.eps = check_number("eps", eps, schedulable=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
+        self.momentum = check_number("momentum", momentum)
+        self.centered = _check_flag("centered", centered)
+        self.maximize = _check_flag("maximize", maximize)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(
+            lr=self.lr, alpha=self.alpha, eps=self.eps, weight_decay=self.weight_decay,
+            momentum=self.momentum, centered=self.centered, maximize=self.maximize,
+        )
+
+    def slot_names(self) -> tuple[str, ...]:
+        return (
+            ("square_avg",)
+            + (("momentum_buffer",) if self.momentum > 0 else ())
+            + (("grad_avg",) if self.centered else ())
+        )
+
+    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
+        return dict(
+            maximize=self.maximize,
+            centered=self.centered,
+            use_momentum=self.momentum > 0,
+            coupled_decay=weight_decay != 0,
+            weight_decay=weight_decay,
+            alpha=self.alpha,
+            one_minus_alpha=1.0 - self.alpha,
+            momentum=self.momentum,
+            lr=evaluate("lr", self.lr, steps_taken),
+            eps=evaluate("eps", self.eps, steps_taken),
+        )

@@ -1,0 +1,22 @@
+"""The optimizer state: which rule made it, steps taken, and per-parameter slot arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["State"]
+
+
+@dataclass
+class State:
+    """State of one rule for one tree of parameters.
+
+    ``slots`` maps a slot name (torch.optim's state key, e.g. ``'exp_avg'``) to a tree of
+    arrays shaped like the parameters. ``step`` counts the steps taken. ``update`` returns
+    a new State; ``step`` updates this one in place.
+    """
+
+    rule: str
+    step: int
+    slots: dict[str, Any] = field(default_factory=dict)
