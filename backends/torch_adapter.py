@@ -16,11 +16,15 @@ from .base import Adapter
 
 
 def numpy_sqrt_for_cpu_tensor(x: Any) -> Any:
-    """``sqrt(x)`` for a CPU float32/float64 tensor through NumPy's correctly rounded ufunc."""
+    """``sqrt(x)`` for a CPU tensor through NumPy's correctly rounded ufunc, on the same memory.
+
+    bfloat16 (which NumPy lacks) goes through float32: a correctly rounded float32 root
+    rounds to the correctly rounded bfloat16 root (24 >= 2*8 + 2 bits).
+    """
     import torch
 
-    if x.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"portopt computes sqrt in float32 or float64, got {x.dtype}")
+    if x.dtype == torch.bfloat16:
+        return numpy_sqrt_for_cpu_tensor(x.float()).to(torch.bfloat16)
     result = np.sqrt(x.detach().numpy())
     return torch.from_numpy(np.asarray(result))
 

@@ -1,0 +1,7 @@
+"""``python -m portopt.conformance``: the same as ``portopt conformance``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,203 @@
+"""``portopt conformance``: run the suite on every backend found, or regenerate the vectors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+import portopt
+from portopt.backends.targets import TARGET_NAMES, find_targets, namespace_target
+
+from . import golden
+from .cases import load_matrix
+from .runner import CaseResult, run_case, summarise
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="portopt conformance",
+        description="Check that backends reproduce portopt's golden vectors bit for bit.",
+    )
+    parser.add_argument("action", nargs="?", default="run", choices=("run", "regenerate", "primitives", "list"),
+                        help="run the suite (default); regenerate the golden files from NumPy; "
+                             "run only the primitive tier; list the cases")
+    parser.add_argument("--backends", nargs="+", choices=TARGET_NAMES, metavar="NAME",
+                        help=f"backends to run (default: every one found of {', '.join(TARGET_NAMES)})")
+    parser.add_argument("--namespace", action="append", default=[], metavar="MODULE",
+                        help="also run on this array-API namespace, e.g. array_api_strict (repeatable)")
+    parser.add_argument("--rules", nargs="+", choices=sorted(portopt.RULES), metavar="RULE")
+    parser.add_argument("--dtypes", nargs="+", choices=("float16", "float32", "float64"), metavar="DTYPE")
+    parser.add_argument("--shapes", nargs="+", metavar="SHAPE")
+    parser.add_argument("--variants", nargs="+", metavar="VARIANT")
+    parser.add_argument("--api", choices=("step", "update"), default="step",
+                        help="in-place step (default; update where the backend is immutable) or pure update")
+    parser.add_argument("--skip-primitives", action="store_true", help="run only the golden-vector tier")
+    parser.add_argument("--json", metavar="PATH", help="write every result as JSON to PATH ('-' for stdout)")
+    parser.add_argument("--golden-dir", default=str(golden.GOLDEN_DIR), help=argparse.SUPPRESS)
+    parser.add_argument("--accept", action="store_true",
+                        help="with regenerate: overwrite golden files whose cases changed (after review)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    return parser
+
+
+def _targets(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    targets, missing = find_targets(tuple(args.backends) if args.backends else None)
+    for module in args.namespace:
+        target = namespace_target(module)
+        targets[target.label] = target
+    return targets, missing
+
+
+def _progress(enabled: bool, done: int, total: int, label: str, started: float) -> None:
+    if not enabled:
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    elapsed = time.perf_counter() - started
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.0f}s {label[:50]:<50}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def run_suite(args: argparse.Namespace, out=sys.stdout) -> int:
+    from .primitives import print_primitive_table, run_primitives
+
+    targets, missing = _targets(args)
+    for name, reason in missing.items():
+        print(f"backend {name}: not found here ({reason})", file=out)
+    if not targets:
+        print("no backend to run", file=out)
+        return 2
+    primitive_results = []
+    if not args.skip_primitives:
+        primitive_results = run_primitives(targets)
+        print_primitive_table(primitive_results, out)
+    matrix = load_matrix()
+    cases = matrix.select(args.rules or (), args.dtypes or (), args.shapes or (), args.variants or ())
+    results: list[CaseResult] = []
+    goldens = {rule: golden.load_golden(rule, Path(args.golden_dir)) for rule in {c.rule for c in cases}}
+    show = not args.no_progress and sys.stderr.isatty()
+    started = time.perf_counter()
+    with np.errstate(all="ignore"):
+        for number, case in enumerate(cases, 1):
+            _progress(show, number - 1, len(cases), case.id, started)
+            expected = goldens[case.rule].get(case.id)
+            if expected is None:
+                results.extend(CaseResult(case.id, label, "error", "no golden vectors for this case; regenerate")
+                               for label in targets)
+                continue
+            results.extend(run_case(case, targets, expected, api=args.api)[0].values())
+        _progress(show, len(cases), len(cases), "done", started)
+    print_case_table(results, out)
+    failed = [r for r in results if r.status in ("mismatch", "error")]
+    failed_primitives = [r for r in primitive_results if r.failed_on_portopt]
+    for result in failed[:20]:
+        print(f"MISMATCH {result.target} {result.case}: {result.detail}", file=out)
+    if len(failed) > 20:
+        print(f"... and {len(failed) - 20} more", file=out)
+    if args.json:
+        _write_json(args.json, targets, missing, primitive_results, results)
+    total = len([r for r in results if r.status != "unsupported"])
+    print(f"{total - len(failed)} passed, {len(failed)} failed "
+          f"({len(results) - total} not applicable; primitives failing in portopt's namespace: "
+          f"{len(failed_primitives)}) in {time.perf_counter() - started:.0f}s", file=out)
+    return 1 if failed or failed_primitives else 0
+
+
+def print_case_table(results: Sequence[CaseResult], out=sys.stdout) -> None:
+    table = summarise(results)
+    print("\nGolden vectors (cases passed / cases run, per backend, rule and dtype)", file=out)
+    print(f"{'backend':<18} {'rule':<9} {'dtype':<8} {'result':<12} first mismatch", file=out)
+    for (target, rule, dtype), cell in sorted(table.items()):
+        if cell["status"] == {"unsupported"}:
+            result = "n/a"
+        else:
+            result = f"{cell['pass']}/{cell['total']}"
+        note = cell["first"] or ""
+        print(f"{target:<18} {rule:<9} {dtype:<8} {result:<12} {note}", file=out)
+
+
+def _write_json(path: str, targets, missing, primitive_results, results) -> None:
+    document = {
+        "portopt": portopt.__version__,
+        "backends": sorted(targets),
+        "missing_backends": missing,
+        "primitives": [r.as_dict() for r in primitive_results],
+        "cases": [
+            {"case": r.case, "backend": r.target, "status": r.status, "detail": r.detail}
+            for r in results
+        ],
+    }
+    text = json.dumps(document, indent=1)
+    if path == "-":
+        print(text)
+    else:
+        Path(path).write_text(text + "\n")
+
+
+def regenerate(args: argparse.Namespace, out=sys.stdout) -> int:
+    """Recompute every golden file from NumPy; refuse to change an existing one without --accept."""
+    reference = find_targets(("numpy",))[0]
+    matrix = load_matrix()
+    directory = Path(args.golden_dir)
+    changed_files = []
+    show = not args.no_progress and sys.stderr.isatty()
+    started = time.perf_counter()
+    rules = sorted({case.rule for case in matrix.cases if not args.rules or case.rule in args.rules})
+    with np.errstate(all="ignore"):
+        for rule in rules:
+            cases = matrix.select(rules=[rule])
+            computed = {}
+            for number, case in enumerate(cases, 1):
+                _progress(show, number - 1, len(cases), case.id, started)
+                _results, record = run_case(case, reference, None, api="update", record=True)
+                computed[case.id] = {
+                    "rule": case.rule, "variant": case.variant, "options": case.options, "dtype": case.dtype,
+                    "shape": case.shape, "seed": case.seed, "steps": case.steps, **record,
+                }
+            _progress(show, len(cases), len(cases), rule, started)
+            existing = golden.load_golden(rule, directory)
+            if existing == computed:
+                print(f"{rule}: unchanged ({len(computed)} cases)", file=out)
+                continue
+            differing = sorted(k for k in set(existing) | set(computed) if existing.get(k) != computed.get(k))
+            if existing and not args.accept:
+                print(f"{rule}: {len(differing)} cases would change, e.g. {', '.join(differing[:5])}; "
+                      "not written (rerun with --accept after review)", file=out)
+                changed_files.append(rule)
+                continue
+            path = golden.write_golden(rule, computed, directory)
+            print(f"{rule}: wrote {path} ({len(differing)} cases new or changed)", file=out)
+    return 1 if changed_files else 0
+
+
+def list_cases(args: argparse.Namespace, out=sys.stdout) -> int:
+    matrix = load_matrix()
+    for case in matrix.select(args.rules or (), args.dtypes or (), args.shapes or (), args.variants or ()):
+        print(case.id, json.dumps(case.options), file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.action == "regenerate":
+        return regenerate(args)
+    if args.action == "list":
+        return list_cases(args)
+    if args.action == "primitives":
+        from .primitives import print_primitive_table, run_primitives
+
+        targets, missing = _targets(args)
+        results = run_primitives(targets)
+        print_primitive_table(results)
+        return 1 if any(r.failed_on_portopt for r in results) else 0
+    return run_suite(args)

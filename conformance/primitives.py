@@ -1,0 +1,186 @@
+"""The primitive tier: each backend's operations against exact results (conformance/exact.py).
+
+Rules can only agree if the operations under them are correctly rounded. Every operation
+the rules use is run on random values and on special ones (±0, subnormals, ±inf, NaN,
+values near overflow), twice per backend: on the backend's own namespace ("raw") and on
+the namespace portopt hands its rules ("portopt"). A defect shows as raw failures; a
+working substitute as zero portopt failures next to them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from portopt.backends import adapter_for
+
+from . import exact
+from .digests import canonical, hex_bits
+from .generator import special_values, splitmix64
+
+__all__ = ["PrimitiveResult", "run_primitives", "print_primitive_table", "OPERATIONS"]
+
+DTYPES = ("float16", "float32", "float64")
+RANDOM_COUNT = 3000
+
+
+@dataclass
+class PrimitiveResult:
+    target: str
+    namespace: str  # "raw" or "portopt"
+    operation: str
+    dtype: str
+    wrong: int
+    total: int
+    example: str = ""
+
+    @property
+    def failed_on_portopt(self) -> bool:
+        return self.namespace == "portopt" and self.wrong > 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# name -> (arity, exact reference on Python floats, how to run it on a namespace)
+OPERATIONS: dict[str, tuple[int, Callable, Callable]] = {
+    "x + y": (2, exact.add, lambda xp, x, y: x + y),
+    "x - y": (2, exact.subtract, lambda xp, x, y: x - y),
+    "x * y": (2, exact.multiply, lambda xp, x, y: x * y),
+    "x / y": (2, exact.divide, lambda xp, x, y: x / y),
+    "-x": (1, lambda x, fmt: -x, lambda xp, x: -x),
+    "sqrt": (1, exact.sqrt, lambda xp, x: xp.sqrt(x)),
+    "maximum": (2, exact.maximum, lambda xp, x, y: xp.maximum(x, y)),
+    "minimum": (2, exact.minimum, lambda xp, x, y: xp.minimum(x, y)),
+    "where(x < y, x, y)": (2, lambda x, y, fmt: x if x < y else y, lambda xp, x, y: xp.where(x < y, x, y)),
+    "x == y": (2, lambda x, y, fmt: x == y, lambda xp, x, y: x == y),
+    "x < y": (2, lambda x, y, fmt: x < y, lambda xp, x, y: x < y),
+    "x <= y": (2, lambda x, y, fmt: x <= y, lambda xp, x, y: x <= y),
+    "x != y": (2, lambda x, y, fmt: x != y, lambda xp, x, y: x != y),
+}
+
+# Casts the rules use: half precision to float32 and back; host floats to each dtype.
+CASTS = (("float16", "float32"), ("float32", "float16"), ("float64", "float32"), ("float64", "float16"))
+
+
+def _random_values(dtype: str, count: int, stream: int) -> np.ndarray:
+    """Uniformly random bit patterns (all exponents, NaN and inf included) plus the specials."""
+    np_dtype = np.dtype(dtype)
+    words = splitmix64(np.arange(count, dtype=np.uint64) + np.uint64(stream << 32))
+    bits = words.astype({2: np.uint16, 4: np.uint32, 8: np.uint64}[np_dtype.itemsize])
+    random = bits.view(np_dtype)
+    specials = np.concatenate([special_values(np_dtype), np.array([np.inf, -np.inf, np.nan], dtype=np_dtype)])
+    return np.concatenate([specials, random])
+
+
+@functools.lru_cache(maxsize=None)
+def _inputs(dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Operand pairs: every pair of specials, random pairs, and pairs a few ulps apart."""
+    xs = _random_values(dtype, RANDOM_COUNT, 1)
+    ys = _random_values(dtype, RANDOM_COUNT, 2)
+    specials = len(special_values(np.dtype(dtype))) + 3
+    sx, sy = np.meshgrid(xs[:specials], xs[:specials])
+    near = np.nextafter(xs[specials:], np.array(np.inf, dtype=dtype))
+    x = np.concatenate([sx.ravel(), xs[specials:], xs[specials:]])
+    y = np.concatenate([sy.ravel(), ys[specials:], near])
+    return x, y
+
+
+@functools.lru_cache(maxsize=None)
+def _expected(operation: str, dtype: str) -> np.ndarray:
+    arity, reference, _ = OPERATIONS[operation]
+    fmt = exact.FORMATS[dtype]
+    x, y = _inputs(dtype)
+    with np.errstate(all="ignore"):
+        if arity == 1:
+            values = [reference(float(a), fmt) for a in x]
+        else:
+            values = [reference(float(a), float(b), fmt) for a, b in zip(x, y)]
+    result_dtype = bool if isinstance(values[0], bool) else dtype
+    return np.array(values, dtype=result_dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_cast(source: str, destination: str) -> tuple[np.ndarray, np.ndarray]:
+    x, _ = _inputs(source)
+    fmt = exact.FORMATS[destination]
+    return x, np.array([exact.convert(float(a), fmt) for a in x], dtype=destination)
+
+
+def _compare(expected: np.ndarray, got: np.ndarray, inputs: tuple[np.ndarray, ...]) -> tuple[int, str]:
+    if expected.dtype == bool:
+        wrong = np.flatnonzero(expected != got.astype(bool))
+    else:
+        # NaN payload and sign are not compared (see digests.canonical); every other bit is.
+        e, g = canonical(expected), canonical(got)
+        wrong = np.flatnonzero(e.view(f"u{e.dtype.itemsize}") != g.view(f"u{g.dtype.itemsize}"))
+    if not len(wrong):
+        return 0, ""
+    i = int(wrong[0])
+    operands = ", ".join(f"{float(a[i])!r} (0x{hex_bits(a[i:i + 1])[0]})" for a in inputs)
+    return len(wrong), f"({operands}) -> expected {expected[i]!r}, got {got[i]!r}"
+
+
+def _run_on(target: Any, namespace: Any, label: str, kind: str, dtypes: tuple[str, ...]) -> list[PrimitiveResult]:
+    results = []
+    with np.errstate(all="ignore"):
+        for dtype in dtypes:
+            x_host, y_host = _inputs(dtype)
+            x, y = target.asarray(x_host), target.asarray(y_host)
+            for operation, (arity, _reference, run) in OPERATIONS.items():
+                expected = _expected(operation, dtype)
+                try:
+                    got = target.to_numpy(run(namespace, x) if arity == 1 else run(namespace, x, y))
+                    wrong, example = _compare(expected, got, (x_host,) if arity == 1 else (x_host, y_host))
+                except Exception as error:  # the backend does not support this op in this dtype
+                    wrong, example = len(expected), f"raised {type(error).__name__}: {error}"
+                results.append(PrimitiveResult(label, kind, operation, dtype, wrong, len(expected), example))
+        for source, destination in CASTS:
+            if source not in dtypes or destination not in dtypes:
+                continue
+            host, expected = _expected_cast(source, destination)
+            got = target.to_numpy(namespace.astype(target.asarray(host), getattr(namespace, destination)))
+            wrong, example = _compare(expected, got, (host,))
+            results.append(PrimitiveResult(label, kind, f"astype {source}->{destination}", destination,
+                                           wrong, len(expected), example))
+    return results
+
+
+def run_primitives(targets: dict[str, Any]) -> list[PrimitiveResult]:
+    """Every operation on every target, raw and through portopt's rule namespace."""
+    results = []
+    for label, target in targets.items():
+        adapter = adapter_for(target.xp)
+        probe = target.asarray(np.zeros(1, np.float32))
+        portopt_namespace = adapter.rule_namespace(adapter.device(probe))
+        dtypes = tuple(d for d in DTYPES if d in target.dtypes)
+        results += _run_on(target, target.xp, label, "raw", dtypes)
+        results += _run_on(target, portopt_namespace, label, "portopt", dtypes)
+    return results
+
+
+def print_primitive_table(results: list[PrimitiveResult], out=sys.stdout) -> None:
+    """Wrong results per operation and dtype, raw namespace / portopt's namespace."""
+    print("Primitives against exact results (wrong elements: raw namespace / portopt's namespace)", file=out)
+    by_key = {(r.target, r.operation, r.dtype, r.namespace): r for r in results}
+    targets = sorted({r.target for r in results})
+    operations = list(dict.fromkeys(r.operation for r in results))
+    for target in targets:
+        print(f"  {target}", file=out)
+        for operation in operations:
+            cells = []
+            for dtype in DTYPES:
+                raw, ours = by_key.get((target, operation, dtype, "raw")), by_key.get((target, operation, dtype, "portopt"))
+                if raw is None:
+                    continue
+                cells.append(f"{dtype} {raw.wrong}/{ours.wrong}")
+            if cells:
+                print(f"    {operation:<24} " + "   ".join(f"{c:<18}" for c in cells), file=out)
+    defects = [r for r in results if r.wrong]
+    for r in defects:
+        print(f"  defect: {r.target} [{r.namespace}] {r.operation} {r.dtype}: {r.wrong}/{r.total} wrong, "
+              f"e.g. {r.example}", file=out)

@@ -1,0 +1,41 @@
+"""The ``portopt`` command: ``portopt conformance ...``, ``portopt peers ...``, ``portopt demo``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+USAGE = """usage: portopt COMMAND [options]
+
+commands:
+  conformance   check that every backend found reproduces the golden vectors bit for bit
+  peers         compare portopt with torch.optim's own paths (a report, not a pass/fail)
+  demo          a short optimisation on every backend found, with the digests of the result
+
+'portopt COMMAND --help' for a command's options."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "conformance":
+        from portopt.conformance.cli import main as conformance_main
+
+        return conformance_main(rest)
+    if command == "peers":
+        from portopt.conformance.peers import main as peers_main
+
+        return peers_main(rest)
+    if command == "demo":
+        from portopt.demo import main as demo_main
+
+        return demo_main(rest)
+    print(f"portopt: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
