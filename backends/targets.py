@@ -32,8 +32,8 @@ class Target:
     _from_numpy: Callable[[np.ndarray], Any]
 
     def asarray(self, host: np.ndarray) -> Any:
-        """A copy of the host array on this target, same bits."""
-        return self._from_numpy(np.ascontiguousarray(host))
+        """A copy of the host array on this target, same bits (never sharing the host's memory)."""
+        return self._from_numpy(np.array(host, copy=True, order="C"))
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return adapter_for(self.xp).to_numpy(x)
@@ -47,7 +47,7 @@ class Target:
 def _numpy() -> Target:
     import array_api_compat.numpy as xp
 
-    return Target("numpy", xp, "cpu", _ALL_DTYPES, lambda a: np.array(a, copy=True))
+    return Target("numpy", xp, "cpu", _ALL_DTYPES, lambda a: a)
 
 
 def _torch(device: str) -> Target:
@@ -59,7 +59,7 @@ def _torch(device: str) -> Target:
 
     return Target(
         f"torch-{device}", xp, torch.device(device), _ALL_DTYPES,
-        lambda a: torch.from_numpy(np.array(a, copy=True)).to(device),
+        lambda a: torch.from_numpy(a).to(device),
     )
 
 

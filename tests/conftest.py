@@ -1,0 +1,39 @@
+"""Shared fixtures: every backend found here, and the rule variants of the case matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import portopt
+from portopt.backends.targets import TARGET_NAMES, find_targets
+
+pytest_plugins = ["portopt.conformance.plugin"]
+
+TARGETS, MISSING = find_targets()
+
+
+def pytest_report_header(config):
+    found = ", ".join(TARGETS) or "none"
+    missing = "; ".join(f"{name} ({reason})" for name, reason in MISSING.items()) or "none"
+    return [f"portopt {portopt.__version__} from {portopt.__file__}",
+            f"backends found: {found}", f"backends missing: {missing}"]
+
+
+def target_params(names=TARGET_NAMES):
+    """pytest params over backends: missing ones are skipped with the reason."""
+    return [
+        pytest.param(name, marks=pytest.mark.skip(reason=f"{name} not available: {MISSING[name]}"))
+        if name in MISSING else name
+        for name in names
+    ]
+
+
+@pytest.fixture(params=target_params())
+def target(request):
+    return TARGETS[request.param]
+
+
+@pytest.fixture
+def numpy_target():
+    return TARGETS["numpy"]

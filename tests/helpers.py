@@ -1,0 +1,29 @@
+"""Helpers shared by the tests (importable because pyproject puts tests/ on pytest's path)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import portopt
+from portopt.conformance.cases import build_rule, load_matrix
+
+VARIANTS = load_matrix().config["variants"]
+
+
+def variant_id(variant: dict) -> str:
+    return f"{variant['rule']}-{variant['name']}"
+
+
+def make_rule(variant: dict) -> portopt.Rule:
+    return build_rule(variant["rule"], variant["options"])
+
+
+def random_arrays(seed: int, shape, dtype: str, count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(dtype) for _ in range(count)]
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise equality (NaN payloads included), dtype and shape too."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
