@@ -68,7 +68,8 @@ def _progress(enabled: bool, done: int, total: int, label: str, started: float) 
     sys.stderr.flush()
 
 
-def run_suite(args: argparse.Namespace, out=sys.stdout) -> int:
+def run_suite(args: argparse.Namespace, out=None) -> int:
+    out = out or sys.stdout
     from .primitives import print_primitive_table, run_primitives
 
     targets, missing = _targets(args)
@@ -113,7 +114,8 @@ def run_suite(args: argparse.Namespace, out=sys.stdout) -> int:
     return 1 if failed or failed_primitives else 0
 
 
-def print_case_table(results: Sequence[CaseResult], out=sys.stdout) -> None:
+def print_case_table(results: Sequence[CaseResult], out=None) -> None:
+    out = out or sys.stdout
     table = summarise(results)
     print("\nGolden vectors (cases passed / cases run, per backend, rule and dtype)", file=out)
     print(f"{'backend':<18} {'rule':<9} {'dtype':<8} {'result':<12} first mismatch", file=out)
@@ -144,8 +146,9 @@ def _write_json(path: str, targets, missing, primitive_results, results) -> None
         Path(path).write_text(text + "\n")
 
 
-def regenerate(args: argparse.Namespace, out=sys.stdout) -> int:
+def regenerate(args: argparse.Namespace, out=None) -> int:
     """Recompute every golden file from NumPy; refuse to change an existing one without --accept."""
+    out = out or sys.stdout
     reference = find_targets(("numpy",))[0]
     matrix = load_matrix()
     directory = Path(args.golden_dir)
@@ -180,7 +183,8 @@ def regenerate(args: argparse.Namespace, out=sys.stdout) -> int:
     return 1 if changed_files else 0
 
 
-def list_cases(args: argparse.Namespace, out=sys.stdout) -> int:
+def list_cases(args: argparse.Namespace, out=None) -> int:
+    out = out or sys.stdout
     matrix = load_matrix()
     for case in matrix.select(args.rules or (), args.dtypes or (), args.shapes or (), args.variants or ()):
         print(case.id, json.dumps(case.options), file=out)

@@ -163,8 +163,9 @@ def run_primitives(targets: dict[str, Any]) -> list[PrimitiveResult]:
     return results
 
 
-def print_primitive_table(results: list[PrimitiveResult], out=sys.stdout) -> None:
+def print_primitive_table(results: list[PrimitiveResult], out=None) -> None:
     """Wrong results per operation and dtype, raw namespace / portopt's namespace."""
+    out = out or sys.stdout
     print("Primitives against exact results (wrong elements: raw namespace / portopt's namespace)", file=out)
     by_key = {(r.target, r.operation, r.dtype, r.namespace): r for r in results}
     targets = sorted({r.target for r in results})

@@ -34,13 +34,14 @@ class PortoptOptimizer(torch.optim.Optimizer):
     """A torch.optim.Optimizer running ``rule_class`` on each param group."""
 
     rule_class: type[Rule]
+    hyperparameter_names: tuple[str, ...]  # the rule's constructor arguments
 
     def __init__(self, params: Iterable[Any], **hyperparameters: Any) -> None:
         defaults = self.rule_class(**hyperparameters).hyperparameters()
         super().__init__(params, defaults)
 
     def _group_rule(self, group: dict) -> Rule:
-        names = self.defaults.keys()
+        names = self.hyperparameter_names
         return self.rule_class(**{name: _host_value(group[name]) for name in names})
 
     @torch.no_grad()
@@ -92,7 +93,9 @@ class PortoptOptimizer(torch.optim.Optimizer):
 
 def _drop_in(rule_class: type[Rule]) -> type[PortoptOptimizer]:
     doc = f"torch.optim drop-in running :class:`portopt.{rule_class.__name__}`.\n\n{rule_class.__doc__}"
-    return type(rule_class.__name__, (PortoptOptimizer,), {"rule_class": rule_class, "__doc__": doc})
+    names = tuple(rule_class().hyperparameters())
+    return type(rule_class.__name__, (PortoptOptimizer,),
+                {"rule_class": rule_class, "hyperparameter_names": names, "__doc__": doc})
 
 
 Adam = _drop_in(rules.Adam)
