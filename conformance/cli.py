@@ -16,6 +16,7 @@ from portopt.backends.targets import TARGET_NAMES, find_targets, namespace_targe
 
 from . import golden
 from .cases import load_matrix
+from .report import replace_block
 from .runner import CaseResult, run_case, summarise
 
 __all__ = ["main", "build_parser"]
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in-place step (default; update where the backend is immutable) or pure update")
     parser.add_argument("--skip-primitives", action="store_true", help="run only the golden-vector tier")
     parser.add_argument("--json", metavar="PATH", help="write every result as JSON to PATH ('-' for stdout)")
+    parser.add_argument("--readme", metavar="PATH",
+                        help="also write the summary tables into PATH between the conformance markers")
     parser.add_argument("--golden-dir", default=str(golden.GOLDEN_DIR), help=argparse.SUPPRESS)
     parser.add_argument("--accept", action="store_true",
                         help="with regenerate: overwrite golden files whose cases changed (after review)")
@@ -107,6 +110,8 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
         print(f"... and {len(failed) - 20} more", file=out)
     if args.json:
         _write_json(args.json, targets, missing, primitive_results, results)
+    if args.readme:
+        replace_block(args.readme, "conformance", markdown_summary(targets, missing, primitive_results, results))
     total = len([r for r in results if r.status != "unsupported"])
     print(f"{total - len(failed)} passed, {len(failed)} failed "
           f"({len(results) - total} not applicable; primitives failing in portopt's namespace: "
@@ -126,6 +131,47 @@ def print_case_table(results: Sequence[CaseResult], out=None) -> None:
             result = f"{cell['pass']}/{cell['total']}"
         note = cell["first"] or ""
         print(f"{target:<18} {rule:<9} {dtype:<8} {result:<12} {note}", file=out)
+
+
+def markdown_summary(targets, missing, primitive_results, results) -> str:
+    """The README's conformance section: cases passed per backend, rule and dtype; primitive defects."""
+    import platform
+
+    table = summarise(results)
+    dtypes = ("float16", "float32", "float64")
+    lines = [
+        f"`portopt conformance --readme README.md` on {platform.machine()} "
+        f"({platform.processor() or 'cpu'}), portopt {portopt.__version__}, NumPy {np.__version__}"
+        + "".join(f", {name}" for name in targets if name != "numpy") + ". "
+        + (f"Not found there: {', '.join(missing)}." if missing else ""),
+        "",
+        "| backend | rule | " + " | ".join(dtypes) + " |",
+        "|---|---|" + "---|" * len(dtypes),
+    ]
+    for target, rule in sorted({(t, r) for t, r, _ in table}):
+        cells = []
+        for dtype in dtypes:
+            cell = table.get((target, rule, dtype))
+            if cell is None:
+                cells.append("")
+            elif cell["status"] == {"unsupported"}:
+                cells.append(f"n/a (no {dtype})")
+            else:
+                cells.append(f"{cell['pass']}/{cell['total']}" + ("" if cell["first"] is None else " ✗"))
+        lines.append(f"| {target} | {rule} | " + " | ".join(cells) + " |")
+    defects = [r for r in primitive_results if r.wrong]
+    lines += ["", "Primitive defects found (raw namespace → portopt's namespace, wrong elements of the total):", ""]
+    if not defects:
+        lines.append("- none")
+    by_name: dict[tuple, dict] = {}
+    for r in defects:
+        by_name.setdefault((r.target, r.operation, r.dtype), {})[r.namespace] = r
+    for (target, operation, dtype), found in sorted(by_name.items()):
+        raw, ours = found.get("raw"), found.get("portopt")
+        total = (raw or ours).total
+        lines.append(f"- {target} `{operation}` {dtype}: {raw.wrong if raw else 0} → {ours.wrong if ours else 0} "
+                     f"of {total}" + (f"; e.g. {raw.example}" if raw else ""))
+    return "\n".join(lines)
 
 
 def _write_json(path: str, targets, missing, primitive_results, results) -> None:
