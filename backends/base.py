@@ -56,5 +56,6 @@ class Adapter:
         return np.asarray(x)
 
     def from_numpy(self, array: np.ndarray, device: Any = None) -> Any:
-        """``array`` as an array of this backend on ``device``, same bits."""
+        """A copy of ``array`` on this backend and ``device``, same bits (never sharing memory)."""
+        array = np.array(array, copy=True)
         return self.xp.asarray(array, device=device) if device is not None else self.xp.asarray(array)

@@ -12,7 +12,7 @@ import math
 import numbers
 from typing import Callable, Union
 
-__all__ = ["Schedule", "Hyperparameter", "check_number", "check_betas", "evaluate"]
+__all__ = ["Schedule", "Hyperparameter", "check_number", "check_betas", "check_flag", "evaluate"]
 
 Schedule = Callable[[int], float]
 Hyperparameter = Union[float, Schedule]
@@ -67,3 +67,10 @@ def evaluate(name: str, value: Hyperparameter, steps_taken: int, *, low: float =
             f"{name} schedule returned {type(result).__name__} at step {steps_taken}; expected a float"
         )
     return _check_range(f"{name} (schedule value at step {steps_taken})", float(result), low, None, closed_high=False)
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A boolean option (``amsgrad``, ``maximize``, ...): a real bool, not 1 or "yes"."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
+import array_api_compat
+
 from portopt.backends import Adapter, adapter_for
 
+from .checkpoint import STATE_FORMAT, CheckpointError, tree_from_json, tree_to_json
 from .checks import Leaves, check_grads, check_params, check_state
-from .numerics import RuleNamespace, Scalars, compute_dtype, materialise
+from .numerics import RuleNamespace, Scalars, compute_dtype, dtype_name, materialise
 from .state import State
-from .trees import unflatten
+from .trees import flatten, unflatten
 
 __all__ = ["Rule"]
 
@@ -25,6 +28,7 @@ class Rule:
 
     name: ClassVar[str]
     kernel: ClassVar[Callable[..., tuple]]
+    skip_nonfinite: bool = False
 
     # --- what each rule defines -------------------------------------------------------
     def slot_names(self) -> tuple[str, ...]:
@@ -62,6 +66,8 @@ class Rule:
     def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
         """One step, pure: returns ``(new_params, new_state)`` and mutates nothing."""
         plan = _StepPlan(self, params, grads, state)
+        if plan.skip:
+            return params, State(rule=self.name, step=state.step, slots=dict(state.slots), skipped=state.skipped + 1)
         names = self.slot_names()
         new_params, new_slots = [], {name: [] for name in names}
         for index in range(len(plan.params.leaves)):
@@ -74,6 +80,7 @@ class Rule:
             rule=self.name,
             step=state.step + 1,
             slots={name: unflatten(treedef, leaves) for name, leaves in new_slots.items()},
+            skipped=state.skipped,
         )
 
     def step(self, params: Any, grads: Any, state: State) -> None:
@@ -91,6 +98,68 @@ class Rule:
         writing any.
         """
         return _StepPlan(self, params, grads, state, writing=True)
+
+    # --- checkpoints -------------------------------------------------------------------
+    def state_dict(self, state: State) -> dict[str, Any]:
+        """``state`` as plain data: NumPy arrays and Python scalars, on no backend.
+
+        ``{"format", "rule", "hyperparameters", "step", "skipped", "tree", "slots": {name:
+        [array per leaf]}}``; :func:`portopt.save` writes it to a file.
+        """
+        if not isinstance(state, State) or state.rule != self.name:
+            raise ValueError(f"state must be a State of {self.name}, got {getattr(state, 'rule', type(state).__name__)}")
+        names = self.slot_names()
+        if set(state.slots) != set(names):
+            raise ValueError(f"state has slots {sorted(state.slots)}, this {self.name} needs {sorted(names)}")
+        treedef = flatten(state.slots[names[0]])[1]
+        slots = {}
+        for name in names:
+            leaves = flatten(state.slots[name])[0]
+            slots[name] = [
+                adapter_for(array_api_compat.array_namespace(x)).to_numpy(x) for x in leaves
+            ]
+        return {
+            "format": STATE_FORMAT, "rule": self.name, "hyperparameters": self.hyperparameters(),
+            "step": state.step, "skipped": state.skipped, "tree": tree_to_json(treedef), "slots": slots,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any], like: Any) -> State:
+        """A State from :meth:`state_dict` data, on the backend, device and dtypes of ``like``.
+
+        Checks the format, the rule, the slots, the tree and every array's shape and dtype
+        against ``like`` (the params) before converting anything.
+        """
+        checked = check_params(like)
+        found = state_dict.get("format") if isinstance(state_dict, dict) else type(state_dict).__name__
+        if found != STATE_FORMAT:
+            raise CheckpointError(f"state_dict has format {found!r}, expected {STATE_FORMAT!r}")
+        if state_dict["rule"] != self.name:
+            raise CheckpointError(f"state_dict is a {state_dict['rule']} state, not {self.name}")
+        names = self.slot_names()
+        if set(state_dict["slots"]) != set(names):
+            raise CheckpointError(f"state_dict has slots {sorted(state_dict['slots'])}, this {self.name} needs "
+                                  f"{sorted(names)}; was it saved with other options?")
+        if tree_from_json(state_dict["tree"]) != checked.treedef:
+            raise CheckpointError(f"state_dict's tree {tree_from_json(state_dict['tree']).describe()} differs from "
+                                  f"like's {checked.treedef.describe()}")
+        step, skipped = state_dict["step"], state_dict.get("skipped", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise CheckpointError(f"state_dict's step must be an int >= 0, got {step!r}")
+        for name in names:
+            arrays = state_dict["slots"][name]
+            if len(arrays) != len(checked.leaves):
+                raise CheckpointError(f"state_dict slot {name!r} has {len(arrays)} arrays, like has {len(checked.leaves)}")
+            for path, array, p in zip(checked.paths, arrays, checked.leaves):
+                want = dtype_name(checked.xp, compute_dtype(checked.xp, p.dtype))
+                if tuple(array.shape) != tuple(p.shape) or array.dtype.name != want:
+                    raise CheckpointError(f"state_dict slot {name!r}{path} is {array.dtype.name}{tuple(array.shape)}, "
+                                          f"like{path} needs {want}{tuple(p.shape)}")
+        adapter = adapter_for(checked.xp) if checked.xp is not None else None
+        slots = {
+            name: unflatten(checked.treedef, [adapter.from_numpy(a, checked.device) for a in state_dict["slots"][name]])
+            for name in names
+        }
+        return State(rule=self.name, step=step, slots=slots, skipped=skipped)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -110,6 +179,7 @@ class _StepPlan:
         self.adapter: Adapter | None = adapter_for(self.xp) if self.xp is not None else None
         if writing:
             self._check_writeable()
+        self.skip = rule.skip_nonfinite and not self._all_finite()
         self.host_values: Mapping[str, float | bool] = rule.host_scalars(state.step)
         self._scalars: dict[Any, Scalars] = {}
         self.namespace: RuleNamespace | None = (
@@ -128,8 +198,16 @@ class _StepPlan:
                 if not self.adapter.is_writeable(x):
                     raise TypeError(f"state.slots[{name!r}]{path} is read-only; use update()")
 
+    def _all_finite(self) -> bool:
+        """Whether every gradient element is finite (an exact boolean reduction)."""
+        xp = self.xp
+        return all(bool(xp.all(xp.isfinite(g))) for g in self.grads)
+
     def apply(self) -> None:
         """Compute each leaf and write it into the params and the state, then count the step."""
+        if self.skip:
+            self.state.skipped += 1
+            return
         names = self.rule.slot_names()
         for index, p in enumerate(self.params.leaves):
             new_p, new_slots = self.compute(index)

@@ -13,10 +13,12 @@ class State:
     """State of one rule for one tree of parameters.
 
     ``slots`` maps a slot name (torch.optim's state key, e.g. ``'exp_avg'``) to a tree of
-    arrays shaped like the parameters. ``step`` counts the steps taken. ``update`` returns
+    arrays shaped like the parameters. ``step`` counts the steps taken; ``skipped`` the
+    steps skipped for non-finite gradients (``skip_nonfinite=True``). ``update`` returns
     a new State; ``step`` updates this one in place.
     """
 
     rule: str
     step: int
     slots: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0

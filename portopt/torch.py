@@ -39,6 +39,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], **hyperparameters: Any) -> None:
         defaults = self.rule_class(**hyperparameters).hyperparameters()
         super().__init__(params, defaults)
+        self.skipped_steps = 0  # steps skipped for non-finite gradients (skip_nonfinite=True)
 
     def _group_rule(self, group: dict) -> Rule:
         names = self.hyperparameter_names
@@ -61,13 +62,17 @@ class PortoptOptimizer(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise TypeError(f"{type(self).__name__} does not support sparse gradients")
-                if not self.state[p]:
+                if not self.state.get(p):
                     new_states[p] = {"step": 0, **rule.init(p).slots}
                 by_steps.setdefault(self._param_state(p, new_states)["step"], []).append(p)
             for steps_taken, params in by_steps.items():
                 slots = {name: [self._param_state(p, new_states)[name] for p in params] for name in rule.slot_names()}
                 state = State(rule=rule.name, step=steps_taken, slots=slots)
                 plans.append((params, rule.plan_step(params, [p.grad for p in params], state)))
+        if any(plan.skip for _, plan in plans):
+            # skip_nonfinite: a non-finite gradient anywhere skips the whole step, every group.
+            self.skipped_steps += 1
+            return loss
         for p, fresh in new_states.items():
             self.state[p] = fresh
         for params, plan in plans:

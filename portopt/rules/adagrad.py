@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..hyperparams import Hyperparameter, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
-from .adam import _check_flag
 
 __all__ = ["AdaGrad", "adagrad_kernel"]
 
@@ -47,18 +46,21 @@ class AdaGrad(Rule):
         initial_accumulator_value: float = 0.0,
         eps: Hyperparameter = 1e-10,
         maximize: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
         self.lr = check_number("lr", lr, schedulable=True)
         self.lr_decay = check_number("lr_decay", lr_decay)
         self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
         self.initial_accumulator_value = check_number("initial_accumulator_value", initial_accumulator_value)
         self.eps = check_number("eps", eps, schedulable=True)
-        self.maximize = _check_flag("maximize", maximize)
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
 
     def hyperparameters(self) -> dict[str, Any]:
         return dict(
             lr=self.lr, lr_decay=self.lr_decay, weight_decay=self.weight_decay,
-            initial_accumulator_value=self.initial_accumulator_value, eps=self.eps, maximize=self.maximize,
+            initial_accumulator_value=self.initial_accumulator_value, eps=self.eps,
+            maximize=self.maximize, skip_nonfinite=self.skip_nonfinite,
         )
 
     def slot_names(self) -> tuple[str, ...]:

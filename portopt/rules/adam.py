@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from ..host import power
-from ..hyperparams import Hyperparameter, check_betas, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
 from ..optimizer import Rule
 
 __all__ = ["Adam", "AdamW", "AMSGrad", "adam_kernel"]
@@ -62,18 +62,20 @@ class Adam(Rule):
         weight_decay: Hyperparameter = 0.0,
         amsgrad: bool = False,
         maximize: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
         self.lr = check_number("lr", lr, schedulable=True)
         self.betas = check_betas(betas)
         self.eps = check_number("eps", eps, schedulable=True)
         self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
-        self.amsgrad = _check_flag("amsgrad", amsgrad)
-        self.maximize = _check_flag("maximize", maximize)
+        self.amsgrad = check_flag("amsgrad", amsgrad)
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
 
     def hyperparameters(self) -> dict[str, Any]:
         return dict(
             lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
-            amsgrad=self.amsgrad, maximize=self.maximize,
+            amsgrad=self.amsgrad, maximize=self.maximize, skip_nonfinite=self.skip_nonfinite,
         )
 
     def slot_names(self) -> tuple[str, ...]:
@@ -118,8 +120,9 @@ class AdamW(Adam):
         weight_decay: Hyperparameter = 1e-2,
         amsgrad: bool = False,
         maximize: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize)
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, skip_nonfinite)
 
 
 class AMSGrad(Adam):
@@ -137,16 +140,11 @@ class AMSGrad(Adam):
         eps: Hyperparameter = 1e-8,
         weight_decay: Hyperparameter = 0.0,
         maximize: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
-        super().__init__(lr, betas, eps, weight_decay, True, maximize)
+        super().__init__(lr, betas, eps, weight_decay, True, maximize, skip_nonfinite)
 
     def hyperparameters(self) -> dict[str, Any]:
         values = super().hyperparameters()
         del values["amsgrad"]
         return values
-
-
-def _check_flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value

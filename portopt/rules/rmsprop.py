@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..hyperparams import Hyperparameter, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
-from .adam import _check_flag
 
 __all__ = ["RMSProp", "rmsprop_kernel"]
 
@@ -65,19 +64,22 @@ class RMSProp(Rule):
         momentum: float = 0.0,
         centered: bool = False,
         maximize: bool = False,
+        skip_nonfinite: bool = False,
     ) -> None:
         self.lr = check_number("lr", lr, schedulable=True)
         self.alpha = check_number("alpha", alpha, high=1.0)
         self.eps = check_number("eps", eps, schedulable=True)
         self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
         self.momentum = check_number("momentum", momentum)
-        self.centered = _check_flag("centered", centered)
-        self.maximize = _check_flag("maximize", maximize)
+        self.centered = check_flag("centered", centered)
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
 
     def hyperparameters(self) -> dict[str, Any]:
         return dict(
             lr=self.lr, alpha=self.alpha, eps=self.eps, weight_decay=self.weight_decay,
-            momentum=self.momentum, centered=self.centered, maximize=self.maximize,
+            momentum=self.momentum, centered=self.centered,
+            maximize=self.maximize, skip_nonfinite=self.skip_nonfinite,
         )
 
     def slot_names(self) -> tuple[str, ...]:

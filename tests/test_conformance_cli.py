@@ -1,0 +1,48 @@
+"""The ``portopt conformance`` command: backend selection, third-party namespaces, JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import MISSING, TARGETS
+from portopt.cli import main as portopt_main
+
+SMALL = ["--rules", "AdaGrad", "--variants", "defaults", "--shapes", "one", "prime", "--no-progress"]
+
+
+@pytest.mark.skipif("array_api_strict" not in TARGETS, reason=f"array_api_strict: {MISSING.get('array_api_strict')}")
+def test_namespace_option_runs_the_suite_on_a_given_module(tmp_path, capsys):
+    report = tmp_path / "report.json"
+    code = portopt_main(["conformance", "--backends", "numpy", "--namespace", "array_api_strict",
+                         "--skip-primitives", "--json", str(report), *SMALL])
+    out = capsys.readouterr().out
+    document = json.loads(report.read_text())
+    assert code == 0, out
+    assert document["backends"] == ["array_api_strict", "numpy"]
+    statuses = {(c["backend"], c["case"].split("/")[2]): c["status"] for c in document["cases"]}
+    assert statuses[("array_api_strict", "float32")] == "pass"
+    assert statuses[("array_api_strict", "float16")] == "unsupported"  # the standard has no float16
+    assert statuses[("numpy", "float16")] == "pass"
+    assert "passed, 0 failed" in out
+
+
+@pytest.mark.skipif("torch-cpu" not in TARGETS, reason=f"torch-cpu: {MISSING.get('torch-cpu')}")
+def test_a_broken_primitive_fails_the_run_and_is_named(monkeypatch, capsys):
+    from portopt.backends.torch_adapter import TorchAdapter
+
+    monkeypatch.setattr(TorchAdapter, "primitive_overrides", lambda self, device: {})
+    code = portopt_main(["conformance", "--backends", "torch-cpu", "--dtypes", "float32",
+                         "--rules", "Adam", "--variants", "defaults", "--shapes", "prime", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "defect: torch-cpu [portopt] sqrt float32" in out
+    assert "MISMATCH torch-cpu Adam/defaults/float32/prime: first differs at step" in out
+
+
+def test_unknown_command_and_help():
+    assert portopt_main(["frobnicate"]) == 2
+    assert portopt_main(["--help"]) == 0
+    with pytest.raises(SystemExit):
+        portopt_main(["conformance", "--rules", "NoSuchRule"])
