@@ -37,3 +37,11 @@ def target(request):
 @pytest.fixture
 def numpy_target():
     return TARGETS["numpy"]
+
+
+# Hypothesis: a small profile for CI, a long one by hand (HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py).
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "ci"))
