@@ -50,6 +50,10 @@ class Adapter:
         """Copy ``source`` into ``destination``'s memory, wherever it lives (views too)."""
         destination[...] = source
 
+    def flat_host_view(self, x: Any, writeable: bool) -> np.ndarray | None:
+        """A flat NumPy view of ``x``'s own memory for the CPU fast paths, or None if there is none."""
+        return None
+
     def to_numpy(self, x: Any) -> np.ndarray:
         """A host NumPy copy of ``x`` with the same bits."""
         x = array_api_compat.to_device(x, "cpu") if self.device(x) != "cpu" else x

@@ -26,6 +26,11 @@ class NumpyAdapter(Adapter):
     def write(self, destination: np.ndarray, source: Any) -> None:
         np.copyto(destination, source, casting="no")
 
+    def flat_host_view(self, x: Any, writeable: bool) -> np.ndarray | None:
+        if not isinstance(x, np.ndarray) or not x.flags.c_contiguous or (writeable and not x.flags.writeable):
+            return None
+        return x.reshape(-1)
+
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.array(x, copy=True)
 

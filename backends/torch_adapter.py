@@ -53,6 +53,14 @@ class TorchAdapter(Adapter):
         with torch.no_grad():
             destination.copy_(source)
 
+    def flat_host_view(self, x: Any, writeable: bool) -> np.ndarray | None:
+        """CPU tensors share their memory with NumPy (``.numpy()``); bfloat16 has no NumPy dtype."""
+        import torch
+
+        if x.device.type != "cpu" or not x.is_contiguous() or x.dtype not in (torch.float16, torch.float32, torch.float64):
+            return None
+        return x.detach().numpy().reshape(-1)
+
     def to_numpy(self, x: Any) -> np.ndarray:
         import torch
 

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", metavar="VARIANT")
     parser.add_argument("--api", choices=("step", "update"), default="step",
                         help="in-place step (default; update where the backend is immutable) or pure update")
+    parser.add_argument("--fast-path", choices=("auto", "compiled", "blocked", "off"), default=None,
+                        help="CPU fast path for in-place steps (default: the process's, normally auto)")
     parser.add_argument("--skip-primitives", action="store_true", help="run only the golden-vector tier")
     parser.add_argument("--json", metavar="PATH", help="write every result as JSON to PATH ('-' for stdout)")
     parser.add_argument("--readme", metavar="PATH",
@@ -76,6 +78,7 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
     from .primitives import print_primitive_table, run_primitives
 
     targets, missing = _targets(args)
+    print(f"fast path: {portopt.get_fast_path()}; api: {args.api}", file=out)
     for name, reason in missing.items():
         print(f"backend {name}: not found here ({reason})", file=out)
     if not targets:
@@ -239,6 +242,13 @@ def list_cases(args: argparse.Namespace, out=None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.fast_path is not None:
+        with portopt.fast_path(args.fast_path):
+            return _dispatch(args)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.action == "regenerate":
         return regenerate(args)
     if args.action == "list":

@@ -20,6 +20,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="backends to check (default: every one found)")
     group.addoption("--portopt-namespace", action="append", default=[],
                     help="an array-API namespace module to check, e.g. array_api_strict (repeatable)")
+    group.addoption("--portopt-fast-path", default=None, choices=("auto", "compiled", "blocked", "off"),
+                    help="CPU fast path used by in-place steps during the suite")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mode = config.getoption("--portopt-fast-path", default=None)
+    if mode is not None:
+        import portopt
+
+        portopt.set_fast_path(mode)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ if not _os.path.isdir(_os.path.join(_here, "backends")) and _os.path.isfile(
     __path__.append(_parent)  # noqa: F821 - the package's own search path
 
 from .checkpoint import CheckpointError, load, save  # noqa: E402
+from .fast import fast_path, get_mode as get_fast_path, set_mode as set_fast_path  # noqa: E402
 from .optimizer import Rule  # noqa: E402
 from .rules import RULES, AdaGrad, Adam, AdamW, AMSGrad, RMSProp  # noqa: E402
 from .state import State  # noqa: E402
@@ -28,5 +29,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "RULES", "Rule", "State",
-    "flatten", "unflatten", "tree_map", "save", "load", "CheckpointError", "__version__",
+    "flatten", "unflatten", "tree_map", "save", "load", "CheckpointError",
+    "fast_path", "get_fast_path", "set_fast_path", "__version__",
 ]

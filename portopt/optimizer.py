@@ -14,6 +14,7 @@ import array_api_compat
 
 from portopt.backends import Adapter, adapter_for
 
+from . import fast
 from .checkpoint import STATE_FORMAT, CheckpointError, tree_from_json, tree_to_json
 from .checks import Leaves, check_grads, check_params, check_state
 from .numerics import RuleNamespace, Scalars, compute_dtype, dtype_name, materialise
@@ -209,7 +210,12 @@ class _StepPlan:
             self.state.skipped += 1
             return
         names = self.rule.slot_names()
+        kernel = type(self.rule).kernel
         for index, p in enumerate(self.params.leaves):
+            slots = [self.slots[name][index] for name in names]
+            compute = compute_dtype(self.xp, p.dtype)
+            if fast.step_leaf(kernel, self.host_values, compute, self.adapter, p, self.grads[index], slots):
+                continue
             new_p, new_slots = self.compute(index)
             self.adapter.write(p, new_p)
             for name, value in zip(names, new_slots):

@@ -27,3 +27,10 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Bitwise equality (NaN payloads included), dtype and shape too."""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def same_bits_any_nan(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise equality except NaN sign and payload, which the contract leaves open (README)."""
+    from portopt.conformance.digests import canonical
+
+    return same_bits(canonical(np.asarray(a)), canonical(np.asarray(b)))

@@ -1,0 +1,97 @@
+"""CPU fast paths give the reference bits: every rule and option, every dtype, NumPy and torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import portopt
+from conftest import TARGETS
+from helpers import VARIANTS, make_rule, same_bits, same_bits_any_nan, variant_id
+from portopt.fast import compiled
+from portopt.fast.blocked import BLOCK
+from portopt.trace import trace
+
+SIZE = 2 * BLOCK + 17  # several blocks and a ragged end
+MODES = [pytest.param("blocked"),
+         pytest.param("compiled", marks=pytest.mark.skipif(not compiled.available(), reason="numba is not installed"))]
+
+
+def _inputs(dtype, steps=12):
+    rng = np.random.default_rng(7)
+    p0 = rng.standard_normal(SIZE).astype(dtype)
+    grads = []
+    info = np.finfo(dtype)
+    for _ in range(steps):
+        g = (rng.standard_normal(SIZE) * 2.0 ** rng.integers(-20, 5, SIZE)).astype(dtype)
+        g[:8] = [0.0, -0.0, info.smallest_subnormal, -info.smallest_subnormal, info.max, -info.max, np.nan, np.inf]
+        grads.append(g)
+    return p0, grads
+
+
+def _run(target, rule, p0, grads, mode):
+    params = target.asarray(p0)
+    state = rule.init(params)
+    with portopt.fast_path(mode), np.errstate(all="ignore"):
+        for g in grads:
+            rule.step(params, target.asarray(g), state)
+    return target.to_numpy(params), [target.to_numpy(state.slots[s]) for s in rule.slot_names()]
+
+
+@pytest.mark.parametrize("backend", [b for b in ("numpy", "torch-cpu") if b in TARGETS])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=[variant_id(v) for v in VARIANTS])
+def test_fast_path_gives_the_reference_bits(variant, dtype, mode, backend):
+    target = TARGETS[backend]
+    rule = make_rule(variant)
+    p0, grads = _inputs(dtype)
+    reference = _run(target, rule, p0, grads, "off")
+    fast = _run(target, rule, p0, grads, mode)
+    assert not same_bits(reference[0], p0)
+    # NaN sign is outside the contract: numba negates a NaN by subtraction, NumPy by flipping its sign.
+    assert same_bits_any_nan(fast[0], reference[0])
+    for a, b in zip(fast[1], reference[1]):
+        assert same_bits_any_nan(a, b)
+
+
+@pytest.mark.skipif(not compiled.available(), reason="numba is not installed")
+@pytest.mark.parametrize("variant", VARIANTS, ids=[variant_id(v) for v in VARIANTS])
+def test_generated_loops_have_no_fused_multiply_add(variant):
+    rule = make_rule(variant)
+    values = rule.host_scalars(0)
+    for dtype in (np.float32, np.float64):
+        loop, names = compiled.compiled_loop(type(rule).kernel, values, len(rule.slot_names()))
+        arrays = [np.ones(4, dtype) for _ in range(2 + len(rule.slot_names()))]
+        loop(*arrays, *[dtype(0.5) for _ in names])
+        assembly = loop.inspect_asm(loop.signatures[-1]).lower()
+        assert "vfmadd" not in assembly and "vfmsub" not in assembly and "vfnmadd" not in assembly
+
+
+def test_non_contiguous_params_take_the_reference_path_with_the_same_bits():
+    base = np.random.default_rng(1).standard_normal((300, 400))
+    view = base[:, ::2]
+    rule = portopt.Adam(lr=0.1)
+    expected, _ = rule.update(view.copy(), np.ones_like(view), rule.init(view.copy()))
+    with portopt.fast_path("auto"):
+        rule.step(view, np.ones_like(view), rule.init(view))
+    assert same_bits(view, expected)
+
+
+def test_tracing_refuses_what_a_fast_path_cannot_keep():
+    def bare_float(xp, s, p, g):
+        return (p - 0.1 * g,)
+
+    def branch_on_values(xp, s, p, g):
+        return (p if g > p else g,)
+
+    with pytest.raises(TypeError, match="bare float"):
+        trace(bare_float, {}, 0)
+    with pytest.raises(TypeError, match="branched on an array value"):
+        trace(branch_on_values, {}, 0)
+
+
+def test_fast_path_modes_are_checked():
+    with pytest.raises(ValueError, match="fast path mode must be one of"):
+        portopt.set_fast_path("turbo")
+    assert portopt.get_fast_path() in ("auto", "compiled", "blocked", "off")
