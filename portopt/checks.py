@@ -28,10 +28,18 @@ def _where(argument: str, path: str) -> str:
     return f"{argument}{path}"
 
 
+_NAMESPACE_BY_TYPE: dict[type, Any] = {}
+
+
 def _namespace(argument: str, path: str, x: Any) -> Any:
-    if not array_api_compat.is_array_api_obj(x):
-        raise TypeError(f"{_where(argument, path)} must be an array, got {type(x).__name__}")
-    return array_api_compat.array_namespace(x)
+    """The array-API namespace of ``x`` (looked up once per array type: this runs per leaf per step)."""
+    xp = _NAMESPACE_BY_TYPE.get(type(x))
+    if xp is None:
+        if not array_api_compat.is_array_api_obj(x):
+            raise TypeError(f"{_where(argument, path)} must be an array, got {type(x).__name__}")
+        xp = array_api_compat.array_namespace(x)
+        _NAMESPACE_BY_TYPE[type(x)] = xp
+    return xp
 
 
 def check_params(params: Any) -> Leaves:

@@ -210,11 +210,10 @@ class _StepPlan:
             self.state.skipped += 1
             return
         names = self.rule.slot_names()
-        kernel = type(self.rule).kernel
+        fast_step = fast.FastStep(type(self.rule).kernel, self.host_values, self.adapter) if self.adapter else None
         for index, p in enumerate(self.params.leaves):
             slots = [self.slots[name][index] for name in names]
-            compute = compute_dtype(self.xp, p.dtype)
-            if fast.step_leaf(kernel, self.host_values, compute, self.adapter, p, self.grads[index], slots):
+            if fast_step.run(compute_dtype(self.xp, p.dtype), p, self.grads[index], slots):
                 continue
             new_p, new_slots = self.compute(index)
             self.adapter.write(p, new_p)

@@ -14,7 +14,9 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import MISSING, TARGETS
 from portopt.conformance import exact, generator
+import portopt
 from portopt.conformance.cases import load_matrix
+from portopt.conformance.golden import load_golden
 from portopt.conformance.cli import main as conformance_main
 from portopt.conformance.digests import digest, ulp_distance
 from portopt.conformance.runner import run_case
@@ -93,10 +95,9 @@ def test_runner_locates_the_mismatch_of_a_broken_backend(monkeypatch):
     from portopt.backends.torch_adapter import TorchAdapter
 
     case = load_matrix().select(rules=["Adam"], variants=["defaults"], dtypes=["float32"], shapes=["prime"])[0]
-    golden = json.loads((generator.__file__[: -len("generator.py")] + "golden/Adam.json") and
-                        open(generator.__file__.replace("generator.py", "golden/Adam.json")).read())["cases"][case.id]
+    golden = load_golden("Adam")[case.id]
     monkeypatch.setattr(TorchAdapter, "primitive_overrides", lambda self, device: {})
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), portopt.fast_path("off"):
         results, _ = run_case(case, {"torch-cpu": TARGETS["torch-cpu"], "numpy": TARGETS["numpy"]}, golden)
     assert results["numpy"].status == "pass"
     broken = results["torch-cpu"]

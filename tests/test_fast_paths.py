@@ -12,7 +12,7 @@ from portopt.fast import compiled
 from portopt.fast.blocked import BLOCK
 from portopt.trace import trace
 
-SIZE = 2 * BLOCK + 17  # several blocks and a ragged end
+SIZE = max(2 * BLOCK, compiled.PARALLEL_THRESHOLD) + 17  # several blocks, the parallel loop, a ragged end
 MODES = [pytest.param("blocked"),
          pytest.param("compiled", marks=pytest.mark.skipif(not compiled.available(), reason="numba is not installed"))]
 
@@ -25,6 +25,7 @@ def _inputs(dtype, steps=12):
     for _ in range(steps):
         g = (rng.standard_normal(SIZE) * 2.0 ** rng.integers(-20, 5, SIZE)).astype(dtype)
         g[:8] = [0.0, -0.0, info.smallest_subnormal, -info.smallest_subnormal, info.max, -info.max, np.nan, np.inf]
+        g[8:16] = 0.0  # with eps=0 below: 0/0 and x/0 in the update
         grads.append(g)
     return p0, grads
 
@@ -46,6 +47,8 @@ def test_fast_path_gives_the_reference_bits(variant, dtype, mode, backend):
     target = TARGETS[backend]
     rule = make_rule(variant)
     p0, grads = _inputs(dtype)
+    if "eps" in rule.hyperparameters() and variant["name"] == "defaults":
+        rule = type(rule)(**{**rule.hyperparameters(), "eps": 0.0})  # divisions by zero must not raise
     reference = _run(target, rule, p0, grads, "off")
     fast = _run(target, rule, p0, grads, mode)
     assert not same_bits(reference[0], p0)
@@ -61,11 +64,14 @@ def test_generated_loops_have_no_fused_multiply_add(variant):
     rule = make_rule(variant)
     values = rule.host_scalars(0)
     for dtype in (np.float32, np.float64):
-        loop, names = compiled.compiled_loop(type(rule).kernel, values, len(rule.slot_names()))
-        arrays = [np.ones(4, dtype) for _ in range(2 + len(rule.slot_names()))]
-        loop(*arrays, *[dtype(0.5) for _ in names])
-        assembly = loop.inspect_asm(loop.signatures[-1]).lower()
-        assert "vfmadd" not in assembly and "vfmsub" not in assembly and "vfnmadd" not in assembly
+        loops = compiled.compiled_loops(type(rule).kernel, values, len(rule.slot_names()), np.dtype(dtype))
+        for size in (4, compiled.PARALLEL_THRESHOLD):  # the serial and the parallel build
+            arrays = [np.ones(size, dtype) for _ in range(2 + len(rule.slot_names()))]
+            loops.run(arrays[0], arrays[1], arrays[2:])
+            loop = compiled._compile(loops.source, size >= compiled.PARALLEL_THRESHOLD)
+            assembly = loop.inspect_asm(loop.signatures[-1]).lower()
+            assert "vsqrt" in assembly or "sqrt" in assembly
+            assert "vfmadd" not in assembly and "vfmsub" not in assembly and "vfnmadd" not in assembly
 
 
 def test_non_contiguous_params_take_the_reference_path_with_the_same_bits():

@@ -22,7 +22,7 @@ from ..numerics import dtype_name
 from . import compiled
 from .blocked import run_blocked
 
-__all__ = ["MODES", "get_mode", "set_mode", "fast_path", "step_leaf"]
+__all__ = ["MODES", "get_mode", "set_mode", "fast_path", "FastStep"]
 
 MODES = ("auto", "compiled", "blocked", "off")
 _mode = os.environ.get("PORTOPT_FAST_PATH", "auto")
@@ -55,22 +55,39 @@ def fast_path(mode: str) -> Iterator[None]:
         set_mode(previous)
 
 
-def step_leaf(kernel: Any, host_values: Any, compute: Any, adapter: Any, p: Any, g: Any, slots: list) -> bool:
-    """Run one leaf's in-place step on a fast path; False if none applies (the caller then runs the reference)."""
-    if _mode == "off":
-        return False
-    views = [adapter.flat_host_view(x, writeable=True) for x in (p, *slots)]
-    g_view = adapter.flat_host_view(g, writeable=False)
-    if g_view is None or any(v is None for v in views):
-        return False
-    p_view, *slot_views = views
-    compute = np.dtype(dtype_name(adapter.xp, compute))
-    use_compiled = (_mode in ("auto", "compiled") and compiled.available() and p_view.dtype == compute
-                    and compute in (np.float32, np.float64))
-    if use_compiled:
-        compiled.run_compiled(kernel, host_values, compute, p_view, g_view, slot_views)
-    elif _mode == "compiled":
-        return False
-    else:
-        run_blocked(kernel, host_values, compute, p_view, g_view, slot_views)
-    return True
+class FastStep:
+    """The fast path for one step of one rule: what can be prepared once is, then each leaf runs."""
+
+    def __init__(self, kernel: Any, host_values: Any, adapter: Any) -> None:
+        self.kernel, self.host_values, self.adapter = kernel, host_values, adapter
+        self.mode = _mode
+        self._prepared: dict = {}
+
+    def _prepare(self, compute: Any, slot_count: int) -> tuple:
+        key = (compute, slot_count)
+        if key not in self._prepared:
+            dtype = np.dtype(dtype_name(self.adapter.xp, compute))
+            loops = None
+            if self.mode in ("auto", "compiled") and compiled.available() and dtype in (np.float32, np.float64):
+                loops = compiled.compiled_loops(self.kernel, self.host_values, slot_count, dtype)
+            self._prepared[key] = (dtype, loops)
+        return self._prepared[key]
+
+    def run(self, compute: Any, p: Any, g: Any, slots: list) -> bool:
+        """One leaf's in-place step; False if no fast path applies (the caller runs the reference)."""
+        if self.mode == "off":
+            return False
+        adapter = self.adapter
+        p_view = adapter.flat_host_view(p, writeable=True)
+        g_view = adapter.flat_host_view(g, writeable=False)
+        slot_views = [adapter.flat_host_view(x, writeable=True) for x in slots]
+        if p_view is None or g_view is None or any(v is None for v in slot_views):
+            return False
+        dtype, loops = self._prepare(compute, len(slots))
+        if loops is not None and p_view.dtype == dtype:
+            loops.run(p_view, g_view, slot_views)
+        elif self.mode == "compiled":
+            return False
+        else:
+            run_blocked(self.kernel, self.host_values, dtype, p_view, g_view, slot_views)
+        return True

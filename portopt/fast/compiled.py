@@ -17,7 +17,7 @@ import numpy as np
 
 from ..trace import ARITHMETIC, COMPARISONS, Graph, Node, trace
 
-__all__ = ["available", "loop_source", "compiled_loop"]
+__all__ = ["available", "loop_source", "compiled_loops", "Loops", "PARALLEL_THRESHOLD"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,31 +83,41 @@ def loop_source(graph: Graph) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _compile(source: str) -> Callable:
+def _compile(source: str, parallel: bool) -> Callable:
     import numba
 
-    namespace: dict[str, Any] = {"math": math, "prange": numba.prange}
+    namespace: dict[str, Any] = {"math": math, "prange": numba.prange if parallel else range}
     exec(compile(source, "<portopt generated loop>", "exec"), namespace)  # noqa: S102 - our own source
-    return numba.njit(parallel=True, fastmath=False, nogil=True, cache=False)(namespace["loop"])
+    # error_model="numpy": IEEE results for x/0 and sqrt(-x) (the default raises, as Python does).
+    compile_loop = numba.njit(parallel=parallel, fastmath=False, error_model="numpy", nogil=True, cache=False)
+    return compile_loop(namespace["loop"])
 
 
-def compiled_loop(kernel: Callable, host_values: Mapping[str, Any], slot_count: int) -> tuple[Callable, list[str]]:
-    """The compiled loop for ``kernel`` with these flags, and the names of its scalar arguments."""
+# Below this many elements a loop runs on one thread: starting the pool costs more than it saves.
+PARALLEL_THRESHOLD = 1 << 16
+
+
+class Loops:
+    """The generated loop of one kernel (serial and parallel builds) with its scalars ready."""
+
+    def __init__(self, source: str, scalars: list) -> None:
+        self.source, self.scalars = source, scalars
+
+    def run(self, p: np.ndarray, g: np.ndarray, slots: list[np.ndarray]) -> None:
+        loop = _compile(self.source, p.shape[0] >= PARALLEL_THRESHOLD)
+        loop(p, g, *slots, *self.scalars)
+
+
+def compiled_loops(kernel: Callable, host_values: Mapping[str, Any], slot_count: int, dtype: np.dtype) -> Loops:
+    """The loop for ``kernel`` with these flags, its scalar arguments made ``dtype`` values once."""
     flags = tuple(sorted((k, v) for k, v in host_values.items() if isinstance(v, bool)))
-    return _cached(kernel, flags, tuple(sorted(host_values)), slot_count)
+    source, scalar_names = _traced(kernel, flags, tuple(sorted(host_values)), slot_count)
+    return Loops(source, [dtype.type(host_values[name]) for name in scalar_names])
 
 
 @functools.lru_cache(maxsize=None)
-def _cached(kernel: Callable, flags: tuple, names: tuple, slot_count: int) -> tuple[Callable, list[str]]:
+def _traced(kernel: Callable, flags: tuple, names: tuple, slot_count: int) -> tuple[str, list[str]]:
     values = {name: 0.0 for name in names}
     values.update(dict(flags))
     graph = trace(kernel, values, slot_count)
-    return _compile(loop_source(graph)), graph.scalar_names
-
-
-def run_compiled(kernel: Callable, host_values: Mapping[str, Any], dtype: np.dtype,
-                 p: np.ndarray, g: np.ndarray, slots: list[np.ndarray]) -> None:
-    """One in-place step over flat contiguous arrays of ``dtype`` (float32 or float64)."""
-    loop, scalar_names = compiled_loop(kernel, host_values, len(slots))
-    scalars = [dtype.type(host_values[name]) for name in scalar_names]
-    loop(p, g, *slots, *scalars)
+    return loop_source(graph), graph.scalar_names
