@@ -207,11 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", default="benchmarks/results.json")
     parser.add_argument("--readme", metavar="PATH", help="rewrite the performance block of PATH")
+    parser.add_argument("--from-json", metavar="PATH", help="print (and --readme) an earlier run's results, no timing")
     args = parser.parse_args(argv)
-    results = run(args.workloads, args.rules, args.rounds)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+    else:
+        results = run(args.workloads, args.rules, args.rounds)
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     text = table(results)
     print(text)
-    Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if args.readme:
         from portopt.conformance.report import replace_block
 
