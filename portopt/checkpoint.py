@@ -158,12 +158,12 @@ def load(path: str | os.PathLike) -> dict:
                                   f"manifest says {entry['dtype']}{entry['shape']}")
         if _digest(array) != entry["sha256"]:
             raise CheckpointError(f"{path}: array {entry['key']} does not match its SHA-256 (corrupted or tampered)")
-    tree = tree_from_json(manifest["tree"])
-    layout = {f"{name}/{index}" for name in manifest["slot_names"] for index in range(tree.num_leaves)}
+    leaves = tree_from_json(manifest["tree"]).num_leaves if manifest["tree"] is not None else 0
+    layout = {f"{name}/{index}" for name in manifest["slot_names"] for index in range(leaves)}
     if layout != expected_keys:
         raise CheckpointError(f"{path}: arrays do not match the manifest's tree and slots")
     slots = {
-        name: [contents[f"{name}/{index}"] for index in range(tree.num_leaves)] for name in manifest["slot_names"]
+        name: [contents[f"{name}/{index}"] for index in range(leaves)] for name in manifest["slot_names"]
     }
     return {
         "format": STATE_FORMAT,

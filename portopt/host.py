@@ -11,7 +11,7 @@ low word underflows (then within an ulp).
 
 from __future__ import annotations
 
-__all__ = ["power"]
+__all__ = ["power", "real_power", "cosine"]
 
 _SPLITTER = 134217729.0  # 2**27 + 1, Veltkamp's constant for binary64
 
@@ -56,3 +56,43 @@ def power(base: float, exponent: int) -> float:
         if bit == "1":
             result = _multiply(result, (base, 0.0))
     return result[0]
+
+
+_DIGITS = 40  # decimal digits for the transcendental helpers below
+
+
+def real_power(base: float, exponent: float) -> float:
+    """``base ** exponent`` for a real exponent, in 40-digit decimal arithmetic, rounded to a double.
+
+    The decimal module is exact software arithmetic, so every platform gets the same bits
+    (C's ``pow`` does not promise that). ``base > 0``.
+    """
+    import decimal
+
+    if not base > 0:
+        raise ValueError(f"base must be > 0, got {base}")
+    with decimal.localcontext() as context:
+        context.prec = _DIGITS
+        return float(decimal.Decimal(base) ** decimal.Decimal(exponent))
+
+
+def cosine(x: float) -> float:
+    """``cos(x)`` by its Taylor series in 40-digit decimal arithmetic, rounded to a double (|x| <= 8)."""
+    import decimal
+
+    if not -8.0 <= x <= 8.0:
+        raise ValueError(f"cosine is meant for |x| <= 8 (schedules use [0, pi]), got {x}")
+    with decimal.localcontext() as context:
+        context.prec = _DIGITS + 10
+        x2 = decimal.Decimal(x) ** 2
+        term, total, n = decimal.Decimal(1), decimal.Decimal(1), 0
+        while abs(term) > decimal.Decimal(10) ** -(_DIGITS + 5):
+            n += 2
+            term = -term * x2 / (n * (n - 1))
+            total += term
+        context.prec = _DIGITS
+        return float(+total)
+
+
+# pi to 40 digits, as the double nearest to it.
+PI = float("3.141592653589793238462643383279502884197")

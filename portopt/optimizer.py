@@ -112,7 +112,7 @@ class Rule:
         names = self.slot_names()
         if set(state.slots) != set(names):
             raise ValueError(f"state has slots {sorted(state.slots)}, this {self.name} needs {sorted(names)}")
-        treedef = flatten(state.slots[names[0]])[1]
+        treedef = flatten(state.slots[names[0]])[1] if names else None  # a rule without slots (plain SGD)
         slots = {}
         for name in names:
             leaves = flatten(state.slots[name])[0]
@@ -121,7 +121,8 @@ class Rule:
             ]
         return {
             "format": STATE_FORMAT, "rule": self.name, "hyperparameters": self.hyperparameters(),
-            "step": state.step, "skipped": state.skipped, "tree": tree_to_json(treedef), "slots": slots,
+            "step": state.step, "skipped": state.skipped,
+            "tree": tree_to_json(treedef) if treedef is not None else None, "slots": slots,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any], like: Any) -> State:
@@ -140,7 +141,7 @@ class Rule:
         if set(state_dict["slots"]) != set(names):
             raise CheckpointError(f"state_dict has slots {sorted(state_dict['slots'])}, this {self.name} needs "
                                   f"{sorted(names)}; was it saved with other options?")
-        if tree_from_json(state_dict["tree"]) != checked.treedef:
+        if state_dict["tree"] is not None and tree_from_json(state_dict["tree"]) != checked.treedef:
             raise CheckpointError(f"state_dict's tree {tree_from_json(state_dict['tree']).describe()} differs from "
                                   f"like's {checked.treedef.describe()}")
         step, skipped = state_dict["step"], state_dict.get("skipped", 0)

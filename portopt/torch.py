@@ -18,7 +18,8 @@ from . import rules
 from .optimizer import Rule
 from .state import State
 
-__all__ = ["Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp"]
+__all__ = ["Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "SGD", "NAdam", "AdaDelta", "Adamax", "Lion",
+           "AdaBound", "SignSGD"]
 
 
 def _host_value(value: Any) -> Any:
@@ -108,3 +109,10 @@ AdamW = _drop_in(rules.AdamW)
 AMSGrad = _drop_in(rules.AMSGrad)
 AdaGrad = _drop_in(rules.AdaGrad)
 RMSProp = _drop_in(rules.RMSProp)
+SGD = _drop_in(rules.SGD)
+NAdam = _drop_in(rules.NAdam)
+AdaDelta = _drop_in(rules.AdaDelta)
+Adamax = _drop_in(rules.Adamax)
+Lion = _drop_in(rules.Lion)
+AdaBound = _drop_in(rules.AdaBound)
+SignSGD = _drop_in(rules.SignSGD)

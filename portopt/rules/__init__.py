@@ -1,10 +1,18 @@
 """The update rules, one module per family; each rule is one elementwise kernel."""
 
+from .adabound import AdaBound
+from .adadelta import AdaDelta
 from .adagrad import AdaGrad
 from .adam import Adam, AdamW, AMSGrad
+from .adamax import Adamax
+from .lion import Lion
+from .nadam import NAdam
 from .rmsprop import RMSProp
+from .sgd import SGD, SignSGD
 
-__all__ = ["Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "RULES"]
+__all__ = ["Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "SGD", "NAdam", "AdaDelta", "Adamax", "Lion",
+           "AdaBound", "SignSGD", "RULES"]
 
 # Every rule by name; the tests and the conformance suite are driven from this table.
-RULES = {rule.name: rule for rule in (Adam, AdamW, AMSGrad, AdaGrad, RMSProp)}
+RULES = {rule.name: rule for rule in (Adam, AdamW, AMSGrad, AdaGrad, RMSProp, SGD, NAdam, AdaDelta, Adamax, Lion,
+                                      AdaBound, SignSGD)}

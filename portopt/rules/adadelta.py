@@ -1,0 +1,67 @@
+"""AdaDelta (Zeiler 2012); as torch.optim.Adadelta."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..optimizer import Rule
+
+__all__ = ["AdaDelta", "adadelta_kernel"]
+
+
+def adadelta_kernel(xp, s, p, g, square_avg, acc_delta):
+    """One AdaDelta step::
+
+        g     <- -g;  g <- g + wd * p                         (maximize; weight_decay)
+        sq    <- rho * sq + (1 - rho) * (g * g)
+        delta <- sqrt(acc + eps) / sqrt(sq + eps) * g
+        acc   <- rho * acc + (1 - rho) * (delta * delta)
+        p     <- p - lr * delta
+    """
+    if s.maximize:
+        g = -g
+    if s.coupled_decay:
+        g = g + s.weight_decay * p
+    square_avg = s.rho * square_avg + s.one_minus_rho * (g * g)
+    delta = xp.sqrt(acc_delta + s.eps) / xp.sqrt(square_avg + s.eps) * g
+    acc_delta = s.rho * acc_delta + s.one_minus_rho * (delta * delta)
+    return p - s.lr * delta, square_avg, acc_delta
+
+
+class AdaDelta(Rule):
+    """``sq = ρ sq + (1-ρ) g²``, ``Δ = √(acc+eps)/√(sq+eps) · g``, ``acc = ρ acc + (1-ρ) Δ²``, ``p -= lr Δ``."""
+
+    name = "AdaDelta"
+    kernel = staticmethod(adadelta_kernel)
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 1.0,
+        rho: float = 0.9,
+        eps: Hyperparameter = 1e-6,
+        weight_decay: Hyperparameter = 0.0,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        self.lr = check_number("lr", lr, schedulable=True)
+        self.rho = check_number("rho", rho, high=1.0, closed_high=True)
+        self.eps = check_number("eps", eps, schedulable=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(lr=self.lr, rho=self.rho, eps=self.eps, weight_decay=self.weight_decay,
+                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("square_avg", "acc_delta")
+
+    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
+        return dict(
+            maximize=self.maximize, coupled_decay=weight_decay != 0, weight_decay=weight_decay,
+            rho=self.rho, one_minus_rho=1.0 - self.rho, lr=evaluate("lr", self.lr, steps_taken),
+            eps=evaluate("eps", self.eps, steps_taken),
+        )

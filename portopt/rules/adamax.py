@@ -1,0 +1,68 @@
+"""Adamax: Adam with the infinity norm (Kingma & Ba 2015, section 7.1); as torch.optim.Adamax."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..host import power
+from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
+from ..optimizer import Rule
+
+__all__ = ["Adamax", "adamax_kernel"]
+
+
+def adamax_kernel(xp, s, p, g, m, u):
+    """One Adamax step (t = steps taken + 1)::
+
+        g <- -g;  g <- g + wd * p                 (maximize; weight_decay)
+        m <- b1 * m + (1 - b1) * g
+        u <- maximum(b2 * u, |g| + eps)
+        p <- p - (lr / (1 - b1^t)) * (m / u)
+    """
+    if s.maximize:
+        g = -g
+    if s.coupled_decay:
+        g = g + s.weight_decay * p
+    m = s.beta1 * m + s.one_minus_beta1 * g
+    u = xp.maximum(s.beta2 * u, xp.abs(g) + s.eps)
+    return p - s.step_size * (m / u), m, u
+
+
+class Adamax(Rule):
+    """``m = β1 m + (1-β1) g``, ``u = max(β2 u, |g| + eps)``, ``p -= lr/(1-β1^t) · m/u``."""
+
+    name = "Adamax"
+    kernel = staticmethod(adamax_kernel)
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: Hyperparameter = 1e-8,
+        weight_decay: Hyperparameter = 0.0,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        self.lr = check_number("lr", lr, schedulable=True)
+        self.betas = check_betas(betas)
+        self.eps = check_number("eps", eps, schedulable=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_inf")
+
+    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
+        beta1, beta2 = self.betas
+        return dict(
+            maximize=self.maximize, coupled_decay=weight_decay != 0, weight_decay=weight_decay,
+            beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+            step_size=evaluate("lr", self.lr, steps_taken) / (1.0 - power(beta1, steps_taken + 1)),
+            eps=evaluate("eps", self.eps, steps_taken),
+        )

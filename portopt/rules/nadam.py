@@ -1,0 +1,100 @@
+"""NAdam: Adam with Nesterov momentum (Dozat 2016), momentum schedule as torch.optim.NAdam."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..host import power, real_power
+from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
+from ..optimizer import Rule
+
+__all__ = ["NAdam", "nadam_kernel"]
+
+
+def nadam_kernel(xp, s, p, g, m, v):
+    """One NAdam step (t = steps taken + 1, mu_t = b1 (1 - 0.96^(t psi) / 2))::
+
+        g <- -g;  g <- g + wd * p  or  p <- p * (1 - lr * wd)       (maximize; weight decay)
+        m <- b1 * m + (1 - b1) * g
+        v <- b2 * v + (1 - b2) * (g * g)
+        d <- sqrt(v / (1 - b2^t)) + eps
+        p <- p - (lr (1 - mu_t) / (1 - prod_{k<=t} mu_k)) * (g / d)
+        p <- p - (lr mu_{t+1} / (1 - prod_{k<=t+1} mu_k)) * (m / d)
+    """
+    if s.maximize:
+        g = -g
+    if s.coupled_decay:
+        g = g + s.weight_decay * p
+    if s.decoupled_decay:
+        p = p * s.decay_factor
+    m = s.beta1 * m + s.one_minus_beta1 * g
+    v = s.beta2 * v + s.one_minus_beta2 * (g * g)
+    denom = xp.sqrt(v / s.bias_correction2) + s.eps
+    p = p - s.gradient_step * (g / denom)
+    return p - s.momentum_step * (m / denom), m, v
+
+
+class NAdam(Rule):
+    """Nesterov-accelerated Adam with torch's momentum schedule ``μ_t = β1 (1 - 0.96^(t·ψ)/2)``."""
+
+    name = "NAdam"
+    kernel = staticmethod(nadam_kernel)
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: Hyperparameter = 1e-8,
+        weight_decay: Hyperparameter = 0.0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        self.lr = check_number("lr", lr, schedulable=True)
+        self.betas = check_betas(betas)
+        self.eps = check_number("eps", eps, schedulable=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
+        self.momentum_decay = check_number("momentum_decay", momentum_decay)
+        self.decoupled_weight_decay = check_flag("decoupled_weight_decay", decoupled_weight_decay)
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
+        self._product = (0, 1.0)  # (t, prod_{k<=t} mu_k): the last one asked for
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+                    momentum_decay=self.momentum_decay, decoupled_weight_decay=self.decoupled_weight_decay,
+                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _mu(self, t: int) -> float:
+        return self.betas[0] * (1.0 - 0.5 * real_power(0.96, t * self.momentum_decay))
+
+    def _mu_product(self, t: int) -> float:
+        """``mu_1 * mu_2 * ... * mu_t`` multiplied in that order (as torch accumulates it)."""
+        start, product = self._product if self._product[0] <= t else (0, 1.0)
+        for k in range(start + 1, t + 1):
+            product = product * self._mu(k)
+        self._product = (t, product)
+        return product
+
+    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+        lr = evaluate("lr", self.lr, steps_taken)
+        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
+        beta1, beta2 = self.betas
+        t = steps_taken + 1
+        product = self._mu_product(t)
+        product_next = product * self._mu(t + 1)
+        return dict(
+            maximize=self.maximize, coupled_decay=weight_decay != 0 and not self.decoupled_weight_decay,
+            decoupled_decay=weight_decay != 0 and self.decoupled_weight_decay, weight_decay=weight_decay,
+            decay_factor=1.0 - lr * weight_decay, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+            one_minus_beta2=1.0 - beta2, bias_correction2=1.0 - power(beta2, t),
+            gradient_step=lr * (1.0 - self._mu(t)) / (1.0 - product),
+            momentum_step=lr * self._mu(t + 1) / (1.0 - product_next),
+            eps=evaluate("eps", self.eps, steps_taken),
+        )
+
+

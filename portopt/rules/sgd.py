@@ -1,0 +1,134 @@
+"""SGD with heavy-ball or Nesterov momentum, and sign-based SGD.
+
+SGD as torch.optim.SGD (Polyak 1964; Nesterov 1983; Sutskever et al. 2013); SignSGD and
+its momentum form Signum from Bernstein et al. (2018).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..optimizer import Rule
+from .common import SIGN_SCALARS, sign
+
+__all__ = ["SGD", "SignSGD", "sgd_kernel", "signsgd_kernel"]
+
+
+def sgd_kernel(xp, s, p, g, *buffer):
+    """One SGD step, elementwise::
+
+        g   <- -g;  g <- g + wd * p                     (maximize; weight_decay)
+        buf <- g on the first step, else mu * buf + (1 - dampening) * g     (momentum)
+        g   <- g + mu * buf  (nesterov)  or  g <- buf
+        p   <- p - lr * g
+    """
+    if s.maximize:
+        g = -g
+    if s.coupled_decay:
+        g = g + s.weight_decay * p
+    if not s.use_momentum:
+        return (p - s.lr * g,)
+    buf = g if s.first_step else s.momentum * buffer[0] + s.one_minus_dampening * g
+    g = g + s.momentum * buf if s.nesterov else buf
+    return p - s.lr * g, buf
+
+
+class SGD(Rule):
+    """``p -= lr·g``; with momentum ``buf = μ buf + (1-τ) g`` (``buf = g`` at first) and
+    ``p -= lr·buf`` (Nesterov: ``p -= lr·(g + μ buf)``). As torch.optim.SGD."""
+
+    name = "SGD"
+    kernel = staticmethod(sgd_kernel)
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: Hyperparameter = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        self.lr = check_number("lr", lr, schedulable=True)
+        self.momentum = check_number("momentum", momentum)
+        self.dampening = check_number("dampening", dampening, high=1.0, closed_high=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
+        self.nesterov = check_flag("nesterov", nesterov)
+        if nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("nesterov requires momentum > 0 and dampening = 0")
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(lr=self.lr, momentum=self.momentum, dampening=self.dampening, weight_decay=self.weight_decay,
+                    nesterov=self.nesterov, maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("momentum_buffer",) if self.momentum != 0 else ()
+
+    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
+        return dict(
+            maximize=self.maximize, coupled_decay=weight_decay != 0, use_momentum=self.momentum != 0,
+            nesterov=self.nesterov, first_step=steps_taken == 0, weight_decay=weight_decay,
+            momentum=self.momentum, one_minus_dampening=1.0 - self.dampening,
+            lr=evaluate("lr", self.lr, steps_taken),
+        )
+
+
+def signsgd_kernel(xp, s, p, g, *momentum):
+    """One SignSGD / Signum step::
+
+        g <- -g;  g <- g + wd * p                (maximize; weight_decay)
+        m <- beta * m + (1 - beta) * g           (momentum: Signum)
+        p <- p - lr * sign(m or g)
+    """
+    if s.maximize:
+        g = -g
+    if s.coupled_decay:
+        g = g + s.weight_decay * p
+    if not s.use_momentum:
+        return (p - s.lr * sign(xp, s, g),)
+    m = s.momentum * momentum[0] + s.one_minus_momentum * g
+    return p - s.lr * sign(xp, s, m), m
+
+
+class SignSGD(Rule):
+    """``p -= lr·sign(g)``; with momentum β (Signum) ``m = β m + (1-β) g``, ``p -= lr·sign(m)``.
+
+    Bernstein, Wang, Azizzadenesheli & Anandkumar (2018).
+    """
+
+    name = "SignSGD"
+    kernel = staticmethod(signsgd_kernel)
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 1e-3,
+        momentum: float = 0.0,
+        weight_decay: Hyperparameter = 0.0,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        self.lr = check_number("lr", lr, schedulable=True)
+        self.momentum = check_number("momentum", momentum, high=1.0)
+        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("momentum_buffer",) if self.momentum != 0 else ()
+
+    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
+        return dict(
+            maximize=self.maximize, coupled_decay=weight_decay != 0, use_momentum=self.momentum != 0,
+            weight_decay=weight_decay, momentum=self.momentum, one_minus_momentum=1.0 - self.momentum,
+            lr=evaluate("lr", self.lr, steps_taken), **SIGN_SCALARS,
+        )
