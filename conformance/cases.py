@@ -86,6 +86,7 @@ class Case:
     leaves: tuple[Leaf, ...]
     treedef: TreeDef
     small_values_up_to: int
+    clip_norm: float | None = None  # gradients clipped by portopt.clip_by_global_norm first
 
     @property
     def id(self) -> str:
@@ -96,7 +97,8 @@ class Case:
         return leaf_paths(self.treedef)
 
     def make_rule(self) -> portopt.Rule:
-        return build_rule(self.rule, self.options)
+        rule = build_rule(self.rule, self.options)
+        return portopt.Clipped(rule, self.clip_norm) if self.clip_norm is not None else rule
 
     def host_bases(self) -> list[np.ndarray]:
         """Initial contents of each leaf's base array (before the view is taken)."""
@@ -171,5 +173,6 @@ def load_matrix(path: Path | str = CASES_FILE) -> Matrix:
                     dtype=dtype, shape=shape, seed=config["seed"], steps=config["steps"],
                     checkpoints=checkpoints, gradient_schedule=config["gradients"],
                     leaves=leaves, treedef=treedef, small_values_up_to=config["small_values_up_to"],
+                    clip_norm=variant.get("clip_norm"),
                 ))
     return matrix

@@ -18,7 +18,9 @@ if not _os.path.isdir(_os.path.join(_here, "backends")) and _os.path.isfile(
 ):
     __path__.append(_parent)  # noqa: F821 - the package's own search path
 
+from .advice import DivergenceWarning  # noqa: E402
 from .checkpoint import CheckpointError, load, save  # noqa: E402
+from .clipping import Clipped, clip_by_global_norm, global_norm  # noqa: E402
 from .fast import fast_path, get_mode as get_fast_path, set_mode as set_fast_path  # noqa: E402
 from .optimizer import Rule  # noqa: E402
 from .rules import (  # noqa: E402
@@ -33,5 +35,6 @@ __all__ = [
     "Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "SGD", "NAdam", "AdaDelta", "Adamax", "Lion",
     "AdaBound", "SignSGD", "RULES", "Rule", "State",
     "flatten", "unflatten", "tree_map", "save", "load", "CheckpointError",
-    "fast_path", "get_fast_path", "set_fast_path", "__version__",
+    "fast_path", "get_fast_path", "set_fast_path", "Clipped", "clip_by_global_norm", "global_norm",
+    "DivergenceWarning", "__version__",
 ]

@@ -15,7 +15,8 @@ def variant_id(variant: dict) -> str:
 
 
 def make_rule(variant: dict) -> portopt.Rule:
-    return build_rule(variant["rule"], variant["options"])
+    rule = build_rule(variant["rule"], variant["options"])
+    return portopt.Clipped(rule, variant["clip_norm"]) if "clip_norm" in variant else rule
 
 
 def random_arrays(seed: int, shape, dtype: str, count: int) -> list[np.ndarray]:

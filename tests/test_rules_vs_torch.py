@@ -72,6 +72,8 @@ def test_matches_torch_optim_in_float64(variant):
         if schedule is not None:
             optimizer.param_groups[0]["lr"] = schedule(step)
         theirs.grad = torch.from_numpy(g.copy())
+        if "clip_norm" in variant:  # torch's own clipping: a different reduction order, same math
+            torch.nn.utils.clip_grad_norm_([theirs], variant["clip_norm"], foreach=False)
         optimizer.step()
     torch_state = optimizer.state[theirs]
     compared = {"params": (params, theirs.detach().numpy())}

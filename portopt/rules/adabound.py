@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from ..host import power
+from ..advice import warn_if_beta1_too_large
 from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
 from ..optimizer import Rule
 
@@ -63,6 +64,7 @@ class AdaBound(Rule):
     ) -> None:
         self.lr = check_number("lr", lr, schedulable=True)
         self.betas = check_betas(betas)
+        warn_if_beta1_too_large(self.betas)
         self.final_lr = check_number("final_lr", final_lr)
         self.gamma = check_number("gamma", gamma, high=1.0)
         if self.gamma == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..host import power
+from ..advice import warn_if_beta1_too_large
 from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
 from ..optimizer import Rule
 
@@ -45,6 +46,7 @@ class Adamax(Rule):
     ) -> None:
         self.lr = check_number("lr", lr, schedulable=True)
         self.betas = check_betas(betas)
+        warn_if_beta1_too_large(self.betas)
         self.eps = check_number("eps", eps, schedulable=True)
         self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
         self.maximize = check_flag("maximize", maximize)

@@ -1,0 +1,103 @@
+"""Deterministic global-norm clipping, and a rule wrapper that clips before each step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checks import check_grads, check_params
+from .hyperparams import check_number
+from .numerics import compute_dtype
+from .optimizer import Rule
+from .reductions import pairwise_sum_of_squares
+from .state import State
+from .trees import unflatten
+
+__all__ = ["global_norm", "clip_by_global_norm", "Clipped"]
+
+
+def _norm_dtype(xp: Any, leaves: list) -> Any:
+    """float64 if any leaf computes in float64, else float32."""
+    dtypes = [compute_dtype(xp, leaf.dtype) for leaf in leaves]
+    return xp.float64 if xp.float64 in dtypes else xp.float32
+
+
+def global_norm(grads: Any) -> Any:
+    """``sqrt(sum of g² over every element of the tree)``, a 0-d array, with the same bits on
+    every backend: squares and sums in the order of :mod:`portopt.reductions`, a correctly
+    rounded sqrt. float64 if any leaf is float64, else float32."""
+    checked = check_params(grads)
+    if not checked.leaves:
+        raise ValueError("grads is an empty tree; its norm is undefined")
+    from portopt.backends import adapter_for
+
+    xp = checked.xp
+    namespace = adapter_for(xp).rule_namespace(checked.device)
+    return namespace.sqrt(pairwise_sum_of_squares(xp, checked.leaves, _norm_dtype(xp, checked.leaves)))
+
+
+def clip_by_global_norm(grads: Any, max_norm: float, eps: float = 1e-6) -> tuple[Any, Any]:
+    """Scale ``grads`` by ``min(1, max_norm / (norm + eps))``; returns ``(clipped, norm)``.
+
+    As ``torch.nn.utils.clip_grad_norm_`` (which adds 1e-6 too), but with the norm of
+    :func:`global_norm`, so every backend clips by the same factor. The factor is computed
+    in the norm's dtype and applied to each leaf in its compute dtype.
+    """
+    max_norm = check_number("max_norm", max_norm)
+    eps = check_number("eps", eps)
+    checked = check_params(grads)
+    norm = global_norm(grads)
+    xp = checked.xp
+    device = checked.device
+    factor = xp.asarray(max_norm, dtype=norm.dtype, device=device) / (norm + xp.asarray(eps, dtype=norm.dtype, device=device))
+    factor = xp.where(factor < xp.asarray(1.0, dtype=norm.dtype, device=device), factor,
+                      xp.asarray(1.0, dtype=norm.dtype, device=device))
+    clipped = []
+    for g in checked.leaves:
+        dtype = compute_dtype(xp, g.dtype)
+        scaled = xp.astype(g, dtype) * xp.astype(factor, dtype)
+        clipped.append(scaled if scaled.dtype == g.dtype else xp.astype(scaled, g.dtype))
+    return unflatten(checked.treedef, clipped), norm
+
+
+class Clipped(Rule):
+    """``rule`` applied to gradients clipped by :func:`clip_by_global_norm` first.
+
+    Same state as ``rule`` (its name included, so checkpoints stay interchangeable).
+    """
+
+    def __init__(self, rule: Rule, max_norm: float) -> None:
+        if not isinstance(rule, Rule):
+            raise TypeError(f"rule must be a portopt rule, got {type(rule).__name__}")
+        self.rule = rule
+        self.max_norm = check_number("max_norm", max_norm)
+        self.name = rule.name
+        self.skip_nonfinite = rule.skip_nonfinite
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**self.rule.hyperparameters(), "max_norm": self.max_norm}
+
+    def slot_names(self) -> tuple[str, ...]:
+        return self.rule.slot_names()
+
+    def slot_initial_value(self, slot: str) -> float:
+        return self.rule.slot_initial_value(slot)
+
+    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+        return self.rule.host_scalars(steps_taken)
+
+    def init(self, params: Any) -> State:
+        return self.rule.init(params)
+
+    def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
+        return self.rule.update(params, self._clip(params, grads), state)
+
+    def plan_step(self, params: Any, grads: Any, state: State):
+        return self.rule.plan_step(params, self._clip(params, grads), state)
+
+    def _clip(self, params: Any, grads: Any) -> Any:
+        checked = check_params(params)
+        check_grads(grads, checked)  # first, so that errors name the argument as usual
+        return clip_by_global_norm(grads, self.max_norm)[0] if checked.leaves else grads
+
+    def __repr__(self) -> str:
+        return f"Clipped({self.rule!r}, max_norm={self.max_norm!r})"

@@ -1,0 +1,119 @@
+"""Deterministic global-norm clipping; host-side schedules against torch's LR schedulers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import portopt
+from conftest import TARGETS
+from helpers import same_bits
+from portopt import schedules
+from portopt.reductions import pairwise_sum
+
+
+def _tree(seed, dtype="float32"):
+    rng = np.random.default_rng(seed)
+    return {"w": rng.standard_normal((257, 13)).astype(dtype), "b": [rng.standard_normal(1001).astype(dtype),
+                                                                     np.zeros(0, dtype), np.array(3.0, dtype)]}
+
+
+def test_pairwise_sum_follows_the_documented_order(numpy_target):
+    x = np.array([1e8, 1.0, -1e8, 1.0, 0.5], np.float32)
+    # ((1e8 + 1) + (-1e8 + 1)) + 0.5, each addition rounded in float32
+    a, b = np.float32(1e8) + np.float32(1.0), np.float32(-1e8) + np.float32(1.0)
+    assert float(pairwise_sum(numpy_target.xp, [x], np.float32)) == float((a + b) + np.float32(0.5))
+    assert float(pairwise_sum(numpy_target.xp, [np.zeros(0, np.float32)], np.float32)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_global_norm_has_the_same_bits_on_every_backend(dtype):
+    for seed in range(5):
+        tree = _tree(seed, dtype)
+        norms = {name: float(t.to_numpy(portopt.global_norm(portopt.tree_map(t.asarray, tree))))
+                 for name, t in TARGETS.items() if dtype in t.dtypes}
+        assert len(set(norms.values())) == 1, norms
+        exact = math.sqrt(sum(float(v) ** 2 for leaf in portopt.flatten(tree)[0] for v in np.ravel(leaf)))
+        assert abs(next(iter(norms.values())) - exact) <= 1e-5 * exact
+
+
+def test_clip_by_global_norm_scales_like_torch_and_agrees_across_backends():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    tree = _tree(1, "float64")
+    clipped, norm = portopt.clip_by_global_norm(tree, 5.0)
+    assert float(norm) > 5.0
+    assert abs(float(portopt.global_norm(clipped)) - 5.0) < 1e-5
+    tensors = [torch.from_numpy(x.copy()) for x in portopt.flatten(tree)[0]]
+    for t in tensors:
+        t.grad = t.clone()
+    torch.nn.utils.clip_grad_norm_(tensors, 5.0)
+    for ours, theirs in zip(portopt.flatten(clipped)[0], tensors):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-12)
+    on_torch, _ = portopt.clip_by_global_norm(portopt.tree_map(torch.from_numpy, tree), 5.0)
+    assert all(same_bits(a, b.numpy()) for a, b in zip(portopt.flatten(clipped)[0], portopt.flatten(on_torch)[0]))
+    small, _ = portopt.clip_by_global_norm(tree, 1e6)  # below the bound: unchanged
+    assert all(same_bits(a, b) for a, b in zip(portopt.flatten(small)[0], portopt.flatten(tree)[0]))
+
+
+def test_clipped_rule_checks_grads_first_and_keeps_the_state_format():
+    rule = portopt.Clipped(portopt.Adam(lr=0.1), max_norm=1.0)
+    params = [np.ones(3)]
+    state = rule.init(params)
+    assert state.rule == "Adam"
+    with pytest.raises(ValueError, match=r"grads\[0\] has shape"):
+        rule.step(params, [np.ones(4)], state)
+    rule.step(params, [np.full(3, 100.0)], state)
+    expected = [np.ones(3)]
+    plain = portopt.Adam(lr=0.1)
+    plain.step(expected, [np.full(3, 100.0) / (np.sqrt(30000.0) + 1e-6)], plain.init(expected))
+    assert same_bits(params[0], expected[0])
+    with pytest.raises(ValueError, match="max_norm must be >= 0"):
+        portopt.Clipped(portopt.Adam(), -1.0)
+
+
+def test_schedules_match_torch_lr_schedulers():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+
+    def torch_values(make, steps=60):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        scheduler = make(optimizer)
+        values = []
+        for _ in range(steps):
+            values.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return values
+
+    pairs = [  # (ours, torch's, steps compared: CosineAnnealingLR rises again after its period)
+        (schedules.step_decay(0.1, 0.5, 7), lambda o: torch.optim.lr_scheduler.StepLR(o, 7, 0.5), 60),
+        (schedules.exponential_decay(0.1, 0.9), lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9), 60),
+        (schedules.cosine_decay(0.1, 40, final=0.001),
+         lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 40, eta_min=0.001), 41),
+    ]
+    for ours, make, limit in pairs:
+        theirs = torch_values(make)
+        for t in range(limit):
+            assert abs(ours(t) - theirs[t]) <= 1e-12 * max(abs(theirs[t]), 1e-30), (t, ours(t), theirs[t])
+
+
+def test_warmup_then_cosine():
+    schedule = schedules.warmup_cosine(peak=1.0, warmup_steps=10, decay_steps=20, final=0.0)
+    values = [schedule(t) for t in range(40)]
+    assert values[0] == 0.1 and values[9] == 1.0 and values[10] == 1.0
+    assert values[20] == pytest.approx(0.5, abs=1e-15) and values[30] == 0.0 and values[39] == 0.0
+    assert all(a >= b for a, b in zip(values[9:], values[10:]))
+    with pytest.raises(ValueError, match="decay_steps must be an int >= 1"):
+        schedules.cosine_decay(1.0, 0)
+
+
+def test_beta1_at_or_above_sqrt_beta2_warns_once_per_call():
+    with pytest.warns(portopt.DivergenceWarning, match=r"beta1 = 0.99 >= sqrt\(beta2\)"):
+        portopt.Adam(betas=(0.99, 0.9))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        portopt.Adam(betas=(0.9, 0.999))
+        portopt.Lion(betas=(0.99, 0.9))  # Lion's betas mean something else: no warning
