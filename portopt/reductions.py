@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["pairwise_sum", "pairwise_sum_of_squares"]
+__all__ = ["pairwise_sum", "pairwise_sum_of_squares", "pairwise_sum_last_axis", "matmul"]
 
 
 def _pairwise(xp: Any, x: Any) -> Any:
@@ -50,3 +50,24 @@ def _device(array: Any) -> Any:
     import array_api_compat
 
     return array_api_compat.device(array)
+
+
+def pairwise_sum_last_axis(xp: Any, x: Any) -> Any:
+    """Sum over the last axis in the same fixed pairwise order (element 2i plus element 2i+1, ...)."""
+    if x.shape[-1] == 0:
+        return xp.zeros(x.shape[:-1], dtype=x.dtype, device=_device(x))
+    while x.shape[-1] > 1:
+        n = x.shape[-1]
+        pairs = x[..., 0:n - 1:2] + x[..., 1:n:2]
+        x = xp.concat([pairs, x[..., n - 1:n]], axis=-1) if n % 2 else pairs
+    return x[..., 0]
+
+
+def matmul(xp: Any, a: Any, b: Any) -> Any:
+    """``a @ b`` for 2-D arrays with every dot product summed in the fixed pairwise order.
+
+    Library matmuls block and vectorise differently on every backend (and may use FMA);
+    this one gives the same bits everywhere, at the cost of an (n, m, k) temporary.
+    """
+    products = a[:, :, None] * b[None, :, :]
+    return pairwise_sum_last_axis(xp, xp.permute_dims(products, (0, 2, 1)))
