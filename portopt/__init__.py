@@ -24,7 +24,7 @@ from .clipping import Clipped, clip_by_global_norm, global_norm  # noqa: E402
 from .fast import fast_path, get_mode as get_fast_path, set_mode as set_fast_path  # noqa: E402
 from .optimizer import Rule  # noqa: E402
 from .rules import (  # noqa: E402
-    RULES, SGD, AdaBound, AdaDelta, AdaGrad, Adam, Adamax, AdamW, AMSGrad, Lion, NAdam, RMSProp, SignSGD,
+    RULES, SGD, AdaBound, AdaDelta, AdaGrad, AdaGradNorm, Adam, Adamax, AdamW, AMSGrad, Lion, NAdam, RMSProp, SignSGD,
 )
 from .state import State  # noqa: E402
 from .trees import flatten, tree_map, unflatten  # noqa: E402
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "SGD", "NAdam", "AdaDelta", "Adamax", "Lion",
-    "AdaBound", "SignSGD", "RULES", "Rule", "State",
+    "AdaBound", "SignSGD", "AdaGradNorm", "RULES", "Rule", "State",
     "flatten", "unflatten", "tree_map", "save", "load", "CheckpointError",
     "fast_path", "get_fast_path", "set_fast_path", "Clipped", "clip_by_global_norm", "global_norm",
     "DivergenceWarning", "__version__",

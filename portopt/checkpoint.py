@@ -96,6 +96,7 @@ def save(path: str | os.PathLike, state_dict: dict) -> None:
         "hyperparameters": _json_hyperparameters(state_dict["hyperparameters"]),
         "step": state_dict["step"],
         "skipped": state_dict.get("skipped", 0),
+        "host": {name: float(value).hex() for name, value in state_dict.get("host", {}).items()},
         "tree": state_dict["tree"],
         "slot_names": list(state_dict["slots"]),
         "arrays": entries,
@@ -171,6 +172,7 @@ def load(path: str | os.PathLike) -> dict:
         "hyperparameters": manifest["hyperparameters"],
         "step": manifest["step"],
         "skipped": manifest["skipped"],
+        "host": {name: float.fromhex(value) for name, value in manifest.get("host", {}).items()},
         "tree": manifest["tree"],
         "slots": slots,
     }

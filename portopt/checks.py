@@ -100,7 +100,8 @@ def check_grads(grads: Any, params: Leaves) -> list:
     return leaves
 
 
-def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: Leaves) -> dict[str, list]:
+def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: Leaves,
+                host_names: Sequence[str] = ()) -> dict[str, list]:
     """Slot leaves of ``state``, checked to belong to this rule and these params."""
     if not isinstance(state, State):
         raise TypeError(f"state must be a portopt State (from init), got {type(state).__name__}")
@@ -111,6 +112,8 @@ def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: L
             f"state has slots {sorted(state.slots)} but this {rule_name} needs {sorted(slot_names)}; "
             "was it made with other options (e.g. amsgrad, momentum, centered)?"
         )
+    if set(state.host) != set(host_names):
+        raise ValueError(f"state has host entries {sorted(state.host)}, {rule_name} needs {sorted(host_names)}")
     if isinstance(state.step, bool) or not isinstance(state.step, int) or state.step < 0:
         raise ValueError(f"state.step must be an int >= 0, got {state.step!r}")
     slots: dict[str, list] = {}

@@ -48,6 +48,15 @@ class Rule:
         """Constructor arguments, as given (schedules stay callables)."""
         raise NotImplementedError
 
+    def initial_host_state(self) -> dict[str, float]:
+        """Whole-tree state kept on the host (see State.host); most rules have none."""
+        return {}
+
+    def advance_host_state(self, steps_taken: int, host: dict[str, float], xp: Any, grads: list,
+                           params: list) -> tuple[dict[str, float], dict[str, float]]:
+        """Extra host scalars for this step and the new host state, from the gradients if needed."""
+        return {}, host
+
     # --- the shared API ---------------------------------------------------------------
     def init(self, params: Any) -> State:
         """A fresh state for ``params`` (one array or a dict/list/tuple tree of arrays)."""
@@ -62,13 +71,14 @@ class Rule:
                     for p in checked.leaves
                 ],
             )
-        return State(rule=self.name, step=0, slots=slots)
+        return State(rule=self.name, step=0, slots=slots, host=self.initial_host_state())
 
     def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
         """One step, pure: returns ``(new_params, new_state)`` and mutates nothing."""
         plan = _StepPlan(self, params, grads, state)
         if plan.skip:
-            return params, State(rule=self.name, step=state.step, slots=dict(state.slots), skipped=state.skipped + 1)
+            return params, State(rule=self.name, step=state.step, slots=dict(state.slots), skipped=state.skipped + 1,
+                                 host=dict(state.host))
         names = self.slot_names()
         new_params, new_slots = [], {name: [] for name in names}
         for index in range(len(plan.params.leaves)):
@@ -82,6 +92,7 @@ class Rule:
             step=state.step + 1,
             slots={name: unflatten(treedef, leaves) for name, leaves in new_slots.items()},
             skipped=state.skipped,
+            host=plan.new_host,
         )
 
     def step(self, params: Any, grads: Any, state: State) -> None:
@@ -121,7 +132,7 @@ class Rule:
             ]
         return {
             "format": STATE_FORMAT, "rule": self.name, "hyperparameters": self.hyperparameters(),
-            "step": state.step, "skipped": state.skipped,
+            "step": state.step, "skipped": state.skipped, "host": dict(state.host),
             "tree": tree_to_json(treedef) if treedef is not None else None, "slots": slots,
         }
 
@@ -144,7 +155,9 @@ class Rule:
         if state_dict["tree"] is not None and tree_from_json(state_dict["tree"]) != checked.treedef:
             raise CheckpointError(f"state_dict's tree {tree_from_json(state_dict['tree']).describe()} differs from "
                                   f"like's {checked.treedef.describe()}")
-        step, skipped = state_dict["step"], state_dict.get("skipped", 0)
+        step, skipped, host = state_dict["step"], state_dict.get("skipped", 0), dict(state_dict.get("host", {}))
+        if set(host) != set(self.initial_host_state()) or not all(isinstance(v, float) for v in host.values()):
+            raise CheckpointError(f"state_dict's host state {host!r} does not fit {self.name}")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise CheckpointError(f"state_dict's step must be an int >= 0, got {step!r}")
         for name in names:
@@ -161,7 +174,7 @@ class Rule:
             name: unflatten(checked.treedef, [adapter.from_numpy(a, checked.device) for a in state_dict["slots"][name]])
             for name in names
         }
-        return State(rule=self.name, step=step, slots=slots, skipped=skipped)
+        return State(rule=self.name, step=step, slots=slots, skipped=skipped, host=host)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -176,13 +189,15 @@ class _StepPlan:
         self.state = state
         self.params: Leaves = check_params(params)
         self.grads = check_grads(grads, self.params)
-        self.slots = check_state(state, rule.name, rule.slot_names(), self.params)
+        self.slots = check_state(state, rule.name, rule.slot_names(), self.params, tuple(rule.initial_host_state()))
         self.xp = self.params.xp
         self.adapter: Adapter | None = adapter_for(self.xp) if self.xp is not None else None
         if writing:
             self._check_writeable()
         self.skip = rule.skip_nonfinite and not self._all_finite()
-        self.host_values: Mapping[str, float | bool] = rule.host_scalars(state.step)
+        extra, self.new_host = ({}, dict(state.host)) if self.skip else rule.advance_host_state(
+            state.step, dict(state.host), self.xp, self.grads, self.params.leaves)
+        self.host_values: Mapping[str, float | bool] = {**rule.host_scalars(state.step), **extra}
         self._scalars: dict[Any, Scalars] = {}
         self.namespace: RuleNamespace | None = (
             self.adapter.rule_namespace(self.params.device) if self.adapter else None
@@ -220,6 +235,7 @@ class _StepPlan:
             self.adapter.write(p, new_p)
             for name, value in zip(names, new_slots):
                 self.adapter.write(self.slots[name][index], value)
+        self.state.host = self.new_host
         self.state.step += 1
 
     def scalars(self, dtype: Any) -> Scalars:

@@ -14,11 +14,13 @@ class State:
 
     ``slots`` maps a slot name (torch.optim's state key, e.g. ``'exp_avg'``) to a tree of
     arrays shaped like the parameters. ``step`` counts the steps taken; ``skipped`` the
-    steps skipped for non-finite gradients (``skip_nonfinite=True``). ``update`` returns
-    a new State; ``step`` updates this one in place.
+    steps skipped for non-finite gradients (``skip_nonfinite=True``). ``host`` holds the
+    few rules' state that is one number for the whole tree (AdaGrad-Norm's ``b²``), as
+    Python floats. ``update`` returns a new State; ``step`` updates this one in place.
     """
 
     rule: str
     step: int
     slots: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
+    host: dict[str, float] = field(default_factory=dict)

@@ -54,7 +54,19 @@ def signum_reference(p, grads, lr, momentum):
     return np.array(p)
 
 
+def adagradnorm_reference(p, grads, lr, b0_squared, eps):
+    """Ward, Wu & Bottou (2018), AdaGrad-Norm: one b for all coordinates."""
+    p, b2 = [float(x) for x in p], b0_squared
+    for g in grads:
+        g = g.tolist()
+        b2 += math.fsum(x * x for x in g)
+        p = [pi - lr * gi / (math.sqrt(b2) + eps) for pi, gi in zip(p, g)]
+    return np.array(p)
+
+
 CASES = [
+    (portopt.AdaGradNorm(lr=0.5, initial_accumulator_value=0.1),
+     lambda p, g: adagradnorm_reference(p, g, 0.5, 0.1, 1e-10)),
     (portopt.Lion(lr=0.01, betas=(0.9, 0.99), weight_decay=0.1), lambda p, g: lion_reference(p, g, 0.01, 0.9, 0.99, 0.1)),
     (portopt.AdaBound(lr=0.01, final_lr=0.05), lambda p, g: adabound_reference(p, g, 0.01, 0.9, 0.999, 0.05, 1e-3, 1e-8, False)),
     (portopt.AdaBound(amsbound=True), lambda p, g: adabound_reference(p, g, 1e-3, 0.9, 0.999, 0.1, 1e-3, 1e-8, True)),

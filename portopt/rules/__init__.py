@@ -3,6 +3,7 @@
 from .adabound import AdaBound
 from .adadelta import AdaDelta
 from .adagrad import AdaGrad
+from .adagradnorm import AdaGradNorm
 from .adam import Adam, AdamW, AMSGrad
 from .adamax import Adamax
 from .lion import Lion
@@ -11,8 +12,8 @@ from .rmsprop import RMSProp
 from .sgd import SGD, SignSGD
 
 __all__ = ["Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "SGD", "NAdam", "AdaDelta", "Adamax", "Lion",
-           "AdaBound", "SignSGD", "RULES"]
+           "AdaBound", "SignSGD", "AdaGradNorm", "RULES"]
 
 # Every rule by name; the tests and the conformance suite are driven from this table.
 RULES = {rule.name: rule for rule in (Adam, AdamW, AMSGrad, AdaGrad, RMSProp, SGD, NAdam, AdaDelta, Adamax, Lion,
-                                      AdaBound, SignSGD)}
+                                      AdaBound, SignSGD, AdaGradNorm)}

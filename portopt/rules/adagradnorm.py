@@ -1,0 +1,78 @@
+"""AdaGrad-Norm: one adaptive step size for the whole tree (Ward, Wu & Bottou 2018)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..numerics import compute_dtype, dtype_name
+from ..optimizer import Rule
+from ..reductions import pairwise_sum_of_squares
+
+__all__ = ["AdaGradNorm", "adagradnorm_kernel"]
+
+
+def adagradnorm_kernel(xp, s, p, g):
+    """One AdaGrad-Norm step for one array; ``b`` (below) is shared by the whole tree::
+
+        g <- -g                                   (maximize)
+        p <- p - lr * (g / (b + eps)),    b² <- b² + ||g||²  over every element of the tree
+    """
+    if s.maximize:
+        g = -g
+    return (p - s.lr * (g / s.denominator),)
+
+
+class AdaGradNorm(Rule):
+    """``b² ← b² + ‖g‖²`` (one scalar for the tree), ``p ← p − lr · g / (b + eps)``.
+
+    The norm is portopt's fixed-order reduction (portopt.reductions), in float64 if any
+    leaf is float64, else float32; ``b²`` lives in ``state.host`` as a Python float holding
+    a value of that dtype, and ``b + eps`` is computed in that dtype on the host, so every
+    backend steps with the same number. One host sync per step.
+    """
+
+    name = "AdaGradNorm"
+    kernel = staticmethod(adagradnorm_kernel)
+
+    def __init__(
+        self,
+        lr: Hyperparameter = 1e-2,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        self.lr = check_number("lr", lr, schedulable=True)
+        self.initial_accumulator_value = check_number("initial_accumulator_value", initial_accumulator_value)
+        self.eps = check_number("eps", eps)
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dict(lr=self.lr, initial_accumulator_value=self.initial_accumulator_value, eps=self.eps,
+                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ()
+
+    def initial_host_state(self) -> dict[str, float]:
+        return {"sum_of_squares": self.initial_accumulator_value}
+
+    def advance_host_state(self, steps_taken, host, xp, grads, params):
+        if not grads:
+            return {"denominator": 1.0}, host
+        dtypes = {dtype_name(xp, compute_dtype(xp, g.dtype)) for g in grads}
+        dtype = np.dtype("float64" if "float64" in dtypes else "float32")
+        from portopt.backends import adapter_for
+
+        squares = pairwise_sum_of_squares(xp, grads, getattr(xp, dtype.name))
+        total = adapter_for(xp).to_numpy(squares).astype(dtype)  # one host sync
+        b2 = dtype.type(host["sum_of_squares"]) + total
+        denominator = np.sqrt(b2) + dtype.type(self.eps)  # correctly rounded, in dtype
+        return {"denominator": float(denominator)}, {"sum_of_squares": float(b2)}
+
+    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+        return dict(maximize=self.maximize, lr=evaluate("lr", self.lr, steps_taken))
