@@ -88,7 +88,7 @@ class _TracedScalars:
         self.used: dict[str, Node] = {}
 
     def __getattr__(self, name: str) -> Any:
-        value = self._values[name]
+        value = self._values.get(name, 0.0)  # a scalar not known until the step (AdaGradNorm's b) is numeric
         if isinstance(value, bool):
             return value
         if name not in self.used:
