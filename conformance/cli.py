@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from portopt.backends.targets import TARGET_NAMES, find_targets, namespace_target
 
 import portopt
-from portopt.backends.targets import TARGET_NAMES, find_targets, namespace_target
 
 from . import golden
 from .cases import load_matrix

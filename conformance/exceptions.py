@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from .cases import Case
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-
 from portopt.backends import adapter_for
 
 from . import exact

@@ -21,10 +21,25 @@ if not _os.path.isdir(_os.path.join(_here, "backends")) and _os.path.isfile(
 from .advice import DivergenceWarning  # noqa: E402
 from .checkpoint import CheckpointError, load, save  # noqa: E402
 from .clipping import Clipped, clip_by_global_norm, global_norm  # noqa: E402
-from .fast import fast_path, get_mode as get_fast_path, set_mode as set_fast_path  # noqa: E402
+from .fast import fast_path  # noqa: E402
+from .fast import get_mode as get_fast_path
+from .fast import set_mode as set_fast_path
 from .optimizer import Rule  # noqa: E402
 from .rules import (  # noqa: E402
-    RULES, SGD, AdaBound, AdaDelta, AdaGrad, AdaGradNorm, Adam, Adamax, AdamW, AMSGrad, Lion, NAdam, RMSProp, SignSGD,
+    RULES,
+    SGD,
+    AdaBound,
+    AdaDelta,
+    AdaGrad,
+    AdaGradNorm,
+    Adam,
+    Adamax,
+    AdamW,
+    AMSGrad,
+    Lion,
+    NAdam,
+    RMSProp,
+    SignSGD,
 )
 from .state import State  # noqa: E402
 from .trees import flatten, tree_map, unflatten  # noqa: E402

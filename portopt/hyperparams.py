@@ -12,7 +12,7 @@ import math
 import numbers
 from typing import Callable, Union
 
-__all__ = ["Schedule", "Hyperparameter", "check_number", "check_betas", "check_flag", "evaluate"]
+__all__ = ["Schedule", "Hyperparameter", "check_number", "check_betas", "check_flag", "evaluate", "STANDARD"]
 
 Schedule = Callable[[int], float]
 Hyperparameter = Union[float, Schedule]
@@ -74,3 +74,16 @@ def check_flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
+
+
+# Hyperparameters spelled the same way by every rule that has them, and their checks.
+STANDARD = {
+    "lr": lambda name, value: check_number(name, value, schedulable=True),
+    "eps": lambda name, value: check_number(name, value, schedulable=True),
+    "weight_decay": lambda name, value: check_number(name, value, schedulable=True),
+    "betas": lambda name, value: check_betas(value),
+    "momentum": lambda name, value: check_number(name, value),
+    "amsgrad": check_flag,
+    "maximize": check_flag,
+    "skip_nonfinite": check_flag,
+}

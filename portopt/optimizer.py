@@ -8,6 +8,7 @@ materialisation, and writing the results.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import array_api_compat
@@ -17,6 +18,7 @@ from portopt.backends import Adapter, adapter_for
 from . import fast
 from .checkpoint import STATE_FORMAT, CheckpointError, tree_from_json, tree_to_json
 from .checks import Leaves, check_grads, check_params, check_state
+from .hyperparams import STANDARD, evaluate
 from .numerics import RuleNamespace, Scalars, compute_dtype, dtype_name, materialise
 from .state import State
 from .trees import flatten, unflatten
@@ -45,8 +47,19 @@ class Rule:
         raise NotImplementedError
 
     def hyperparameters(self) -> dict[str, Any]:
-        """Constructor arguments, as given (schedules stay callables)."""
-        raise NotImplementedError
+        """Constructor arguments by name, as stored (schedules stay callables)."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def _set_standard(self, **values: Any) -> None:
+        """Check and store the hyperparameters every rule spells the same way (see STANDARD)."""
+        for name, value in values.items():
+            setattr(self, name, STANDARD[name](name, value))
+
+    def gradient_scalars(self, steps_taken: int) -> dict[str, Any]:
+        """Host scalars of :func:`portopt.rules.common.effective_gradient`: maximize and coupled decay."""
+        weight_decay = evaluate("weight_decay", getattr(self, "weight_decay", 0.0), steps_taken)
+        return dict(maximize=self.maximize, coupled_decay=weight_decay != 0, weight_decay=weight_decay)
 
     def initial_host_state(self) -> dict[str, float]:
         """Whole-tree state kept on the host (see State.host); most rules have none."""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from portopt.backends.targets import TARGET_NAMES, find_targets
 
 import portopt
-from portopt.backends.targets import TARGET_NAMES, find_targets
 
 pytest_plugins = ["portopt.conformance.plugin"]
 

@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-
-import portopt
 from conftest import TARGETS
 from helpers import same_bits
+
+import portopt
 from portopt import schedules
 from portopt.reductions import pairwise_sum
 

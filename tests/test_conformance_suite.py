@@ -4,14 +4,12 @@ The same tests a third party runs with ``pytest -p portopt.conformance.plugin --
 portopt.conformance.suite``; the plugin is loaded by tests/conftest.py.
 """
 
+import pytest  # noqa: E402
+from portopt.conformance.cli import main as conformance_main  # noqa: E402
 from portopt.conformance.suite import (  # noqa: F401 - collected by pytest
     test_golden_vectors,
     test_primitives_correctly_rounded_in_portopt_namespace,
 )
-
-import pytest  # noqa: E402
-
-from portopt.conformance.cli import main as conformance_main  # noqa: E402
 
 
 @pytest.mark.parametrize("mode", ["off", "blocked"])

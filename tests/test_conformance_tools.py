@@ -10,16 +10,17 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from conftest import MISSING, TARGETS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from portopt.conformance import exact, generator
-import portopt
 from portopt.conformance.cases import load_matrix
-from portopt.conformance.golden import load_golden
 from portopt.conformance.cli import main as conformance_main
 from portopt.conformance.digests import digest, ulp_distance
+from portopt.conformance.golden import load_golden
 from portopt.conformance.runner import run_case
+
+import portopt
 
 finite64 = st.floats(allow_nan=False, allow_infinity=False)
 F64 = exact.FORMATS["float64"]

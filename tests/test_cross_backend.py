@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import TARGETS
 from helpers import VARIANTS, make_rule, random_arrays, same_bits, variant_id
 

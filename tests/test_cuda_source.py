@@ -8,8 +8,8 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import VARIANTS, make_rule
 
-from helpers import VARIANTS, make_rule, variant_id
 from portopt.gpu.cuda_source import cuda_source
 
 NVCC = shutil.which("nvcc")

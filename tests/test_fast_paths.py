@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import portopt
 from conftest import TARGETS
 from helpers import VARIANTS, make_rule, same_bits, same_bits_any_nan, variant_id
+
+import portopt
 from portopt.fast import compiled
 from portopt.fast.blocked import BLOCK
 from portopt.trace import trace

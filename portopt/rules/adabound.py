@@ -8,12 +8,12 @@ by a base lr: give a schedule for ``lr`` and the bounds stay those of ``final_lr
 from __future__ import annotations
 
 import math
-from typing import Any
 
-from ..host import power
 from ..advice import warn_if_beta1_too_large
-from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
+from ..host import power
+from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
+from .common import effective_gradient
 
 __all__ = ["AdaBound", "adabound_kernel"]
 
@@ -29,10 +29,7 @@ def adabound_kernel(xp, s, p, g, m, v, v_max=None):
                lower_t = final_lr * (1 - 1 / (gamma t + 1)),  upper_t = final_lr * (1 + 1 / (gamma t))
         p   <- p - eta * m
     """
-    if s.maximize:
-        g = -g
-    if s.coupled_decay:
-        g = g + s.weight_decay * p
+    g = effective_gradient(s, p, g)
     m = s.beta1 * m + s.one_minus_beta1 * g
     v = s.beta2 * v + s.one_minus_beta2 * (g * g)
     if s.amsbound:
@@ -62,23 +59,15 @@ class AdaBound(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
-        self.betas = check_betas(betas)
+        self._set_standard(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
+        )
         warn_if_beta1_too_large(self.betas)
         self.final_lr = check_number("final_lr", final_lr)
         self.gamma = check_number("gamma", gamma, high=1.0)
         if self.gamma == 0:
             raise ValueError("gamma must be > 0, got 0.0")
-        self.eps = check_number("eps", eps, schedulable=True)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
         self.amsbound = check_flag("amsbound", amsbound)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(lr=self.lr, betas=self.betas, final_lr=self.final_lr, gamma=self.gamma, eps=self.eps,
-                    weight_decay=self.weight_decay, amsbound=self.amsbound, maximize=self.maximize,
-                    skip_nonfinite=self.skip_nonfinite)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsbound else ())

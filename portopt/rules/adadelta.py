@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_number, evaluate
 from ..optimizer import Rule
+from .common import effective_gradient
 
 __all__ = ["AdaDelta", "adadelta_kernel"]
 
@@ -19,10 +18,7 @@ def adadelta_kernel(xp, s, p, g, square_avg, acc_delta):
         acc   <- rho * acc + (1 - rho) * (delta * delta)
         p     <- p - lr * delta
     """
-    if s.maximize:
-        g = -g
-    if s.coupled_decay:
-        g = g + s.weight_decay * p
+    g = effective_gradient(s, p, g)
     square_avg = s.rho * square_avg + s.one_minus_rho * (g * g)
     delta = xp.sqrt(acc_delta + s.eps) / xp.sqrt(square_avg + s.eps) * g
     acc_delta = s.rho * acc_delta + s.one_minus_rho * (delta * delta)
@@ -44,24 +40,15 @@ class AdaDelta(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
+        self._set_standard(lr=lr, eps=eps, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite)
         self.rho = check_number("rho", rho, high=1.0, closed_high=True)
-        self.eps = check_number("eps", eps, schedulable=True)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(lr=self.lr, rho=self.rho, eps=self.eps, weight_decay=self.weight_decay,
-                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("square_avg", "acc_delta")
 
     def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         return dict(
-            maximize=self.maximize, coupled_decay=weight_decay != 0, weight_decay=weight_decay,
+            **self.gradient_scalars(steps_taken),
             rho=self.rho, one_minus_rho=1.0 - self.rho, lr=evaluate("lr", self.lr, steps_taken),
             eps=evaluate("eps", self.eps, steps_taken),
         )

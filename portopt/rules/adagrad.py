@@ -5,10 +5,9 @@ Duchi, Hazan & Singer (2011); semantics and names as torch.optim.Adagrad.
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_number, evaluate
 from ..optimizer import Rule
+from .common import effective_gradient
 
 __all__ = ["AdaGrad", "adagrad_kernel"]
 
@@ -21,10 +20,7 @@ def adagrad_kernel(xp, s, p, g, accumulator):
         acc <- acc + g * g
         p   <- p - (lr / (1 + (t-1) * lr_decay)) * (g / (sqrt(acc) + eps))
     """
-    if s.maximize:
-        g = -g
-    if s.coupled_decay:
-        g = g + s.weight_decay * p
+    g = effective_gradient(s, p, g)
     accumulator = accumulator + g * g
     return p - s.step_size * (g / (xp.sqrt(accumulator) + s.eps)), accumulator
 
@@ -48,20 +44,9 @@ class AdaGrad(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
+        self._set_standard(lr=lr, weight_decay=weight_decay, eps=eps, maximize=maximize, skip_nonfinite=skip_nonfinite)
         self.lr_decay = check_number("lr_decay", lr_decay)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
         self.initial_accumulator_value = check_number("initial_accumulator_value", initial_accumulator_value)
-        self.eps = check_number("eps", eps, schedulable=True)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(
-            lr=self.lr, lr_decay=self.lr_decay, weight_decay=self.weight_decay,
-            initial_accumulator_value=self.initial_accumulator_value, eps=self.eps,
-            maximize=self.maximize, skip_nonfinite=self.skip_nonfinite,
-        )
 
     def slot_names(self) -> tuple[str, ...]:
         return ("sum",)
@@ -71,11 +56,8 @@ class AdaGrad(Rule):
 
     def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
         lr = evaluate("lr", self.lr, steps_taken)
-        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         return dict(
-            maximize=self.maximize,
-            coupled_decay=weight_decay != 0,
-            weight_decay=weight_decay,
+            **self.gradient_scalars(steps_taken),
             step_size=lr / (1.0 + steps_taken * self.lr_decay),
             eps=evaluate("eps", self.eps, steps_taken),
         )

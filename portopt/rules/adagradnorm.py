@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_number, evaluate
 from ..numerics import compute_dtype, dtype_name
 from ..optimizer import Rule
 from ..reductions import pairwise_sum_of_squares
@@ -45,15 +43,9 @@ class AdaGradNorm(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
+        self._set_standard(lr=lr, maximize=maximize, skip_nonfinite=skip_nonfinite)
         self.initial_accumulator_value = check_number("initial_accumulator_value", initial_accumulator_value)
         self.eps = check_number("eps", eps)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(lr=self.lr, initial_accumulator_value=self.initial_accumulator_value, eps=self.eps,
-                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
 
     def slot_names(self) -> tuple[str, ...]:
         return ()

@@ -7,12 +7,12 @@ AMSGrad from Reddi et al. (2018). Semantics and names as torch.optim.Adam / Adam
 from __future__ import annotations
 
 import math
-from typing import Any
 
-from ..host import power
 from ..advice import warn_if_beta1_too_large
-from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
+from ..host import power
+from ..hyperparams import Hyperparameter, evaluate
 from ..optimizer import Rule
+from .common import effective_gradient
 
 __all__ = ["Adam", "AdamW", "AMSGrad", "adam_kernel"]
 
@@ -28,10 +28,7 @@ def adam_kernel(xp, s, p, g, m, v, v_max=None):
         v_max <- maximum(v_max, v)      if amsgrad, and v_max replaces v below
         p  <- p - (lr / (1 - b1^t)) * (m / (sqrt(v) / sqrt(1 - b2^t) + eps))
     """
-    if s.maximize:
-        g = -g
-    if s.coupled_decay:
-        g = g + s.weight_decay * p
+    g = effective_gradient(s, p, g)
     if s.decoupled_decay:
         p = p * s.decay_factor
     m = s.beta1 * m + s.one_minus_beta1 * g
@@ -65,20 +62,9 @@ class Adam(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
-        self.betas = check_betas(betas)
+        self._set_standard(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                           maximize=maximize, skip_nonfinite=skip_nonfinite)
         warn_if_beta1_too_large(self.betas)
-        self.eps = check_number("eps", eps, schedulable=True)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
-        self.amsgrad = check_flag("amsgrad", amsgrad)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(
-            lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
-            amsgrad=self.amsgrad, maximize=self.maximize, skip_nonfinite=self.skip_nonfinite,
-        )
 
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if self.amsgrad else ("exp_avg", "exp_avg_sq")
@@ -146,7 +132,3 @@ class AMSGrad(Adam):
     ) -> None:
         super().__init__(lr, betas, eps, weight_decay, True, maximize, skip_nonfinite)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        values = super().hyperparameters()
-        del values["amsgrad"]
-        return values

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..host import power
 from ..advice import warn_if_beta1_too_large
-from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
+from ..host import power
+from ..hyperparams import Hyperparameter, evaluate
 from ..optimizer import Rule
+from .common import effective_gradient
 
 __all__ = ["Adamax", "adamax_kernel"]
 
@@ -20,10 +19,7 @@ def adamax_kernel(xp, s, p, g, m, u):
         u <- maximum(b2 * u, |g| + eps)
         p <- p - (lr / (1 - b1^t)) * (m / u)
     """
-    if s.maximize:
-        g = -g
-    if s.coupled_decay:
-        g = g + s.weight_decay * p
+    g = effective_gradient(s, p, g)
     m = s.beta1 * m + s.one_minus_beta1 * g
     u = xp.maximum(s.beta2 * u, xp.abs(g) + s.eps)
     return p - s.step_size * (m / u), m, u
@@ -44,26 +40,18 @@ class Adamax(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
-        self.betas = check_betas(betas)
+        self._set_standard(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
+        )
         warn_if_beta1_too_large(self.betas)
-        self.eps = check_number("eps", eps, schedulable=True)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
-                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_inf")
 
     def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         beta1, beta2 = self.betas
         return dict(
-            maximize=self.maximize, coupled_decay=weight_decay != 0, weight_decay=weight_decay,
+            **self.gradient_scalars(steps_taken),
             beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
             step_size=evaluate("lr", self.lr, steps_taken) / (1.0 - power(beta1, steps_taken + 1)),
             eps=evaluate("eps", self.eps, steps_taken),

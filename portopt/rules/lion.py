@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
+from ..hyperparams import Hyperparameter, evaluate
 from ..optimizer import Rule
 from .common import SIGN_SCALARS, sign
 
@@ -41,15 +39,9 @@ class Lion(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
-        self.betas = check_betas(betas)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
-                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
+        self._set_standard(
+            lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
+        )
 
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg",)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..host import power, real_power
 from ..advice import warn_if_beta1_too_large
-from ..hyperparams import Hyperparameter, check_betas, check_flag, check_number, evaluate
+from ..host import power, real_power
+from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
+from .common import effective_gradient
 
 __all__ = ["NAdam", "nadam_kernel"]
 
@@ -22,10 +21,7 @@ def nadam_kernel(xp, s, p, g, m, v):
         p <- p - (lr (1 - mu_t) / (1 - prod_{k<=t} mu_k)) * (g / d)
         p <- p - (lr mu_{t+1} / (1 - prod_{k<=t+1} mu_k)) * (m / d)
     """
-    if s.maximize:
-        g = -g
-    if s.coupled_decay:
-        g = g + s.weight_decay * p
+    g = effective_gradient(s, p, g)
     if s.decoupled_decay:
         p = p * s.decay_factor
     m = s.beta1 * m + s.one_minus_beta1 * g
@@ -52,21 +48,13 @@ class NAdam(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
-        self.betas = check_betas(betas)
+        self._set_standard(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
+        )
         warn_if_beta1_too_large(self.betas)
-        self.eps = check_number("eps", eps, schedulable=True)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
         self.momentum_decay = check_number("momentum_decay", momentum_decay)
         self.decoupled_weight_decay = check_flag("decoupled_weight_decay", decoupled_weight_decay)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
         self._product = (0, 1.0)  # (t, prod_{k<=t} mu_k): the last one asked for
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(lr=self.lr, betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
-                    momentum_decay=self.momentum_decay, decoupled_weight_decay=self.decoupled_weight_decay,
-                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")

@@ -5,10 +5,9 @@ Tieleman & Hinton (2012), centered form from Graves (2013); as torch.optim.RMSpr
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
+from .common import effective_gradient
 
 __all__ = ["RMSProp", "rmsprop_kernel"]
 
@@ -28,10 +27,7 @@ def rmsprop_kernel(xp, s, p, g, square_avg, *optional):
     """
     buffer = optional[0] if s.use_momentum else None
     grad_avg = optional[-1] if s.centered else None
-    if s.maximize:
-        g = -g
-    if s.coupled_decay:
-        g = g + s.weight_decay * p
+    g = effective_gradient(s, p, g)
     square_avg = s.alpha * square_avg + s.one_minus_alpha * (g * g)
     if s.centered:
         grad_avg = s.alpha * grad_avg + s.one_minus_alpha * g
@@ -66,21 +62,11 @@ class RMSProp(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
-        self.alpha = check_number("alpha", alpha, high=1.0)
-        self.eps = check_number("eps", eps, schedulable=True)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
-        self.momentum = check_number("momentum", momentum)
-        self.centered = check_flag("centered", centered)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(
-            lr=self.lr, alpha=self.alpha, eps=self.eps, weight_decay=self.weight_decay,
-            momentum=self.momentum, centered=self.centered,
-            maximize=self.maximize, skip_nonfinite=self.skip_nonfinite,
+        self._set_standard(
+            lr=lr, eps=eps, weight_decay=weight_decay, momentum=momentum, maximize=maximize, skip_nonfinite=skip_nonfinite,
         )
+        self.alpha = check_number("alpha", alpha, high=1.0)
+        self.centered = check_flag("centered", centered)
 
     def slot_names(self) -> tuple[str, ...]:
         return (

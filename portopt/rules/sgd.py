@@ -6,11 +6,9 @@ its momentum form Signum from Bernstein et al. (2018).
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
-from .common import SIGN_SCALARS, sign
+from .common import SIGN_SCALARS, effective_gradient, sign
 
 __all__ = ["SGD", "SignSGD", "sgd_kernel", "signsgd_kernel"]
 
@@ -23,10 +21,7 @@ def sgd_kernel(xp, s, p, g, *buffer):
         g   <- g + mu * buf  (nesterov)  or  g <- buf
         p   <- p - lr * g
     """
-    if s.maximize:
-        g = -g
-    if s.coupled_decay:
-        g = g + s.weight_decay * p
+    g = effective_gradient(s, p, g)
     if not s.use_momentum:
         return (p - s.lr * g,)
     buf = g if s.first_step else s.momentum * buffer[0] + s.one_minus_dampening * g
@@ -51,19 +46,13 @@ class SGD(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
-        self.momentum = check_number("momentum", momentum)
+        self._set_standard(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
+        )
         self.dampening = check_number("dampening", dampening, high=1.0, closed_high=True)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
         self.nesterov = check_flag("nesterov", nesterov)
         if nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov requires momentum > 0 and dampening = 0")
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(lr=self.lr, momentum=self.momentum, dampening=self.dampening, weight_decay=self.weight_decay,
-                    nesterov=self.nesterov, maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum != 0 else ()
@@ -85,10 +74,7 @@ def signsgd_kernel(xp, s, p, g, *momentum):
         m <- beta * m + (1 - beta) * g           (momentum: Signum)
         p <- p - lr * sign(m or g)
     """
-    if s.maximize:
-        g = -g
-    if s.coupled_decay:
-        g = g + s.weight_decay * p
+    g = effective_gradient(s, p, g)
     if not s.use_momentum:
         return (p - s.lr * sign(xp, s, g),)
     m = s.momentum * momentum[0] + s.one_minus_momentum * g
@@ -112,15 +98,8 @@ class SignSGD(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self.lr = check_number("lr", lr, schedulable=True)
+        self._set_standard(lr=lr, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite)
         self.momentum = check_number("momentum", momentum, high=1.0)
-        self.weight_decay = check_number("weight_decay", weight_decay, schedulable=True)
-        self.maximize = check_flag("maximize", maximize)
-        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return dict(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                    maximize=self.maximize, skip_nonfinite=self.skip_nonfinite)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum != 0 else ()
