@@ -26,21 +26,12 @@ from pathlib import Path
 import numpy as np
 
 import portopt
+from portopt.conformance.report import machine_description
 
 from .workloads import WORKLOADS
 
 TORCH_PEERS = {"Adam": ("Adam", {}), "AdamW": ("AdamW", {}), "AMSGrad": ("Adam", {"amsgrad": True}),
                "AdaGrad": ("Adagrad", {}), "RMSProp": ("RMSprop", {})}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bandwidth(nbytes: int = 400_000_000, repeats: int = 7) -> dict[str, float]:
@@ -138,7 +129,7 @@ def torch_optim(rule_name: str, shapes, dtype: str, mode: str) -> Implementation
 
 def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
     rates = bandwidth()
-    results = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+    results = {"machine": {"cpu": machine_description(), "cores": os.cpu_count(), "python": platform.python_version(),
                            "numpy": np.__version__, "fast_path": portopt.get_fast_path()},
                "bandwidth_GBps": {name: rate / 1e9 for name, rate in rates.items()}, "rows": []}
     try:
@@ -184,7 +175,7 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
 def table(results: dict) -> str:
     m = results["machine"]
     lines = [
-        f"{m['cpu']}, {m['cores']} cores; bandwidth {results['bandwidth_GBps']['in_place']:.1f} GB/s in place "
+        f"{m['cpu']}; bandwidth {results['bandwidth_GBps']['in_place']:.1f} GB/s in place "
         f"(`a += b`, the bound's basis), {results['bandwidth_GBps']['copy']:.1f} GB/s by copy; "
         f"NumPy {m['numpy']}, torch {m.get('torch', '-')}, fast path {m['fast_path']}. "
         "Regenerate: `python -m benchmarks --readme README.md`.",

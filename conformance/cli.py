@@ -16,7 +16,7 @@ import portopt
 
 from . import golden
 from .cases import load_matrix
-from .report import replace_block
+from .report import machine_description, replace_block
 from .runner import CaseResult, run_case, summarise
 
 __all__ = ["main", "build_parser"]
@@ -138,13 +138,11 @@ def print_case_table(results: Sequence[CaseResult], out=None) -> None:
 
 def markdown_summary(targets, missing, primitive_results, results) -> str:
     """The README's conformance section: cases passed per backend, rule and dtype; primitive defects."""
-    import platform
-
     table = summarise(results)
     dtypes = ("float16", "float32", "float64")
     lines = [
-        f"`portopt conformance --readme README.md` on {platform.machine()} "
-        f"({platform.processor() or 'cpu'}), portopt {portopt.__version__}, NumPy {np.__version__}"
+        f"`portopt conformance --readme README.md` on {machine_description()}, "
+        f"portopt {portopt.__version__}, NumPy {np.__version__}"
         + "".join(f", {name}" for name in targets if name != "numpy") + ". "
         + (f"Not found there: {', '.join(missing)}." if missing else ""),
         "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import sys
 from typing import Sequence
 
@@ -19,7 +18,7 @@ import numpy as np
 import portopt
 
 from .digests import ulp_distance
-from .report import replace_block
+from .report import machine_description, replace_block
 
 STEPS_REPORTED = (1, 100, 1000)
 
@@ -89,7 +88,7 @@ def markdown(rows: list[dict], size: int) -> str:
 
     lines = [
         f"Max ulp distance (max relative difference) of the parameters, {size} elements, torch defaults; "
-        f"torch {torch.__version__}, NumPy {np.__version__}, {platform.processor() or platform.machine()}. "
+        f"torch {torch.__version__}, NumPy {np.__version__}, {machine_description()}. "
         "Regenerate: `portopt peers --readme README.md`.",
         "",
         "| rule | dtype | step | " + " | ".join(pairs) + " |",

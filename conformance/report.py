@@ -5,7 +5,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["replace_block"]
+__all__ = ["replace_block", "machine_description"]
+
+
+def machine_description() -> str:
+    """CPU model and core count, for the figures' captions."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def replace_block(path: str | Path, name: str, text: str) -> None:
