@@ -9,7 +9,7 @@ import tomllib
 
 from .cases import Case
 
-__all__ = ["known_exception", "EXCEPTIONS_FILE"]
+__all__ = ["known_exception", "known_primitive_exception", "EXCEPTIONS_FILE"]
 
 EXCEPTIONS_FILE = Path(__file__).with_name("known_exceptions.toml")
 
@@ -26,5 +26,19 @@ def known_exception(target: str, case: Case) -> str | None:
         if entry["target"] != target:
             continue
         if all(entry.get(key) in (None, getattr(case, key)) for key in ("rule", "dtype", "shape", "variant")):
+            return f"known exception: {entry['reason']}"
+    return None
+
+
+def known_primitive_exception(target: str, dtype: str) -> str | None:
+    """The documented reason ``target``'s primitives in ``dtype`` are not correctly rounded, or None.
+
+    Entries that name no rule, shape or variant are about the backend itself, so they cover
+    its primitive tier too.
+    """
+    for entry in _entries():
+        if entry["target"] != target or any(entry.get(key) for key in ("rule", "shape", "variant")):
+            continue
+        if entry.get("dtype") in (None, dtype):
             return f"known exception: {entry['reason']}"
     return None

@@ -47,3 +47,19 @@ def test_unknown_command_and_help():
     assert portopt_main(["--help"]) == 0
     with pytest.raises(SystemExit):
         portopt_main(["conformance", "--rules", "NoSuchRule"])
+
+
+@pytest.mark.skipif("torch-cpu" not in TARGETS, reason=f"torch-cpu: {MISSING.get('torch-cpu')}")
+def test_a_known_exception_is_reported_with_its_reason_and_not_as_a_pass(monkeypatch, capsys):
+    from portopt.backends.torch_adapter import TorchAdapter
+    from portopt.conformance import exceptions
+
+    monkeypatch.setattr(TorchAdapter, "primitive_overrides", lambda self, device: {})
+    reason = "torch's own sqrt put back for this test"
+    monkeypatch.setattr(exceptions, "_entries", lambda: ({"target": "torch-cpu", "dtype": "float32", "reason": reason},))
+    code = portopt_main(["conformance", "--backends", "torch-cpu", "--dtypes", "float32", "--fast-path", "off",
+                         "--rules", "Adam", "--variants", "defaults", "--shapes", "prime", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "0 passed, 0 failed (1 known exceptions" in out
+    assert f"known exception: {reason}" in out and "(known exception)" in out
