@@ -6,6 +6,7 @@ with the reason, never silently dropped.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,7 +39,7 @@ class Target:
     def to_numpy(self, x: Any) -> np.ndarray:
         return adapter_for(self.xp).to_numpy(x)
 
-    @property
+    @functools.cached_property
     def mutable(self) -> bool:
         probe = self.asarray(np.zeros(1, np.float32))
         return adapter_for(self.xp).is_writeable(probe)

@@ -28,6 +28,14 @@ def target_params(names=TARGET_NAMES):
     ]
 
 
+def bitwise_targets(dtype: str) -> dict:
+    """Targets with ``dtype`` that promise its bits: none with a known exception for it (JAX's flushes)."""
+    from portopt.conformance.exceptions import known_primitive_exception
+
+    return {name: t for name, t in TARGETS.items()
+            if dtype in t.dtypes and known_primitive_exception(name, dtype) is None}
+
+
 @pytest.fixture(params=target_params())
 def target(request):
     return TARGETS[request.param]

@@ -19,6 +19,14 @@ def make_rule(variant: dict) -> portopt.Rule:
     return portopt.Clipped(rule, variant["clip_norm"]) if "clip_norm" in variant else rule
 
 
+def advance(rule: portopt.Rule, target, params, grads, state):
+    """One step: in place where the backend's arrays are mutable, else through ``update``."""
+    if target.mutable:
+        rule.step(params, grads, state)
+        return params, state
+    return rule.update(params, grads, state)
+
+
 def random_arrays(seed: int, shape, dtype: str, count: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(shape).astype(dtype) for _ in range(count)]

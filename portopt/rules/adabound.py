@@ -73,13 +73,11 @@ class AdaBound(Rule):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsbound else ())
 
     def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         beta1, beta2 = self.betas
         t = steps_taken + 1
         lr = evaluate("lr", self.lr, steps_taken)
         return dict(
-            maximize=self.maximize, amsbound=self.amsbound, coupled_decay=weight_decay != 0,
-            weight_decay=weight_decay, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+            **self.gradient_scalars(steps_taken), amsbound=self.amsbound, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
             one_minus_beta2=1.0 - beta2,
             step_size=lr * math.sqrt(1.0 - power(beta2, t)) / (1.0 - power(beta1, t)),
             lower_bound=self.final_lr * (1.0 - 1.0 / (self.gamma * t + 1.0)),

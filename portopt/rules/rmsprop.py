@@ -76,13 +76,10 @@ class RMSProp(Rule):
         )
 
     def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         return dict(
-            maximize=self.maximize,
+            **self.gradient_scalars(steps_taken),
             centered=self.centered,
             use_momentum=self.momentum > 0,
-            coupled_decay=weight_decay != 0,
-            weight_decay=weight_decay,
             alpha=self.alpha,
             one_minus_alpha=1.0 - self.alpha,
             momentum=self.momentum,

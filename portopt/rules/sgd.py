@@ -58,10 +58,9 @@ class SGD(Rule):
         return ("momentum_buffer",) if self.momentum != 0 else ()
 
     def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         return dict(
-            maximize=self.maximize, coupled_decay=weight_decay != 0, use_momentum=self.momentum != 0,
-            nesterov=self.nesterov, first_step=steps_taken == 0, weight_decay=weight_decay,
+            **self.gradient_scalars(steps_taken), use_momentum=self.momentum != 0,
+            nesterov=self.nesterov, first_step=steps_taken == 0,
             momentum=self.momentum, one_minus_dampening=1.0 - self.dampening,
             lr=evaluate("lr", self.lr, steps_taken),
         )
@@ -105,9 +104,7 @@ class SignSGD(Rule):
         return ("momentum_buffer",) if self.momentum != 0 else ()
 
     def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         return dict(
-            maximize=self.maximize, coupled_decay=weight_decay != 0, use_momentum=self.momentum != 0,
-            weight_decay=weight_decay, momentum=self.momentum, one_minus_momentum=1.0 - self.momentum,
+            **self.gradient_scalars(steps_taken), use_momentum=self.momentum != 0, momentum=self.momentum, one_minus_momentum=1.0 - self.momentum,
             lr=evaluate("lr", self.lr, steps_taken), **SIGN_SCALARS,
         )
