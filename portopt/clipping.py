@@ -15,12 +15,6 @@ from .trees import unflatten
 __all__ = ["global_norm", "clip_by_global_norm", "Clipped"]
 
 
-def _norm_dtype(xp: Any, leaves: list) -> Any:
-    """float64 if any leaf computes in float64, else float32."""
-    dtypes = [compute_dtype(xp, leaf.dtype) for leaf in leaves]
-    return xp.float64 if xp.float64 in dtypes else xp.float32
-
-
 def global_norm(grads: Any) -> Any:
     """``sqrt(sum of g² over every element of the tree)``, a 0-d array, with the same bits on
     every backend: squares and sums in the order of :mod:`portopt.reductions`, a correctly
@@ -32,7 +26,7 @@ def global_norm(grads: Any) -> Any:
 
     xp = checked.xp
     namespace = adapter_for(xp).rule_namespace(checked.device)
-    return namespace.sqrt(pairwise_sum_of_squares(xp, checked.leaves, _norm_dtype(xp, checked.leaves)))
+    return namespace.sqrt(pairwise_sum_of_squares(xp, checked.leaves, norm_dtype(xp, checked.leaves)))
 
 
 def clip_by_global_norm(grads: Any, max_norm: float, eps: float = 1e-6) -> tuple[Any, Any]:
@@ -46,17 +40,29 @@ def clip_by_global_norm(grads: Any, max_norm: float, eps: float = 1e-6) -> tuple
     eps = check_number("eps", eps)
     checked = check_params(grads)
     norm = global_norm(grads)
-    xp = checked.xp
-    device = checked.device
-    factor = xp.asarray(max_norm, dtype=norm.dtype, device=device) / (norm + xp.asarray(eps, dtype=norm.dtype, device=device))
-    factor = xp.where(factor < xp.asarray(1.0, dtype=norm.dtype, device=device), factor,
-                      xp.asarray(1.0, dtype=norm.dtype, device=device))
-    clipped = []
-    for g in checked.leaves:
-        dtype = compute_dtype(xp, g.dtype)
-        scaled = xp.astype(g, dtype) * xp.astype(factor, dtype)
-        clipped.append(scaled if scaled.dtype == g.dtype else xp.astype(scaled, g.dtype))
+    factor = clip_factor(checked.xp, norm, max_norm, eps, checked.device)
+    clipped = [scale_by(checked.xp, g, factor) for g in checked.leaves]
     return unflatten(checked.treedef, clipped), norm
+
+
+def clip_factor(xp: Any, norm: Any, max_norm: float, eps: float, device: Any) -> Any:
+    """``min(1, max_norm / (norm + eps))`` in the norm's dtype, a 0-d array."""
+    factor = xp.asarray(max_norm, dtype=norm.dtype, device=device) / (norm + xp.asarray(eps, dtype=norm.dtype, device=device))
+    one = xp.asarray(1.0, dtype=norm.dtype, device=device)
+    return xp.where(factor < one, factor, one)
+
+
+def scale_by(xp: Any, g: Any, factor: Any) -> Any:
+    """``g * factor`` rounded in ``g``'s compute dtype, returned in ``g``'s dtype."""
+    dtype = compute_dtype(xp, g.dtype)
+    scaled = xp.astype(g, dtype) * xp.astype(factor, dtype)
+    return scaled if scaled.dtype == g.dtype else xp.astype(scaled, g.dtype)
+
+
+def norm_dtype(xp: Any, leaves: list) -> Any:
+    """float64 if any leaf computes in float64, else float32."""
+    dtypes = [compute_dtype(xp, leaf.dtype) for leaf in leaves]
+    return xp.float64 if xp.float64 in dtypes else xp.float32
 
 
 class Clipped(Rule):

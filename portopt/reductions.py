@@ -9,20 +9,25 @@ whose ``+`` is correctly rounded gets the same bits:
   to element ``2i+1`` (an odd last element is carried to the next level unchanged);
 - many arrays: reduce each, then reduce the per-array results, in tree (leaf) order,
   the same way. An empty array contributes +0.
+
+The same sum can be taken over shards: a rank holding a contiguous range of an array's
+flattened elements computes the nodes of that tree that lie wholly in its range
+(:func:`pairwise_frontier`, O(log n) of them), and :func:`combine_frontiers` completes the
+tree from every rank's nodes. The result has the bits of the unsharded sum for any
+contiguous split, even or not, because it is the same tree.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["pairwise_sum", "pairwise_sum_of_squares", "pairwise_sum_last_axis", "matmul"]
+__all__ = ["pairwise_sum", "pairwise_sum_of_squares", "pairwise_sum_last_axis", "matmul", "pairwise_frontier",
+           "combine_frontiers"]
 
 
 def _pairwise(xp: Any, x: Any) -> Any:
     while x.shape[0] > 1:
-        n = x.shape[0]
-        pairs = x[0:n - 1:2] + x[1:n:2]
-        x = xp.concat([pairs, x[n - 1:n]]) if n % 2 else pairs
+        x = _pairwise_level(xp, x)
     return x
 
 
@@ -71,3 +76,71 @@ def matmul(xp: Any, a: Any, b: Any) -> Any:
     """
     products = a[:, :, None] * b[None, :, :]
     return pairwise_sum_last_axis(xp, xp.permute_dims(products, (0, 2, 1)))
+
+
+Node = tuple[int, int, float]  # (level, index at that level, value); level 0 holds the elements
+
+
+def pairwise_frontier(xp: Any, flat: Any, offset: int, total: int) -> list[Node]:
+    """The nodes of the pairwise tree over ``total`` elements that a rank can compute from
+    the elements ``offset .. offset + len(flat)`` and must hand on: those whose partner lies
+    on another rank, and the root if it holds everything. Values are Python floats (exact
+    for float32 and float64); every addition is done here, in ``flat``'s dtype.
+    """
+    if offset < 0 or offset + flat.shape[0] > total:
+        raise ValueError(f"elements {offset}..{offset + flat.shape[0]} do not fit in {total}")
+    nodes: list[Node] = []
+    first, end, count, level, x = offset, offset + flat.shape[0], total, 0, flat
+    while end > first:
+        if count == 1:
+            nodes.append((level, 0, float(x[0])))
+            break
+        if first % 2:  # its partner first - 1 is on the rank before
+            nodes.append((level, first, float(x[0])))
+            x, first = x[1:], first + 1
+        if (end - first) % 2 and end < count:  # its partner end is on the rank after
+            nodes.append((level, end - 1, float(x[-1])))
+            x, end = x[:-1], end - 1
+        if end > first:
+            x = _pairwise_level(xp, x)
+        first, end, count, level = first // 2, (end + 1) // 2, (count + 1) // 2, level + 1
+    return nodes
+
+
+def _pairwise_level(xp: Any, x: Any) -> Any:
+    """One level of the tree: element 2i plus element 2i+1; an odd last element carried."""
+    n = x.shape[0]
+    pairs = x[0:n - 1:2] + x[1:n:2]
+    return xp.concat([pairs, x[n - 1:n]]) if n % 2 else pairs
+
+
+def combine_frontiers(nodes: list[Node], total: int, dtype: Any) -> Any:
+    """The root of the pairwise tree over ``total`` elements from every rank's
+    :func:`pairwise_frontier` nodes, as a NumPy scalar of ``dtype`` (+0 if ``total`` is 0)."""
+    import numpy as np
+
+    scalar = np.dtype(dtype).type
+    if total == 0:
+        return scalar(0.0)
+    by_level: dict[int, dict[int, Any]] = {}
+    for level, index, value in nodes:
+        if index in by_level.setdefault(level, {}):
+            raise ValueError(f"node {index} of level {level} was given twice; do the ranks' ranges overlap?")
+        by_level[level][index] = scalar(value)
+    count, level, current = total, 0, by_level.get(0, {})
+    while count > 1:
+        above = by_level.get(level + 1, {})
+        for index in sorted(current):
+            if index % 2:
+                continue
+            if index + 1 in current:
+                above[index // 2] = current[index] + current[index + 1]
+            elif index + 1 == count:
+                above[index // 2] = current[index]
+            else:
+                raise ValueError(f"node {index + 1} of level {level} is missing; do the ranks' ranges cover "
+                                 f"all {total} elements?")
+        count, level, current = (count + 1) // 2, level + 1, above
+    if 0 not in current:
+        raise ValueError(f"the ranks' ranges do not cover all {total} elements")
+    return current[0]

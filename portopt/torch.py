@@ -5,6 +5,13 @@ name, so a torch model gets the bits NumPy would compute. Param groups, ``.grad`
 ``zero_grad``, ``state_dict``/``load_state_dict`` and LR schedulers that edit
 ``group['lr']`` work as with torch.optim. State keys are torch.optim's (``exp_avg``, ...)
 plus ``step`` (an int). For float16/bfloat16 params the state is float32.
+
+Under torch.distributed they work unchanged: with FSDP2 (DTensor params) each rank steps
+its local shard, with no communication, and keeps its state as DTensors of the same layout
+(so torch.distributed.checkpoint saves and loads it); as ``optimizer_class`` of
+``ZeroRedundancyOptimizer`` each rank steps the whole tensors it owns. The only collective
+is the skip decision of ``skip_nonfinite=True`` under FSDP2 (all ranks skip together).
+:func:`clip_grad_norm_` clips by the same global norm, sharded or not.
 """
 
 from __future__ import annotations
@@ -12,14 +19,19 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 
-from . import rules
+from . import rules, torch_sharding
+from .checks import check_params
+from .clipping import clip_factor, norm_dtype, scale_by
+from .hyperparams import check_number
 from .optimizer import Rule
+from .reductions import combine_frontiers, pairwise_frontier, pairwise_sum
 from .state import State
 
 __all__ = ["Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "SGD", "NAdam", "AdaDelta", "Adamax", "Lion",
-           "AdaBound", "SignSGD"]
+           "AdaBound", "SignSGD", "global_grad_norm", "clip_grad_norm_"]
 
 
 def _host_value(value: Any) -> Any:
@@ -55,6 +67,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 loss = closure()
         new_states: dict[torch.Tensor, dict] = {}
         plans = []
+        stepped = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         for group in self.param_groups:
             rule = self._group_rule(group)
             by_steps: dict[int, list[torch.Tensor]] = {}
@@ -64,13 +77,21 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise TypeError(f"{type(self).__name__} does not support sparse gradients")
                 if not self.state.get(p):
-                    new_states[p] = {"step": 0, **rule.init(p).slots}
+                    slots = rule.init(torch_sharding.local(p)).slots
+                    new_states[p] = {"step": 0, **{k: torch_sharding.like(v, p) for k, v in slots.items()}}
                 by_steps.setdefault(self._param_state(p, new_states)["step"], []).append(p)
             for steps_taken, params in by_steps.items():
-                slots = {name: [self._param_state(p, new_states)[name] for p in params] for name in rule.slot_names()}
+                slots = {name: [torch_sharding.local(self._param_state(p, new_states)[name]) for p in params]
+                         for name in rule.slot_names()}
                 state = State(rule=rule.name, step=steps_taken, slots=slots)
-                plans.append((params, rule.plan_step(params, [p.grad for p in params], state)))
-        if any(plan.skip for _, plan in plans):
+                local_params = [torch_sharding.local(p) for p in params]
+                local_grads = [torch_sharding.local(p.grad) for p in params]
+                plans.append((params, rule.plan_step(local_params, local_grads, state)))
+        skip = any(plan.skip for _, plan in plans)
+        sharding = torch_sharding.group_of(stepped)
+        if sharding is not None and any(group.get("skip_nonfinite") for group in self.param_groups):
+            skip = torch_sharding.any_across(skip, sharding, torch_sharding.local(stepped[0]).device)
+        if skip:
             # skip_nonfinite: a non-finite gradient anywhere skips the whole step, every group.
             self.skipped_steps += 1
             return loss
@@ -95,6 +116,70 @@ class PortoptOptimizer(torch.optim.Optimizer):
             for key, value in saved["state"].get(saved_id, {}).items():
                 if isinstance(value, torch.Tensor):
                     self.state[p][key] = value.to(device=p.device)
+
+
+def global_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """:func:`portopt.global_norm` of the ``.grad`` of ``parameters``, sharded or not.
+
+    Plain tensors are whole on every rank (DDP, ZeRO) and need no communication. For FSDP2's
+    DTensors each rank computes the nodes of the fixed pairwise tree that lie in its shard
+    and the ranks exchange those (O(log n) numbers per tensor), so the norm has the bits of
+    the unsharded :func:`portopt.global_norm` on every rank, for even and uneven shards.
+    """
+    grads = _grads_of(parameters)
+    if not grads:
+        raise ValueError("parameters have no gradients; their norm is undefined")
+    locals_ = [torch_sharding.local(g) for g in grads]
+    xp = check_params(locals_).xp
+    dtype = norm_dtype(xp, locals_)
+    frontiers = []
+    for index, (g, g_local) in enumerate(zip(grads, locals_)):
+        offset, total = torch_sharding.flat_range(g, f"parameters[{index}].grad")
+        squares = xp.reshape(xp.astype(g_local, dtype), (-1,))
+        frontiers.append((total, pairwise_frontier(xp, squares * squares, offset, total)))
+    group = torch_sharding.group_of(grads, "gradients")
+    sharded = [torch_sharding.is_sharded(g) for g in grads]
+    if group is not None:
+        everyone = torch_sharding.gather_across([nodes for (_, nodes), s in zip(frontiers, sharded) if s], group)
+        merged = iter(zip(*everyone))
+        frontiers = [(total, [node for rank in next(merged) for node in rank]) if s else (total, nodes)
+                     for (total, nodes), s in zip(frontiers, sharded)]
+    host_dtype = _numpy_dtype(dtype)
+    sums = [np.asarray([combine_frontiers(nodes, total, host_dtype)]) for total, nodes in frontiers]
+    import array_api_compat.numpy as host
+
+    norm = np.sqrt(np.asarray(pairwise_sum(host, sums, host_dtype)))
+    return torch.from_numpy(np.array(norm)).to(locals_[0].device)
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: float,
+                    eps: float = 1e-6) -> torch.Tensor:
+    """Scale the ``.grad`` of ``parameters`` in place by ``min(1, max_norm / (norm + eps))``
+    and return the norm, as ``torch.nn.utils.clip_grad_norm_`` (L2 norm) does, with the
+    norm of :func:`global_grad_norm` and the factor of :func:`portopt.clip_by_global_norm`:
+    the same bits as ``portopt.Clipped`` on one process."""
+    max_norm = check_number("max_norm", max_norm)
+    eps = check_number("eps", eps)
+    parameters = list(parameters) if not isinstance(parameters, torch.Tensor) else [parameters]
+    norm = global_grad_norm(parameters)
+    import array_api_compat.torch as xp
+
+    factor = clip_factor(xp, norm, max_norm, eps, norm.device)
+    for g in _grads_of(parameters):
+        g_local = torch_sharding.local(g)
+        g_local.copy_(scale_by(xp, g_local, factor))
+    return norm
+
+
+def _grads_of(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list:
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    return [p.grad for p in parameters if p.grad is not None]
+
+
+def _numpy_dtype(dtype: torch.dtype) -> Any:
+    return {torch.float32: np.float32, torch.float64: np.float64}[dtype]
 
 
 def _drop_in(rule_class: type[Rule]) -> type[PortoptOptimizer]:
