@@ -10,6 +10,7 @@ from typing import Any
 
 from .base import Adapter
 from .cupy_adapter import CupyAdapter
+from .dask_adapter import DaskAdapter
 from .numpy_adapter import NumpyAdapter
 from .strict_adapter import StrictAdapter
 from .torch_adapter import TorchAdapter
@@ -17,7 +18,7 @@ from .torch_adapter import TorchAdapter
 __all__ = ["Adapter", "adapter_for", "ADAPTERS"]
 
 # Most specific first; the plain Adapter is the fallback for any array-API namespace.
-ADAPTERS: tuple[type[Adapter], ...] = (NumpyAdapter, TorchAdapter, CupyAdapter, StrictAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (NumpyAdapter, TorchAdapter, CupyAdapter, StrictAdapter, DaskAdapter)
 
 
 def adapter_for(xp: Any) -> Adapter:

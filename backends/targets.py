@@ -16,9 +16,11 @@ import numpy as np
 
 from . import adapter_for
 
-__all__ = ["Target", "find_targets", "namespace_target", "TARGET_NAMES"]
+__all__ = ["Target", "find_targets", "namespace_target", "TARGET_NAMES", "OPTIONAL_TARGET_NAMES"]
 
 TARGET_NAMES = ("numpy", "torch-cpu", "torch-cuda", "cupy", "array_api_strict", "jax")
+# Chosen by name only (--backends dask): lazy, so a 1000-step golden case is slow there.
+OPTIONAL_TARGET_NAMES = ("dask",)
 _ALL_DTYPES = ("float16", "float32", "float64")
 
 
@@ -31,6 +33,8 @@ class Target:
     device: Any
     dtypes: tuple[str, ...]
     _from_numpy: Callable[[np.ndarray], Any]
+    # for lazy backends: evaluate (params, slots) after a step so the graph stays short
+    settle: Callable[[Any, dict], tuple[Any, dict]] | None = None
 
     def asarray(self, host: np.ndarray) -> Any:
         """A copy of the host array on this target, same bits (never sharing the host's memory)."""
@@ -91,6 +95,23 @@ def _jax() -> Target:
     return Target("jax", array_api_compat.array_namespace(jnp.zeros(1)), None, _ALL_DTYPES, jnp.asarray)
 
 
+def _dask() -> Target:
+    import dask.array as da
+
+    xp = array_api_compat.array_namespace(da.zeros(1))
+
+    def chunked(array: np.ndarray) -> Any:
+        # about three chunks per axis, the last one shorter: chunking must not matter
+        return da.from_array(array, chunks=tuple(max(1, -(-n // 3)) for n in array.shape) or ())
+
+    def persist(params: Any, slots: dict) -> tuple[Any, dict]:
+        import dask
+
+        return dask.persist(params, slots)
+
+    return Target("dask", xp, None, _ALL_DTYPES, chunked, settle=persist)
+
+
 _FACTORIES: dict[str, Callable[[], Target]] = {
     "numpy": _numpy,
     "torch-cpu": lambda: _torch("cpu"),
@@ -98,6 +119,7 @@ _FACTORIES: dict[str, Callable[[], Target]] = {
     "cupy": _cupy,
     "array_api_strict": _strict,
     "jax": _jax,
+    "dask": _dask,
 }
 
 
@@ -106,7 +128,8 @@ def find_targets(names: tuple[str, ...] | None = None) -> tuple[dict[str, Target
     found, missing = {}, {}
     for name in names or TARGET_NAMES:
         if name not in _FACTORIES:
-            raise ValueError(f"unknown backend {name!r}; choose from {', '.join(TARGET_NAMES)}")
+            raise ValueError(f"unknown backend {name!r}; choose from "
+                             f"{', '.join(TARGET_NAMES + OPTIONAL_TARGET_NAMES)}")
         try:
             found[name] = _FACTORIES[name]()
         except Exception as error:  # an import error, no device, a broken install

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from portopt.backends.targets import TARGET_NAMES, find_targets, namespace_target
+from portopt.backends.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, find_targets, namespace_target
 
 import portopt
 
@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("action", nargs="?", default="run", choices=("run", "regenerate", "primitives", "list"),
                         help="run the suite (default); regenerate the golden files from NumPy; "
                              "run only the primitive tier; list the cases")
-    parser.add_argument("--backends", nargs="+", choices=TARGET_NAMES, metavar="NAME",
-                        help=f"backends to run (default: every one found of {', '.join(TARGET_NAMES)})")
+    parser.add_argument("--backends", nargs="+", choices=TARGET_NAMES + OPTIONAL_TARGET_NAMES, metavar="NAME",
+                        help=f"backends to run (default: every one found of {', '.join(TARGET_NAMES)}; "
+                             f"{', '.join(OPTIONAL_TARGET_NAMES)} only when named)")
     parser.add_argument("--namespace", action="append", default=[], metavar="MODULE",
                         help="also run on this array-API namespace, e.g. array_api_strict (repeatable)")
     parser.add_argument("--rules", nargs="+", choices=sorted(portopt.RULES), metavar="RULE")

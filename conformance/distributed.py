@@ -126,11 +126,17 @@ def _finding(check: str, variant: dict | str, mode: str, rank: int, detail: str)
     return Finding(check, label, mode, rank, not detail, detail)
 
 
+_REFERENCES: dict[tuple[str, int], Any] = {}
+
+
 def _reference(variant: dict, steps: int) -> Any:
-    """The one-process run: the same model, optimizer and batches, unsharded."""
-    model = build_model(seed=0)
-    train(model, make_optimizer(variant, model.parameters()), range(steps), variant.get("clip_norm"))
-    return model
+    """The one-process run: the same model, optimizer and batches, unsharded (once per process)."""
+    key = (variant_label(variant), steps)
+    if key not in _REFERENCES:
+        model = build_model(seed=0)
+        train(model, make_optimizer(variant, model.parameters()), range(steps), variant.get("clip_norm"))
+        _REFERENCES[key] = model
+    return _REFERENCES[key]
 
 
 # --- the sharded sides ----------------------------------------------------------------------
@@ -293,20 +299,23 @@ def run(ranks: int = 2, checks: Iterable[str] = CHECKS, variant_names: list | No
     for mode in modes:
         with portopt.fast_path(mode):
             pass  # an unknown or unavailable mode fails here, with its reason
-    findings: list[Finding] = []
     with tempfile.TemporaryDirectory(prefix="portopt-distributed-") as directory:
-        jobs = {
-            "fsdp2": (check_fsdp2, variant_names, steps, modes),
-            "zero": (check_zero, variant_names, steps, modes),
-            "fsdp2-checkpoint": (check_fsdp2_checkpoint, variant_names, steps, directory),
-            "zero-checkpoint": (check_zero_checkpoint, variant_names, steps, directory),
-            "norm": (check_norm, 3),
-        }
-        for check in checks:
-            function, *args = jobs[check]
-            for per_rank in run_ranks(function, ranks, *args, timeout=timeout):
-                findings += per_rank
-    return findings
+        per_rank = run_ranks(_run_checks, ranks, list(checks), variant_names, steps, modes, directory,
+                             timeout=timeout)
+    return [finding for findings in per_rank for finding in findings]
+
+
+def _run_checks(rank: int, ranks: int, checks: list, variant_names: list | None, steps: int, modes: list,
+                directory: str) -> list[Finding]:
+    """Every check in one process per rank (numba compiles each kernel once per process)."""
+    jobs = {
+        "fsdp2": lambda: check_fsdp2(rank, ranks, variant_names, steps, modes),
+        "zero": lambda: check_zero(rank, ranks, variant_names, steps, modes),
+        "fsdp2-checkpoint": lambda: check_fsdp2_checkpoint(rank, ranks, variant_names, steps, directory),
+        "zero-checkpoint": lambda: check_zero_checkpoint(rank, ranks, variant_names, steps, directory),
+        "norm": lambda: check_norm(rank, ranks, seeds=3),
+    }
+    return [finding for check in checks for finding in jobs[check]()]
 
 
 def summary(findings: list[Finding]) -> str:
@@ -320,3 +329,28 @@ def summary(findings: list[Finding]) -> str:
 
 def as_json(findings: list[Finding]) -> list[dict]:
     return [asdict(f) for f in findings]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``portopt distributed``: run the checks on local ranks and print the findings."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="portopt distributed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ranks", type=int, default=2, help="local gloo ranks (default 2)")
+    parser.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS))
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="rule names or Rule-variant names")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--fast-paths", nargs="+", choices=("auto", "compiled", "blocked", "off"),
+                        help="fast-path modes for fsdp2 and zero (default: every one available)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before the ranks are killed")
+    parser.add_argument("--json", metavar="PATH", help="write every finding to PATH")
+    args = parser.parse_args(argv)
+    if args.steps < 2:
+        parser.error("--steps must be >= 2 (the checkpoint checks save after steps // 2)")
+    findings = run(args.ranks, args.checks, args.variants, args.steps, args.fast_paths, args.timeout)
+    print(summary(findings))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(as_json(findings), file, indent=1)
+    return 0 if all(f.equal for f in findings) else 1

@@ -75,6 +75,8 @@ class _Run:
             self.rule.step(self.params, grads, self.state)
         else:
             self.params, self.state = self.rule.update(self.params, grads, self.state)
+        if self.target.settle is not None:  # a lazy backend: persist every step (as a long loop would)
+            self.params, self.state.slots = self.target.settle(self.params, self.state.slots)
 
     def host_arrays(self) -> dict[str, np.ndarray]:
         """Params and every slot, by name (``params['w']``, ``exp_avg['w']``, ...), on the host."""

@@ -9,6 +9,7 @@ USAGE = """usage: portopt COMMAND [options]
 
 commands:
   conformance   check that every backend found reproduces the golden vectors bit for bit
+  distributed   check that FSDP2 and ZeRO training on local ranks gives one process's bits
   peers         compare portopt with torch.optim's own paths (a report, not a pass/fail)
   demo          a short optimisation on every backend found, with the digests of the result
 
@@ -25,6 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from portopt.conformance.cli import main as conformance_main
 
         return conformance_main(rest)
+    if command == "distributed":
+        from portopt.conformance.distributed import main as distributed_main
+
+        return distributed_main(rest)
     if command == "peers":
         from portopt.conformance.peers import main as peers_main
 

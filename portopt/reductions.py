@@ -19,10 +19,10 @@ contiguous split, even or not, because it is the same tree.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 __all__ = ["pairwise_sum", "pairwise_sum_of_squares", "pairwise_sum_last_axis", "matmul", "pairwise_frontier",
-           "combine_frontiers"]
+           "combine_frontiers", "Frontier"]
 
 
 def _pairwise(xp: Any, x: Any) -> Any:
@@ -81,7 +81,15 @@ def matmul(xp: Any, a: Any, b: Any) -> Any:
 Node = tuple[int, int, float]  # (level, index at that level, value); level 0 holds the elements
 
 
-def pairwise_frontier(xp: Any, flat: Any, offset: int, total: int) -> list[Node]:
+class Frontier(NamedTuple):
+    """What one rank hands on: the elements it covers, and its nodes of the tree."""
+
+    offset: int
+    count: int
+    nodes: list[Node]
+
+
+def pairwise_frontier(xp: Any, flat: Any, offset: int, total: int) -> Frontier:
     """The nodes of the pairwise tree over ``total`` elements that a rank can compute from
     the elements ``offset .. offset + len(flat)`` and must hand on: those whose partner lies
     on another rank, and the root if it holds everything. Values are Python floats (exact
@@ -104,7 +112,7 @@ def pairwise_frontier(xp: Any, flat: Any, offset: int, total: int) -> list[Node]
         if end > first:
             x = _pairwise_level(xp, x)
         first, end, count, level = first // 2, (end + 1) // 2, (count + 1) // 2, level + 1
-    return nodes
+    return Frontier(offset, flat.shape[0], nodes)
 
 
 def _pairwise_level(xp: Any, x: Any) -> Any:
@@ -114,19 +122,26 @@ def _pairwise_level(xp: Any, x: Any) -> Any:
     return xp.concat([pairs, x[n - 1:n]]) if n % 2 else pairs
 
 
-def combine_frontiers(nodes: list[Node], total: int, dtype: Any) -> Any:
+def combine_frontiers(frontiers: Sequence[Frontier], total: int, dtype: Any) -> Any:
     """The root of the pairwise tree over ``total`` elements from every rank's
-    :func:`pairwise_frontier` nodes, as a NumPy scalar of ``dtype`` (+0 if ``total`` is 0)."""
+    :func:`pairwise_frontier`, as a NumPy scalar of ``dtype`` (+0 if ``total`` is 0).
+    The ranks' ranges must cover the elements exactly once."""
     import numpy as np
 
+    covered = 0
+    for frontier in sorted((f for f in frontiers if f.count), key=lambda f: f.offset):
+        if frontier.offset != covered:
+            raise ValueError(f"the ranks' ranges {'overlap' if frontier.offset < covered else 'leave a gap'} at "
+                             f"element {min(frontier.offset, covered)} of {total}")
+        covered += frontier.count
+    if covered != total:
+        raise ValueError(f"the ranks' ranges cover {covered} of {total} elements")
     scalar = np.dtype(dtype).type
     if total == 0:
         return scalar(0.0)
     by_level: dict[int, dict[int, Any]] = {}
-    for level, index, value in nodes:
-        if index in by_level.setdefault(level, {}):
-            raise ValueError(f"node {index} of level {level} was given twice; do the ranks' ranges overlap?")
-        by_level[level][index] = scalar(value)
+    for level, index, value in (node for frontier in frontiers for node in frontier.nodes):
+        by_level.setdefault(level, {})[index] = scalar(value)
     count, level, current = total, 0, by_level.get(0, {})
     while count > 1:
         above = by_level.get(level + 1, {})
@@ -137,10 +152,7 @@ def combine_frontiers(nodes: list[Node], total: int, dtype: Any) -> Any:
                 above[index // 2] = current[index] + current[index + 1]
             elif index + 1 == count:
                 above[index // 2] = current[index]
-            else:
-                raise ValueError(f"node {index + 1} of level {level} is missing; do the ranks' ranges cover "
-                                 f"all {total} elements?")
+            else:  # cannot happen for frontiers of ranges that tile the elements
+                raise ValueError(f"node {index + 1} of level {level} is missing")
         count, level, current = (count + 1) // 2, level + 1, above
-    if 0 not in current:
-        raise ValueError(f"the ranks' ranges do not cover all {total} elements")
     return current[0]

@@ -132,20 +132,19 @@ def global_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor) -> torch
     locals_ = [torch_sharding.local(g) for g in grads]
     xp = check_params(locals_).xp
     dtype = norm_dtype(xp, locals_)
-    frontiers = []
+    frontiers = []  # per tensor: the frontier of every rank holding part of it
     for index, (g, g_local) in enumerate(zip(grads, locals_)):
         offset, total = torch_sharding.flat_range(g, f"parameters[{index}].grad")
         squares = xp.reshape(xp.astype(g_local, dtype), (-1,))
-        frontiers.append((total, pairwise_frontier(xp, squares * squares, offset, total)))
+        frontiers.append((total, [pairwise_frontier(xp, squares * squares, offset, total)]))
     group = torch_sharding.group_of(grads, "gradients")
-    sharded = [torch_sharding.is_sharded(g) for g in grads]
     if group is not None:
-        everyone = torch_sharding.gather_across([nodes for (_, nodes), s in zip(frontiers, sharded) if s], group)
-        merged = iter(zip(*everyone))
-        frontiers = [(total, [node for rank in next(merged) for node in rank]) if s else (total, nodes)
-                     for (total, nodes), s in zip(frontiers, sharded)]
+        sharded = [i for i, g in enumerate(grads) if torch_sharding.is_sharded(g)]
+        everyone = torch_sharding.gather_across([frontiers[i][1][0] for i in sharded], group)
+        for position, i in enumerate(sharded):
+            frontiers[i] = (frontiers[i][0], [rank[position] for rank in everyone])
     host_dtype = _numpy_dtype(dtype)
-    sums = [np.asarray([combine_frontiers(nodes, total, host_dtype)]) for total, nodes in frontiers]
+    sums = [np.asarray([combine_frontiers(parts, total, host_dtype)]) for total, parts in frontiers]
     import array_api_compat.numpy as host
 
     norm = np.sqrt(np.asarray(pairwise_sum(host, sums, host_dtype)))
