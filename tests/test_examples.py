@@ -37,3 +37,10 @@ def test_torch_drop_in_example_trains_like_torch_optim():
     ours, theirs = results["portopt.torch.Adam"], results["torch.optim.Adam"]
     assert ours[-1] < 0.2 * ours[0]
     assert abs(ours[-1] - theirs[-1]) < 1e-3 * max(theirs[-1], 1e-3) + 1e-4
+
+
+def test_dask_example_gives_numpy_bits_on_a_two_process_cluster_and_beats_the_mean():
+    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    result = _load("dask_scaling").main(["--size", "128", "--frames", "8", "--steps", "40", "--chunk", "48"])
+    assert result["same_bits"]
+    assert result["fit_error"] < result["mean_error"]
