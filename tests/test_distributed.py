@@ -129,9 +129,12 @@ def test_two_ranks_give_the_one_process_bits(two_rank_findings, check):
         assert any(v.endswith("clipped") for v in variants)  # clip_grad_norm_ under sharding
 
 
-def _skip_on_one_rank(rank: int, ranks: int) -> tuple[int, bool]:
-    """skip_nonfinite under FSDP2: a NaN in rank 1's shard only; every rank must skip."""
+def _skip_on_one_rank(rank: int, ranks: int) -> tuple[int, bool, str]:
+    """skip_nonfinite under FSDP2: a NaN in rank 1's shard only; every rank must skip.
+    And a layout the sharded norm does not support (Shard(1)) is refused, naming it."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
 
     model = fully_shard(distributed.build_model(0))
     optimizer = pt.Adam(model.parameters(), lr=0.1, skip_nonfinite=True)
@@ -142,13 +145,24 @@ def _skip_on_one_rank(rank: int, ranks: int) -> tuple[int, bool]:
         next(model.parameters()).grad.to_local()[0, 0] = float("nan")
     optimizer.step()
     unchanged = all(torch.equal(b, p.detach().full_tensor()) for b, p in zip(before, model.parameters()))
-    return optimizer.skipped_steps, unchanged
+    column_sharded = torch.nn.Parameter(distribute_tensor(torch.ones(4, 6), init_device_mesh("cpu", (ranks,)),
+                                                          [Shard(1)]))
+    column_sharded.grad = column_sharded.detach().clone()
+    try:
+        pt.clip_grad_norm_([column_sharded], 1.0)
+        refused = ""
+    except ValueError as error:
+        refused = str(error)
+    return optimizer.skipped_steps, unchanged, refused
 
 
-def test_skip_nonfinite_agrees_across_ranks():
+def test_skip_nonfinite_agrees_across_ranks_and_other_layouts_are_refused():
     from portopt.local_ranks import run_ranks
 
-    assert run_ranks(_skip_on_one_rank, 2, timeout=120) == [(1, True), (1, True)]
+    results = run_ranks(_skip_on_one_rank, 2, timeout=120)
+    assert [r[:2] for r in results] == [(1, True), (1, True)]
+    for _, _, refused in results:
+        assert "parameters[0].grad has placement S(1)" in refused and "Shard(0)" in refused
 
 
 def _raise_on_rank_one(rank: int, ranks: int) -> None:
