@@ -12,7 +12,6 @@ rewrites README.md's performance section.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -21,13 +20,13 @@ import sys
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
 import portopt
 from portopt.conformance.report import machine_description
 
+from .report import add_output_options, report
 from .workloads import WORKLOADS
 
 TORCH_PEERS = {"Adam": ("Adam", {}), "AdamW": ("AdamW", {}), "AMSGrad": ("Adam", {"amsgrad": True}),
@@ -196,22 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--rules", nargs="+", default=list(TORCH_PEERS), choices=list(TORCH_PEERS))
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--json", default="benchmarks/results.json")
-    parser.add_argument("--readme", metavar="PATH", help="rewrite the performance block of PATH")
-    parser.add_argument("--from-json", metavar="PATH", help="print (and --readme) an earlier run's results, no timing")
+    add_output_options(parser, "benchmarks/results.json", "performance")
     args = parser.parse_args(argv)
-    if args.from_json:
-        results = json.loads(Path(args.from_json).read_text())
-    else:
-        results = run(args.workloads, args.rules, args.rounds)
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    text = table(results)
-    print(text)
-    if args.readme:
-        from portopt.conformance.report import replace_block
-
-        replace_block(args.readme, "performance", text)
-    return 0
+    return report(args, lambda: run(args.workloads, args.rules, args.rounds), table, "performance")
 
 
 if __name__ == "__main__":

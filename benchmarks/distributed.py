@@ -13,10 +13,10 @@ for 8 ranks. ``--readme README.md`` rewrites the README's scaling block.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
+
+from .report import add_output_options, report
 
 WIDTH = 1024
 BYTES_PER_PARAMETER = 16  # float32 param + grad + exp_avg + exp_avg_sq
@@ -111,22 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=int, default=2**24, help="model size (default 2**24)")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1, help="cores per rank (default 1)")
-    parser.add_argument("--json", default=str(Path(__file__).with_name("distributed.json")))
-    parser.add_argument("--from-json", metavar="PATH", help="print (and --readme) an earlier run, no timing")
-    parser.add_argument("--readme", metavar="PATH", help="rewrite the scaling block of PATH")
+    add_output_options(parser, "benchmarks/distributed.json", "scaling")
     args = parser.parse_args(argv)
-    if args.from_json:
-        results = json.loads(Path(args.from_json).read_text())
-    else:
-        results = run(args.params, args.steps, args.threads)
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    text = table(results)
-    print(text)
-    if args.readme:
-        from portopt.conformance.report import replace_block
-
-        replace_block(args.readme, "scaling", text)
-    return 0
+    return report(args, lambda: run(args.params, args.steps, args.threads), table, "scaling")
 
 
 if __name__ == "__main__":

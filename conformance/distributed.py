@@ -93,12 +93,17 @@ def drop_in_variants(names: Iterable[str] | None = None) -> list[dict]:
 
 
 def make_optimizer(variant: dict, params: Any) -> Any:
+    """The variant's drop-in on ``params``."""
+    drop_in, hyperparameters = _drop_in(variant)
+    return drop_in(params, **hyperparameters)
+
+
+def _drop_in(variant: dict) -> tuple[type, dict]:
     import portopt.torch as pt
 
     from .cases import build_rule
 
-    hyperparameters = build_rule(variant["rule"], variant["options"]).hyperparameters()
-    return getattr(pt, variant["rule"])(params, **hyperparameters)
+    return getattr(pt, variant["rule"]), build_rule(variant["rule"], variant["options"]).hyperparameters()
 
 
 def variant_label(variant: dict) -> str:
@@ -140,31 +145,28 @@ def _reference(variant: dict, steps: int) -> Any:
 
 
 # --- the sharded sides ----------------------------------------------------------------------
-def _fsdp2_model(seed: int) -> Any:
-    from torch.distributed.fsdp import fully_shard
+def _sharded(kind: str, variant: dict, seed: int) -> tuple[Any, Any, Any]:
+    """``(model to train, optimizer, module holding the parameters)`` sharded the ``kind`` way."""
+    if kind == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
 
-    model = build_model(seed)
-    for layer in model:
-        if hasattr(layer, "weight"):
-            fully_shard(layer)
-    return fully_shard(model)
-
-
-def _zero_model(seed: int, variant: dict) -> tuple[Any, Any]:
+        model = build_model(seed)
+        for layer in model:
+            if hasattr(layer, "weight"):
+                fully_shard(layer)
+        fully_shard(model)
+        return model, make_optimizer(variant, model.parameters()), model
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.nn.parallel import DistributedDataParallel
 
-    from .cases import build_rule
-    import portopt.torch as pt
-
     model = DistributedDataParallel(build_model(seed))
-    hyperparameters = build_rule(variant["rule"], variant["options"]).hyperparameters()
-    optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=getattr(pt, variant["rule"]),
-                                        **hyperparameters)
-    return model, optimizer
+    drop_in, hyperparameters = _drop_in(variant)
+    optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=drop_in, **hyperparameters)
+    return model, optimizer, model.module
 
 
-def check_fsdp2(rank: int, ranks: int, variant_names: list | None, steps: int, modes: list) -> list[Finding]:
+def check_training(kind: str, rank: int, variant_names: list | None, steps: int, modes: list) -> list[Finding]:
+    """``kind`` ("fsdp2" or "zero") training under every fast-path mode against one process."""
     import portopt
 
     findings = []
@@ -172,23 +174,9 @@ def check_fsdp2(rank: int, ranks: int, variant_names: list | None, steps: int, m
         reference = _reference(variant, steps)
         for mode in modes:
             with portopt.fast_path(mode):
-                model = _fsdp2_model(seed=0)
-                train(model, make_optimizer(variant, model.parameters()), range(steps), variant.get("clip_norm"))
-            findings.append(_finding("fsdp2", variant, mode, rank, first_difference(model, reference)))
-    return findings
-
-
-def check_zero(rank: int, ranks: int, variant_names: list | None, steps: int, modes: list) -> list[Finding]:
-    import portopt
-
-    findings = []
-    for variant in drop_in_variants(variant_names):
-        reference = _reference(variant, steps)
-        for mode in modes:
-            with portopt.fast_path(mode):
-                model, optimizer = _zero_model(0, variant)
+                model, optimizer, module = _sharded(kind, variant, seed=0)
                 train(model, optimizer, range(steps), variant.get("clip_norm"))
-            findings.append(_finding("zero", variant, mode, rank, first_difference(model.module, reference)))
+            findings.append(_finding(kind, variant, mode, rank, first_difference(module, reference)))
     return findings
 
 
@@ -204,14 +192,12 @@ def check_fsdp2_checkpoint(rank: int, ranks: int, variant_names: list | None, st
     for variant in drop_in_variants(variant_names):
         reference = _reference(variant, steps)
         path = f"{directory}/fsdp2-{variant_label(variant)}"
-        model = _fsdp2_model(seed=0)
-        optimizer = make_optimizer(variant, model.parameters())
+        model, optimizer, _ = _sharded("fsdp2", variant, seed=0)
         train(model, optimizer, range(half), variant.get("clip_norm"))
         model_state, optimizer_state = get_state_dict(model, optimizer)
         dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path)
         del model, optimizer
-        resumed = _fsdp2_model(seed=1)
-        optimizer = make_optimizer(variant, resumed.parameters())
+        resumed, optimizer, _ = _sharded("fsdp2", variant, seed=1)
         model_state, optimizer_state = get_state_dict(resumed, optimizer)
         loaded = {"model": model_state, "optimizer": optimizer_state}
         dcp.load(loaded, checkpoint_id=path)
@@ -232,14 +218,14 @@ def check_zero_checkpoint(rank: int, ranks: int, variant_names: list | None, ste
     for variant in drop_in_variants(variant_names):
         reference = _reference(variant, steps)
         path = f"{directory}/zero-{variant_label(variant)}.pt"
-        model, optimizer = _zero_model(0, variant)
+        model, optimizer, _ = _sharded("zero", variant, seed=0)
         train(model, optimizer, range(half), variant.get("clip_norm"))
         optimizer.consolidate_state_dict(to=0)
         if rank == 0:
             torch.save({"model": model.module.state_dict(), "optimizer": optimizer.state_dict()}, path)
         dist.barrier()
         del model, optimizer
-        resumed, optimizer = _zero_model(1, variant)
+        resumed, optimizer, _ = _sharded("zero", variant, seed=1)
         saved = torch.load(path, weights_only=False)
         resumed.module.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -309,8 +295,8 @@ def _run_checks(rank: int, ranks: int, checks: list, variant_names: list | None,
                 directory: str) -> list[Finding]:
     """Every check in one process per rank (numba compiles each kernel once per process)."""
     jobs = {
-        "fsdp2": lambda: check_fsdp2(rank, ranks, variant_names, steps, modes),
-        "zero": lambda: check_zero(rank, ranks, variant_names, steps, modes),
+        "fsdp2": lambda: check_training("fsdp2", rank, variant_names, steps, modes),
+        "zero": lambda: check_training("zero", rank, variant_names, steps, modes),
         "fsdp2-checkpoint": lambda: check_fsdp2_checkpoint(rank, ranks, variant_names, steps, directory),
         "zero-checkpoint": lambda: check_zero_checkpoint(rank, ranks, variant_names, steps, directory),
         "norm": lambda: check_norm(rank, ranks, seeds=3),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from helpers import VARIANTS, make_rule, random_arrays, same_bits, variant_id
 from hypothesis import given, settings
