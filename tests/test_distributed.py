@@ -20,6 +20,10 @@ if not dist.is_available() or not dist.is_gloo_available():
 import portopt.torch as pt  # noqa: E402
 from portopt.conformance import distributed  # noqa: E402
 
+# Functions run by spawned ranks must live in a module the ranks can import by name
+# (tests/ is on sys.path; this test module, imported by pytest's importlib mode, is not).
+from distributed_ranks import raise_on_rank_one, skip_on_one_rank  # noqa: E402
+
 
 def _split_sum(values: np.ndarray, cuts: list[int]) -> np.generic:
     bounds = [0, *sorted(cuts), values.size]
@@ -129,49 +133,17 @@ def test_two_ranks_give_the_one_process_bits(two_rank_findings, check):
         assert any(v.endswith("clipped") for v in variants)  # clip_grad_norm_ under sharding
 
 
-def _skip_on_one_rank(rank: int, ranks: int) -> tuple[int, bool, str]:
-    """skip_nonfinite under FSDP2: a NaN in rank 1's shard only; every rank must skip.
-    And a layout the sharded norm does not support (Shard(1)) is refused, naming it."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    model = fully_shard(distributed.build_model(0))
-    optimizer = pt.Adam(model.parameters(), lr=0.1, skip_nonfinite=True)
-    x, y = distributed.batch(0, torch.float32)
-    ((model(x) - y) ** 2).mean().backward()
-    before = [p.detach().full_tensor().clone() for p in model.parameters()]
-    if rank == 1:
-        next(model.parameters()).grad.to_local()[0, 0] = float("nan")
-    optimizer.step()
-    unchanged = all(torch.equal(b, p.detach().full_tensor()) for b, p in zip(before, model.parameters()))
-    column_sharded = torch.nn.Parameter(distribute_tensor(torch.ones(4, 6), init_device_mesh("cpu", (ranks,)),
-                                                          [Shard(1)]))
-    column_sharded.grad = column_sharded.detach().clone()
-    try:
-        pt.clip_grad_norm_([column_sharded], 1.0)
-        refused = ""
-    except ValueError as error:
-        refused = str(error)
-    return optimizer.skipped_steps, unchanged, refused
-
-
 def test_skip_nonfinite_agrees_across_ranks_and_other_layouts_are_refused():
     from portopt.local_ranks import run_ranks
 
-    results = run_ranks(_skip_on_one_rank, 2, timeout=120)
+    results = run_ranks(skip_on_one_rank, 2, timeout=120)
     assert [r[:2] for r in results] == [(1, True), (1, True)]
     for _, _, refused in results:
         assert "parameters[0].grad has placement S(1)" in refused and "Shard(0)" in refused
-
-
-def _raise_on_rank_one(rank: int, ranks: int) -> None:
-    if rank == 1:
-        raise RuntimeError("rank one fails on purpose")
 
 
 def test_a_failing_rank_is_reported_with_its_traceback():
     from portopt.local_ranks import RanksFailed, run_ranks
 
     with pytest.raises(RanksFailed, match="rank 1 of 2 failed(.|\n)*on purpose"):
-        run_ranks(_raise_on_rank_one, 2, timeout=120)
+        run_ranks(raise_on_rank_one, 2, timeout=120)
