@@ -49,9 +49,16 @@ class PortoptOptimizer(torch.optim.Optimizer):
     rule_class: type[Rule]
     hyperparameter_names: tuple[str, ...]  # the rule's constructor arguments
 
-    def __init__(self, params: Iterable[Any], **hyperparameters: Any) -> None:
+    def __init__(self, params: Iterable[Any], skip_group: Any = None, **hyperparameters: Any) -> None:
+        """``skip_group``: the ranks that must skip together under ``skip_nonfinite=True``
+        where the optimizer cannot see them: ``"world"`` (every rank; picklable, so ZeRO's
+        state dict, which keeps it in its param groups, still saves) or a process group.
+        Under ZeRO pass ``skip_group="world"``; FSDP2's DTensors bring their own group."""
+        if skip_group is not None and skip_group != "world" and not _is_process_group(skip_group):
+            raise TypeError(f"skip_group must be 'world' or a torch.distributed ProcessGroup, got {skip_group!r}")
         defaults = self.rule_class(**hyperparameters).hyperparameters()
         super().__init__(params, defaults)
+        self.skip_group = skip_group
         self.skipped_steps = 0  # steps skipped for non-finite gradients (skip_nonfinite=True)
 
     def _group_rule(self, group: dict) -> Rule:
@@ -88,9 +95,10 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 local_grads = [torch_sharding.local(p.grad) for p in params]
                 plans.append((params, rule.plan_step(local_params, local_grads, state)))
         skip = any(plan.skip for _, plan in plans)
-        sharding = torch_sharding.group_of(stepped)
-        if sharding is not None and any(group.get("skip_nonfinite") for group in self.param_groups):
-            skip = torch_sharding.any_across(skip, sharding, torch_sharding.local(stepped[0]).device)
+        agreeing = torch_sharding.group_of(stepped) or torch_sharding.world_if_named(self.skip_group)
+        if agreeing is not None and any(group.get("skip_nonfinite") for group in self.param_groups):
+            device = torch_sharding.local(stepped[0]).device if stepped else torch.device("cpu")
+            skip = torch_sharding.any_across(skip, agreeing, device)
         if skip:
             # skip_nonfinite: a non-finite gradient anywhere skips the whole step, every group.
             self.skipped_steps += 1
@@ -169,6 +177,10 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm:
         g_local = torch_sharding.local(g)
         g_local.copy_(scale_by(xp, g_local, factor))
     return norm
+
+
+def _is_process_group(value: Any) -> bool:
+    return torch_sharding.dist is not None and isinstance(value, torch_sharding.dist.ProcessGroup)
 
 
 def _grads_of(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list:

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - every torch build in CI has torch.dist
     dist = None
     DTensor = None
 
-__all__ = ["is_sharded", "local", "like", "flat_range", "group_of", "any_across", "gather_across"]
+__all__ = ["is_sharded", "local", "like", "flat_range", "group_of", "world_if_named", "any_across", "gather_across"]
 
 
 def is_sharded(x: Any) -> bool:
@@ -85,6 +85,11 @@ def group_of(tensors: Sequence[Any], name: str = "parameters") -> Any:
     if mesh.ndim != 1:
         raise ValueError(f"{name} are sharded on a {mesh.ndim}-D mesh; portopt supports 1-D meshes (FSDP2)")
     return mesh.get_group()
+
+
+def world_if_named(group: Any) -> Any:
+    """``"world"`` as the default group; anything else unchanged."""
+    return dist.group.WORLD if group == "world" else group
 
 
 def any_across(flag: bool, group: Any, device: Any) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 
 import portopt.torch as pt
@@ -38,3 +40,30 @@ def skip_on_one_rank(rank: int, ranks: int) -> tuple[int, bool, str]:
 def raise_on_rank_one(rank: int, ranks: int) -> None:
     if rank == 1:
         raise RuntimeError("rank one fails on purpose")
+
+
+def zero_skip_on_one_rank(rank: int, ranks: int, agree: bool) -> tuple[int, bool]:
+    """skip_nonfinite under ZeRO: a NaN in the gradient of a parameter rank 0 owns. With
+    ``skip_group`` every rank skips; without it only the owner does (the documented limit)."""
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = DistributedDataParallel(distributed.build_model(0))
+    options = {"skip_group": "world"} if agree else {}
+    optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=pt.Adam, lr=0.1, skip_nonfinite=True,
+                                        **options)
+    x, y = distributed.batch(0, torch.float32)
+    ((model(x) - y) ** 2).mean().backward()
+    owned_by_rank_0 = optimizer.optim.param_groups[0]["params"][0] if rank == 0 else None
+    flags = [torch.tensor([0])]
+    if rank == 0:
+        owned_by_rank_0.grad.view(-1)[0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    dist.all_reduce(flags[0])  # keep the ranks in step before comparing
+    unchanged = all(torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
+    optimizer.consolidate_state_dict(to=0)
+    if rank == 0:  # the option sits in ZeRO's param groups; the state dict must still save
+        torch.save(optimizer.state_dict(), io.BytesIO())
+    return optimizer.optim.skipped_steps, unchanged

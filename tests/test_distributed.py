@@ -22,7 +22,7 @@ from portopt.conformance import distributed  # noqa: E402
 
 # Functions run by spawned ranks must live in a module the ranks can import by name
 # (tests/ is on sys.path; this test module, imported by pytest's importlib mode, is not).
-from distributed_ranks import raise_on_rank_one, skip_on_one_rank  # noqa: E402
+from distributed_ranks import raise_on_rank_one, skip_on_one_rank, zero_skip_on_one_rank  # noqa: E402
 
 
 def _split_sum(values: np.ndarray, cuts: list[int]) -> np.generic:
@@ -140,6 +140,22 @@ def test_skip_nonfinite_agrees_across_ranks_and_other_layouts_are_refused():
     assert [r[:2] for r in results] == [(1, True), (1, True)]
     for _, _, refused in results:
         assert "parameters[0].grad has placement S(1)" in refused and "Shard(0)" in refused
+
+
+@pytest.mark.parametrize("agree", [True, False], ids=["skip_group", "no_group"])
+def test_zero_ranks_skip_together_when_given_a_skip_group(agree):
+    from portopt.local_ranks import run_ranks
+
+    results = run_ranks(zero_skip_on_one_rank, 2, agree, timeout=120)
+    if agree:
+        assert results == [(1, True), (1, True)]
+    else:  # the owner skips, the other rank steps its partition: why skip_group exists
+        assert results == [(1, False), (0, False)]
+
+
+def test_skip_group_is_checked():
+    with pytest.raises(TypeError, match="skip_group must be 'world'"):
+        pt.Adam([torch.nn.Parameter(torch.zeros(2))], skip_group="everyone")
 
 
 def test_a_failing_rank_is_reported_with_its_traceback():
