@@ -3,7 +3,8 @@
 ``update`` builds a graph and computes nothing; ``compute()`` gives NumPy's bits for any
 chunking, because every operation of a rule is elementwise (the fixed-order norm slices
 by element index, not by chunk). ``step`` works too (Dask's ``x[...] = y`` is lazy) but
-grows a larger graph than ``update``.
+grows a larger graph than ``update``. Moving to and from the host is the plain adapter's
+(``np.array`` computes a Dask array; ``asarray`` wraps a NumPy copy in one chunk).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
-import numpy as np
 
 from .base import Adapter
 
@@ -25,11 +25,3 @@ class DaskAdapter(Adapter):
 
     def label(self, device: Any) -> str:
         return "dask"
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        return np.array(x.compute(), copy=True)
-
-    def from_numpy(self, array: np.ndarray, device: Any = None) -> Any:
-        import dask.array as da
-
-        return da.from_array(np.array(array, copy=True))

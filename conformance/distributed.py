@@ -180,58 +180,60 @@ def check_training(kind: str, rank: int, variant_names: list | None, steps: int,
     return findings
 
 
-def check_fsdp2_checkpoint(rank: int, ranks: int, variant_names: list | None, steps: int, directory: str
-                           ) -> list[Finding]:
-    """Save after half the steps with torch.distributed.checkpoint; a fresh model and
-    optimizer (other initial weights) load it and finish the run."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
+def check_checkpoint(kind: str, rank: int, variant_names: list | None, steps: int, directory: str
+                     ) -> list[Finding]:
+    """Save after half the steps, load into a fresh model and optimizer (other initial
+    weights), finish the run, compare with one process."""
     findings = []
     half = steps // 2
     for variant in drop_in_variants(variant_names):
         reference = _reference(variant, steps)
-        path = f"{directory}/fsdp2-{variant_label(variant)}"
-        model, optimizer, _ = _sharded("fsdp2", variant, seed=0)
+        path = f"{directory}/{kind}-{variant_label(variant)}"
+        model, optimizer, module = _sharded(kind, variant, seed=0)
         train(model, optimizer, range(half), variant.get("clip_norm"))
-        model_state, optimizer_state = get_state_dict(model, optimizer)
-        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path)
-        del model, optimizer
-        resumed, optimizer, _ = _sharded("fsdp2", variant, seed=1)
-        model_state, optimizer_state = get_state_dict(resumed, optimizer)
-        loaded = {"model": model_state, "optimizer": optimizer_state}
-        dcp.load(loaded, checkpoint_id=path)
-        set_state_dict(resumed, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+        _save(kind, rank, module, optimizer, path)
+        del model, optimizer, module
+        resumed, optimizer, module = _sharded(kind, variant, seed=1)
+        _load(kind, module, optimizer, path)
         train(resumed, optimizer, range(half, steps), variant.get("clip_norm"))
-        findings.append(_finding("fsdp2-checkpoint", variant, "auto", rank, first_difference(resumed, reference)))
+        findings.append(_finding(f"{kind}-checkpoint", variant, "auto", rank, first_difference(module, reference)))
     return findings
 
 
-def check_zero_checkpoint(rank: int, ranks: int, variant_names: list | None, steps: int, directory: str
-                          ) -> list[Finding]:
-    """Consolidate ZeRO's state on rank 0, save it with torch.save, load it on every rank."""
+def _save(kind: str, rank: int, module: Any, optimizer: Any, path: str) -> None:
+    """FSDP2: torch.distributed.checkpoint, every rank its shards. ZeRO: the state
+    consolidated on rank 0 and written with torch.save."""
     import torch
     import torch.distributed as dist
 
-    findings = []
-    half = steps // 2
-    for variant in drop_in_variants(variant_names):
-        reference = _reference(variant, steps)
-        path = f"{directory}/zero-{variant_label(variant)}.pt"
-        model, optimizer, _ = _sharded("zero", variant, seed=0)
-        train(model, optimizer, range(half), variant.get("clip_norm"))
-        optimizer.consolidate_state_dict(to=0)
-        if rank == 0:
-            torch.save({"model": model.module.state_dict(), "optimizer": optimizer.state_dict()}, path)
-        dist.barrier()
-        del model, optimizer
-        resumed, optimizer, _ = _sharded("zero", variant, seed=1)
-        saved = torch.load(path, weights_only=False)
-        resumed.module.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        train(resumed, optimizer, range(half, steps), variant.get("clip_norm"))
-        findings.append(_finding("zero-checkpoint", variant, "auto", rank, first_difference(resumed.module, reference)))
-    return findings
+    if kind == "fsdp2":
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optimizer_state = get_state_dict(module, optimizer)
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path)
+        return
+    optimizer.consolidate_state_dict(to=0)
+    if rank == 0:
+        torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    dist.barrier()
+
+
+def _load(kind: str, module: Any, optimizer: Any, path: str) -> None:
+    import torch
+
+    if kind == "fsdp2":
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optimizer_state = get_state_dict(module, optimizer)
+        loaded = {"model": model_state, "optimizer": optimizer_state}
+        dcp.load(loaded, checkpoint_id=path)
+        set_state_dict(module, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+        return
+    saved = torch.load(path, weights_only=False)
+    module.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
 
 
 NORM_SHAPES = ((6, 5), (7, 3), (3, 2), (1, 4), (0, 3), (1000, 33), (2**12, 8), (9,))
@@ -297,8 +299,8 @@ def _run_checks(rank: int, ranks: int, checks: list, variant_names: list | None,
     jobs = {
         "fsdp2": lambda: check_training("fsdp2", rank, variant_names, steps, modes),
         "zero": lambda: check_training("zero", rank, variant_names, steps, modes),
-        "fsdp2-checkpoint": lambda: check_fsdp2_checkpoint(rank, ranks, variant_names, steps, directory),
-        "zero-checkpoint": lambda: check_zero_checkpoint(rank, ranks, variant_names, steps, directory),
+        "fsdp2-checkpoint": lambda: check_checkpoint("fsdp2", rank, variant_names, steps, directory),
+        "zero-checkpoint": lambda: check_checkpoint("zero", rank, variant_names, steps, directory),
         "norm": lambda: check_norm(rank, ranks, seeds=3),
     }
     return [finding for check in checks for finding in jobs[check]()]
