@@ -46,6 +46,21 @@ class Adapter:
         except TypeError:
             return False
 
+    def signature(self, x: Any) -> tuple:
+        """What a cached step plan re-checks on every step, cheaply: anything a full check
+        looks at (type, shape, dtype, device, writeability). Equal signatures mean the
+        full check would pass again."""
+        return (type(x), tuple(x.shape), x.dtype, array_api_compat.device(x), self.is_writeable(x))
+
+    def address(self, x: Any) -> int | None:
+        """The address of ``x``'s elements if they are host memory in C order with no
+        pending view transform (the compiled loops read and write there), else None."""
+        return None
+
+    def empty(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+        """A new uninitialised array (the outputs of ``update``)."""
+        return self.xp.empty(shape, dtype=dtype, device=device)
+
     def write(self, destination: Any, source: Any) -> None:
         """Copy ``source`` into ``destination``'s memory, wherever it lives (views too)."""
         destination[...] = source

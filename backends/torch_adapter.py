@@ -47,6 +47,21 @@ class TorchAdapter(Adapter):
     def is_writeable(self, x: Any) -> bool:
         return not x.is_inference()
 
+    def signature(self, x: Any) -> tuple:
+        return (type(x), x.shape, x.dtype, x.device, x.layout, x.is_contiguous(), x.is_inference(), x.is_neg(),
+                x.is_conj())
+
+    def address(self, x: Any) -> int | None:
+        # A tensor with the negative or conjugate bit set holds other values than it shows.
+        if x.device.type != "cpu" or not x.is_contiguous() or x.is_neg() or x.is_conj():
+            return None
+        return x.data_ptr()
+
+    def empty(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
+        import torch
+
+        return torch.empty(shape, dtype=dtype, device=device)
+
     def write(self, destination: Any, source: Any) -> None:
         import torch
 

@@ -2,11 +2,12 @@
 
 For each workload and rule, in one interleaved run (every implementation timed once per
 round, so all share the machine's state): portopt on NumPy arrays and on torch CPU tensors
-(the process's fast path, normally ``auto``), and torch.optim with ``foreach=False``,
-``foreach=True`` and ``fused=True`` where torch has it on the CPU. The bound is the bytes a
-step must move (read params, grads and state; write params and state) divided by the copy
-bandwidth measured in the same run. Prints a table, writes JSON, and with ``--readme``
-rewrites README.md's performance section.
+(the process's fast path, normally ``auto``), and torch.optim by default (on the CPU its
+for-loop), with ``foreach=True`` and with ``fused=True`` where torch has it on the CPU.
+Small problems add portopt's ``update``, the torch drop-in and a hand-written NumPy loop
+(benchmarks/hand.py). The bound is the bytes a step must move (read params, grads and
+state; write params and state) divided by the bandwidth measured in the same run. Prints
+tables, writes JSON, and with ``--readme`` rewrites README.md's performance section.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import portopt
 from portopt.conformance.report import machine_description
 
 from .report import add_output_options, report
-from .workloads import WORKLOADS
+from .workloads import WORKLOADS, Workload
 
 TORCH_PEERS = {"Adam": ("Adam", {}), "AdamW": ("AdamW", {}), "AMSGrad": ("Adam", {"amsgrad": True}),
                "AdaGrad": ("Adagrad", {}), "RMSProp": ("RMSprop", {})}
@@ -72,11 +73,19 @@ def bytes_per_step(rule: portopt.Rule, sizes: list[int], dtype: str) -> int:
 
 
 class Implementation:
-    """One way of taking a step on one workload; ``step()`` is what is timed."""
+    """One way of taking a step on one workload; ``step()`` is what is timed (``repeat`` steps
+    per sample for small workloads, whose one step is a few microseconds)."""
 
-    def __init__(self, name: str, step, memory=None) -> None:
-        self.name, self.step, self.memory = name, step, memory
+    def __init__(self, name: str, step, memory=None, repeat: int = 1) -> None:
+        self.name, self.memory, self.repeat = name, memory, repeat
         self.times: list[float] = []
+        if repeat == 1:
+            self.step = step
+        else:
+            def steps() -> None:
+                for _ in range(repeat):
+                    step()
+            self.step = steps
 
 
 def _host_arrays(shapes, dtype, seed):
@@ -84,9 +93,14 @@ def _host_arrays(shapes, dtype, seed):
     return [rng.standard_normal(math.prod(s), dtype=np.float32).astype(dtype).reshape(s) for s in shapes]
 
 
-def portopt_numpy(rule_name: str, shapes, dtype: str) -> Implementation:
+def _tree(leaves: list, kind: str):
+    return {f"x{i}": leaf for i, leaf in enumerate(leaves)} if kind == "dict" else leaves
+
+
+def portopt_numpy(rule_name: str, workload: Workload) -> Implementation:
     rule = portopt.RULES[rule_name]()
-    params, grads = _host_arrays(shapes, dtype, 0), _host_arrays(shapes, dtype, 1)
+    params = _tree(_host_arrays(workload.shapes, workload.dtype, 0), workload.tree)
+    grads = _tree(_host_arrays(workload.shapes, workload.dtype, 1), workload.tree)
     state = rule.init(params)
 
     def memory() -> int:
@@ -97,33 +111,68 @@ def portopt_numpy(rule_name: str, shapes, dtype: str) -> Implementation:
         tracemalloc.stop()
         return peak
 
-    return Implementation("portopt numpy", lambda: rule.step(params, grads, state), memory)
+    return Implementation("portopt numpy step", lambda: rule.step(params, grads, state), memory, workload.repeat)
 
 
-def portopt_torch(rule_name: str, shapes, dtype: str) -> Implementation:
+def portopt_numpy_update(rule_name: str, workload: Workload) -> Implementation:
+    rule = portopt.RULES[rule_name]()
+    params = _tree(_host_arrays(workload.shapes, workload.dtype, 0), workload.tree)
+    grads = _tree(_host_arrays(workload.shapes, workload.dtype, 1), workload.tree)
+    carried = [params, rule.init(params)]
+
+    def step() -> None:
+        carried[0], carried[1] = rule.update(carried[0], grads, carried[1])
+
+    return Implementation("portopt numpy update", step, repeat=workload.repeat)
+
+
+def hand_numpy(rule_name: str, workload: Workload) -> Implementation:
+    from .hand import hand_loop
+
+    params = _host_arrays(workload.shapes, workload.dtype, 0)
+    grads = _host_arrays(workload.shapes, workload.dtype, 1)
+    step = hand_loop(rule_name, params)
+    return Implementation("hand-written numpy", lambda: step(grads), repeat=workload.repeat)
+
+
+def portopt_torch(rule_name: str, workload: Workload) -> Implementation:
     import torch
 
     rule = portopt.RULES[rule_name]()
-    params = [torch.from_numpy(a) for a in _host_arrays(shapes, dtype, 0)]
-    grads = [torch.from_numpy(a) for a in _host_arrays(shapes, dtype, 1)]
+    params = _tree([torch.from_numpy(a) for a in _host_arrays(workload.shapes, workload.dtype, 0)], workload.tree)
+    grads = _tree([torch.from_numpy(a) for a in _host_arrays(workload.shapes, workload.dtype, 1)], workload.tree)
     state = rule.init(params)
-    return Implementation("portopt torch", lambda: rule.step(params, grads, state))
+    return Implementation("portopt torch step", lambda: rule.step(params, grads, state), repeat=workload.repeat)
 
 
-def torch_optim(rule_name: str, shapes, dtype: str, mode: str) -> Implementation | None:
+def _torch_params(workload: Workload) -> list:
+    import torch
+
+    params = [torch.from_numpy(a).requires_grad_(True) for a in _host_arrays(workload.shapes, workload.dtype, 0)]
+    for p, g in zip(params, _host_arrays(workload.shapes, workload.dtype, 1)):
+        p.grad = torch.from_numpy(g)
+    return params
+
+
+def portopt_drop_in(rule_name: str, workload: Workload) -> Implementation:
+    import portopt.torch as drop_ins
+
+    optimizer = getattr(drop_ins, rule_name)(_torch_params(workload))
+    return Implementation("portopt drop-in", optimizer.step, repeat=workload.repeat)
+
+
+def torch_optim(rule_name: str, workload: Workload, mode: str) -> Implementation | None:
     import torch
 
     name, extra = TORCH_PEERS[rule_name]
-    params = [torch.from_numpy(a).requires_grad_(True) for a in _host_arrays(shapes, dtype, 0)]
-    for p, g in zip(params, _host_arrays(shapes, dtype, 1)):
-        p.grad = torch.from_numpy(g)
-    options = {"foreach": False} if mode == "single" else {"foreach": True} if mode == "foreach" else {"fused": True}
+    params = _torch_params(workload)
+    options = {} if mode == "default" else {"foreach": True} if mode == "foreach" else {"fused": True}
     try:
         optimizer = getattr(torch.optim, name)(params, **options, **extra)
         optimizer.step()
     except (RuntimeError, TypeError, ValueError):
         return None  # torch has no such path for this optimizer and dtype on the CPU
-    return Implementation(f"torch {mode}", optimizer.step)
+    return Implementation(f"torch {mode}", optimizer.step, repeat=workload.repeat)
 
 
 def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
@@ -135,17 +184,21 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
         import torch
 
         results["machine"]["torch"] = torch.__version__
-        torch_modes = ["single", "foreach", "fused"]
+        torch_modes = ["default", "foreach", "fused"]
     except ImportError:
         torch_modes = []
-    for workload in workloads:
-        shapes, dtype = WORKLOADS[workload]
-        sizes = [math.prod(s) for s in shapes]
+    for workload_name in workloads:
+        workload = WORKLOADS[workload_name]
+        sizes = [math.prod(s) for s in workload.shapes]
         for rule_name in rules:
-            implementations = [portopt_numpy(rule_name, shapes, dtype)]
+            implementations = [portopt_numpy(rule_name, workload)]
+            if workload.small:
+                implementations += [portopt_numpy_update(rule_name, workload), hand_numpy(rule_name, workload)]
             if torch_modes:
-                implementations.append(portopt_torch(rule_name, shapes, dtype))
-                implementations += [i for m in torch_modes if (i := torch_optim(rule_name, shapes, dtype, m))]
+                implementations.append(portopt_torch(rule_name, workload))
+                if workload.small:
+                    implementations.append(portopt_drop_in(rule_name, workload))
+                implementations += [i for m in torch_modes if (i := torch_optim(rule_name, workload, m))]
             for implementation in implementations:  # warm-up: compilation, first-touch
                 implementation.step()
                 implementation.step()
@@ -153,40 +206,61 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
                 for implementation in implementations:
                     start = time.perf_counter()
                     implementation.step()
-                    implementation.times.append(time.perf_counter() - start)
-            bound = bytes_per_step(portopt.RULES[rule_name](), sizes, dtype) / rates["in_place"]
+                    implementation.times.append((time.perf_counter() - start) / implementation.repeat)
+            bound = bytes_per_step(portopt.RULES[rule_name](), sizes, workload.dtype) / rates["in_place"]
             medians = {i.name: statistics.median(i.times) for i in implementations}
             fused = medians.get("torch fused")
+            hand = medians.get("hand-written numpy")
+            default = medians.get("torch default")
+            foreach = medians.get("torch foreach")
             for implementation in implementations:
                 median = medians[implementation.name]
                 extra = implementation.memory() if implementation.memory else None
                 results["rows"].append({
-                    "workload": workload, "rule": rule_name, "implementation": implementation.name,
+                    "workload": workload_name, "rule": rule_name, "implementation": implementation.name,
                     "median_ms": median * 1e3, "bound_ms": bound * 1e3, "x_bound": median / bound,
                     "x_torch_fused": median / fused if fused else None,
+                    "x_hand": median / hand if hand else None,
+                    "x_torch_default": median / default if default else None,
+                    "x_torch_foreach": median / foreach if foreach else None,
                     "peak_extra_MB": extra / 1e6 if extra is not None else None,
                 })
             del implementations
-            print(f"  done: {workload} {rule_name}", file=sys.stderr)
+            print(f"  done: {workload_name} {rule_name}", file=sys.stderr)
     return results
 
 
 def table(results: dict) -> str:
     m = results["machine"]
+    rows = results["rows"]
+    large = [row for row in rows if not WORKLOADS.get(row["workload"], WORKLOADS["1e7 float32"]).small]
+    small = [row for row in rows if WORKLOADS.get(row["workload"], WORKLOADS["1e7 float32"]).small]
     lines = [
         f"{m['cpu']}; bandwidth {results['bandwidth_GBps']['in_place']:.1f} GB/s in place "
         f"(`a += b`, the bound's basis), {results['bandwidth_GBps']['copy']:.1f} GB/s by copy; "
         f"NumPy {m['numpy']}, torch {m.get('torch', '-')}, fast path {m['fast_path']}. "
         "Regenerate: `python -m benchmarks --readme README.md`.",
-        "",
-        "| workload | rule | implementation | median ms/step | × bound | × torch fused | peak extra MB |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for row in results["rows"]:
-        fused = f"{row['x_torch_fused']:.2f}" if row["x_torch_fused"] is not None else "—"
-        extra = f"{row['peak_extra_MB']:.2f}" if row["peak_extra_MB"] is not None else "—"
-        lines.append(f"| {row['workload']} | {row['rule']} | {row['implementation']} | {row['median_ms']:.2f} | "
-                     f"{row['x_bound']:.2f} | {fused} | {extra} |")
+
+    def ratio(value):
+        return f"{value:.2f}" if value is not None else "—"
+
+    if large:
+        lines += ["", "| workload | rule | implementation | median ms/step | × bound | × torch fused | peak extra MB |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in large:
+            extra = f"{row['peak_extra_MB']:.2f}" if row["peak_extra_MB"] is not None else "—"
+            lines.append(f"| {row['workload']} | {row['rule']} | {row['implementation']} | {row['median_ms']:.2f} | "
+                         f"{row['x_bound']:.2f} | {ratio(row['x_torch_fused'])} | {extra} |")
+    if small:
+        lines += ["", "Small problems (µs per step; ratios to the hand-written NumPy loop and to torch.optim's "
+                  "default and foreach steps, in the same run):", "",
+                  "| workload | rule | implementation | µs/step | × hand numpy | × torch default | × torch foreach |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in small:
+            lines.append(f"| {row['workload']} | {row['rule']} | {row['implementation']} | {row['median_ms'] * 1e3:.1f} | "
+                         f"{ratio(row.get('x_hand'))} | {ratio(row.get('x_torch_default'))} | "
+                         f"{ratio(row.get('x_torch_foreach'))} |")
     return "\n".join(lines)
 
 

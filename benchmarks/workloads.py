@@ -1,6 +1,9 @@
-"""Benchmark workloads: one large tensor, and a model-like tree of ResNet-50's parameter shapes."""
+"""Benchmark workloads: large tensors, a model-like tree of ResNet-50's parameter shapes, and
+small problems (a scientist's few parameters, many small leaves) where per-step overhead counts."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 def resnet50_shapes() -> list[tuple[int, ...]]:
@@ -18,9 +21,21 @@ def resnet50_shapes() -> list[tuple[int, ...]]:
     return shapes + [(1000, 2048), (1000,)]
 
 
+@dataclass(frozen=True)
+class Workload:
+    shapes: list[tuple[int, ...]]
+    dtype: str
+    tree: str = "list"  # how the leaves are held: a list, or a dict
+    small: bool = False  # timed in batches of `repeat` steps, compared with a hand-written loop
+    repeat: int = 1
+
+
 WORKLOADS = {
-    "1e7 float32": ([(10_000_000,)], "float32"),
-    "resnet50 float32": (resnet50_shapes(), "float32"),
-    "1e7 float64": ([(10_000_000,)], "float64"),
-    "1e7 float16": ([(10_000_000,)], "float16"),
+    "1e7 float32": Workload([(10_000_000,)], "float32"),
+    "resnet50 float32": Workload(resnet50_shapes(), "float32"),
+    "1e7 float64": Workload([(10_000_000,)], "float64"),
+    "1e7 float16": Workload([(10_000_000,)], "float16"),
+    "4 float64": Workload([(4,)], "float64", small=True, repeat=200),
+    "dict of four 0-d float64": Workload([(), (), (), ()], "float64", tree="dict", small=True, repeat=200),
+    "100 leaves x 50 float64": Workload([(50,)] * 100, "float64", small=True, repeat=20),
 }

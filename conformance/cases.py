@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -108,10 +109,10 @@ class Case:
         ]
 
     def host_gradients(self, step: int) -> list[np.ndarray]:
-        return [
-            generator.gradient(self.seed, index, step, leaf.shape, self.dtype, self.gradient_schedule)
-            for index, leaf in enumerate(self.leaves)
-        ]
+        """The gradients of ``step`` (read-only: every variant of a dtype and shape shares them)."""
+        schedule = tuple(sorted(self.gradient_schedule.items()))
+        return [_gradient(self.seed, index, step, leaf.shape, self.dtype, schedule)
+                for index, leaf in enumerate(self.leaves)]
 
     def params_on(self, target: Any, bases: Sequence[np.ndarray] | None = None) -> Any:
         """The case's parameter tree on ``target``, views taken there."""
@@ -121,6 +122,14 @@ class Case:
 
     def grads_on(self, target: Any, host: Sequence[np.ndarray]) -> Any:
         return unflatten(self.treedef, [target.asarray(g) for g in host])
+
+
+@functools.lru_cache(maxsize=None)
+def _gradient(seed: int, leaf: int, step: int, shape: tuple[int, ...], dtype: str, schedule: tuple) -> np.ndarray:
+    """One generated gradient, kept: the 27 variants of a dtype and shape step on the same ones."""
+    array = generator.gradient(seed, leaf, step, shape, dtype, dict(schedule))
+    array.flags.writeable = False
+    return array
 
 
 @dataclass

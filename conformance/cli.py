@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from portopt.backends.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, find_targets, namespace_target
+from portopt.backends.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, find_targets
 
 import portopt
 
 from . import golden
 from .cases import load_matrix
+from .parallel import Progress, TargetSpec, default_jobs, run_cases
 from .report import machine_description, replace_block
-from .runner import CaseResult, run_case, summarise
+from .runner import CaseResult, summarise
 
 __all__ = ["main", "build_parser"]
 
@@ -51,33 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accept", action="store_true",
                         help="with regenerate: overwrite golden files whose cases changed (after review)")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="worker processes for the golden cases (default: one per core; 1: in this process)")
     return parser
 
 
+def _spec(args: argparse.Namespace) -> TargetSpec:
+    return TargetSpec(tuple(args.backends) if args.backends else None, tuple(args.namespace))
+
+
 def _targets(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
-    targets, missing = find_targets(tuple(args.backends) if args.backends else None)
-    for module in args.namespace:
-        target = namespace_target(module)
-        targets[target.label] = target
-    return targets, missing
+    return _spec(args).build()
 
 
-def _progress(enabled: bool, done: int, total: int, label: str, started: float) -> None:
-    if not enabled:
-        return
-    width = 30
-    filled = width * done // max(total, 1)
-    elapsed = time.perf_counter() - started
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.0f}s {label[:50]:<50}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+def _jobs(args: argparse.Namespace) -> int:
+    return args.jobs if args.jobs is not None else default_jobs()
 
 
 def run_suite(args: argparse.Namespace, out=None) -> int:
     out = out or sys.stdout
     from .primitives import print_primitive_table, run_primitives
 
+    started = time.perf_counter()
     targets, missing = _targets(args)
     print(f"fast path: {portopt.get_fast_path()}; api: {args.api}", file=out)
     for name, reason in missing.items():
@@ -91,20 +87,10 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
         print_primitive_table(primitive_results, out)
     matrix = load_matrix()
     cases = matrix.select(args.rules or (), args.dtypes or (), args.shapes or (), args.variants or ())
-    results: list[CaseResult] = []
-    goldens = {rule: golden.load_golden(rule, Path(args.golden_dir)) for rule in {c.rule for c in cases}}
-    show = not args.no_progress and sys.stderr.isatty()
-    started = time.perf_counter()
-    with np.errstate(all="ignore"):
-        for number, case in enumerate(cases, 1):
-            _progress(show, number - 1, len(cases), case.id, started)
-            expected = goldens[case.rule].get(case.id)
-            if expected is None:
-                results.extend(CaseResult(case.id, label, "error", "no golden vectors for this case; regenerate")
-                               for label in targets)
-                continue
-            results.extend(run_case(case, targets, expected, api=args.api)[0].values())
-        _progress(show, len(cases), len(cases), "done", started)
+    progress = Progress(len(cases), not args.no_progress)
+    ran = run_cases(cases, _spec(args), targets, api=args.api, fast_path=portopt.get_fast_path(),
+                    golden_dir=Path(args.golden_dir), jobs=_jobs(args), on_done=progress.advance)
+    results: list[CaseResult] = [result for _case, by_target, _ in ran for result in by_target.values()]
     print_case_table(results, out)
     failed = [r for r in results if r.status in ("mismatch", "error")]
     failed_primitives = [r for r in primitive_results if r.failed_on_portopt]
@@ -203,33 +189,33 @@ def regenerate(args: argparse.Namespace, out=None) -> int:
     matrix = load_matrix()
     directory = Path(args.golden_dir)
     changed_files = []
-    show = not args.no_progress and sys.stderr.isatty()
-    started = time.perf_counter()
     rules = sorted({case.rule for case in matrix.cases if not args.rules or case.rule in args.rules})
-    with np.errstate(all="ignore"):
-        for rule in rules:
-            cases = matrix.select(rules=[rule])
-            computed = {}
-            for number, case in enumerate(cases, 1):
-                _progress(show, number - 1, len(cases), case.id, started)
-                _results, record = run_case(case, reference, None, api="update", record=True)
-                computed[case.id] = {
-                    "rule": case.rule, "variant": case.variant, "options": case.options, "dtype": case.dtype,
-                    "shape": case.shape, "seed": case.seed, "steps": case.steps, **record,
-                }
-            _progress(show, len(cases), len(cases), rule, started)
-            existing = golden.load_golden(rule, directory)
-            if existing == computed:
-                print(f"{rule}: unchanged ({len(computed)} cases)", file=out)
+    selected = [case for case in matrix.cases if case.rule in rules]
+    progress = Progress(len(selected), not args.no_progress)
+    ran = run_cases(selected, TargetSpec(("numpy",)), reference, api="update", record=True,
+                    fast_path=portopt.get_fast_path(), golden_dir=directory, jobs=_jobs(args),
+                    on_done=progress.advance)
+    for rule in rules:
+        computed = {}
+        for case, _results, record in ran:
+            if case.rule != rule:
                 continue
-            differing = sorted(k for k in set(existing) | set(computed) if existing.get(k) != computed.get(k))
-            if existing and not args.accept:
-                print(f"{rule}: {len(differing)} cases would change, e.g. {', '.join(differing[:5])}; "
-                      "not written (rerun with --accept after review)", file=out)
-                changed_files.append(rule)
-                continue
-            path = golden.write_golden(rule, computed, directory)
-            print(f"{rule}: wrote {path} ({len(differing)} cases new or changed)", file=out)
+            computed[case.id] = {
+                "rule": case.rule, "variant": case.variant, "options": case.options, "dtype": case.dtype,
+                "shape": case.shape, "seed": case.seed, "steps": case.steps, **record,
+            }
+        existing = golden.load_golden(rule, directory)
+        if existing == computed:
+            print(f"{rule}: unchanged ({len(computed)} cases)", file=out)
+            continue
+        differing = sorted(k for k in set(existing) | set(computed) if existing.get(k) != computed.get(k))
+        if existing and not args.accept:
+            print(f"{rule}: {len(differing)} cases would change, e.g. {', '.join(differing[:5])}; "
+                  "not written (rerun with --accept after review)", file=out)
+            changed_files.append(rule)
+            continue
+        path = golden.write_golden(rule, computed, directory)
+        print(f"{rule}: wrote {path} ({len(differing)} cases new or changed)", file=out)
     return 1 if changed_files else 0
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .checks import check_grads, check_params
+from .checks import check_params
 from .hyperparams import check_number
 from .numerics import compute_dtype
-from .optimizer import Rule
+from .optimizer import PreparedStep, Rule
 from .reductions import pairwise_sum_of_squares
 from .state import State
 from .trees import unflatten
 
-__all__ = ["global_norm", "clip_by_global_norm", "Clipped"]
+__all__ = ["global_norm", "clip_by_global_norm", "clipped_leaves", "Clipped"]
 
 
 def global_norm(grads: Any) -> Any:
@@ -65,10 +65,21 @@ def norm_dtype(xp: Any, leaves: list) -> Any:
     return xp.float64 if xp.float64 in dtypes else xp.float32
 
 
+def clipped_leaves(xp: Any, namespace: Any, leaves: list, max_norm: float, eps: float, device: Any) -> list:
+    """``leaves`` scaled by ``min(1, max_norm / (norm + eps))``, the norm of :func:`global_norm`
+    computed in ``namespace`` (the rules' correctly rounded one)."""
+    if not leaves:
+        return leaves
+    norm = namespace.sqrt(pairwise_sum_of_squares(xp, leaves, norm_dtype(xp, leaves)))
+    factor = clip_factor(xp, norm, max_norm, eps, device)
+    return [scale_by(xp, g, factor) for g in leaves]
+
+
 class Clipped(Rule):
     """``rule`` applied to gradients clipped by :func:`clip_by_global_norm` first.
 
-    Same state as ``rule`` (its name included, so checkpoints stay interchangeable).
+    Same state as ``rule`` (its name included, so checkpoints stay interchangeable). The
+    inputs are checked as ``rule`` checks them, then the gradients are clipped.
     """
 
     def __init__(self, rule: Rule, max_norm: float) -> None:
@@ -88,22 +99,20 @@ class Clipped(Rule):
     def slot_initial_value(self, slot: str) -> float:
         return self.rule.slot_initial_value(slot)
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+    def host_scalars(self, steps_taken: int) -> Any:
         return self.rule.host_scalars(steps_taken)
 
     def init(self, params: Any) -> State:
         return self.rule.init(params)
 
     def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
-        return self.rule.update(params, self._clip(params, grads), state)
+        return PreparedStep(self.rule, params, grads, state, writing=False, transform=self._clip).compute()
 
-    def plan_step(self, params: Any, grads: Any, state: State):
-        return self.rule.plan_step(params, self._clip(params, grads), state)
+    def plan_step(self, params: Any, grads: Any, state: State) -> PreparedStep:
+        return PreparedStep(self.rule, params, grads, state, writing=True, transform=self._clip)
 
-    def _clip(self, params: Any, grads: Any) -> Any:
-        checked = check_params(params)
-        check_grads(grads, checked)  # first, so that errors name the argument as usual
-        return clip_by_global_norm(grads, self.max_norm)[0] if checked.leaves else grads
+    def _clip(self, plan: Any, grads: list) -> list:
+        return clipped_leaves(plan.xp, plan.namespace, grads, self.max_norm, 1e-6, plan.device)
 
     def __repr__(self) -> str:
         return f"Clipped({self.rule!r}, max_norm={self.max_norm!r})"

@@ -16,25 +16,23 @@ __all__ = ["power", "real_power", "cosine"]
 _SPLITTER = 134217729.0  # 2**27 + 1, Veltkamp's constant for binary64
 
 
-def _split(a: float) -> tuple[float, float]:
-    c = _SPLITTER * a
-    high = c - (c - a)
-    return high, a - high
-
-
-def _two_product(a: float, b: float) -> tuple[float, float]:
-    """``a * b`` as an unevaluated sum ``p + e`` with no rounding error (Dekker 1971)."""
-    p = a * b
-    a_high, a_low = _split(a)
-    b_high, b_low = _split(b)
-    e = ((a_high * b_high - p) + a_high * b_low + a_low * b_high) + a_low * b_low
-    return p, e
-
-
 def _multiply(x: tuple[float, float], y: tuple[float, float]) -> tuple[float, float]:
-    """Double-double product, renormalised so the high part is the rounded value."""
-    p, e = _two_product(x[0], y[0])
-    e = e + (x[0] * y[1] + x[1] * y[0])
+    """Double-double product, renormalised so the high part is the rounded value.
+
+    The high parts' product is exact as ``p + e`` (Dekker 1971: Veltkamp's split of each
+    factor, then the partial products), the cross terms are added to ``e``, and the sum is
+    renormalised. Written out in one function: it runs once per step for every power.
+    """
+    a, b = x[0], y[0]
+    p = a * b
+    c = _SPLITTER * a
+    a_high = c - (c - a)
+    a_low = a - a_high
+    c = _SPLITTER * b
+    b_high = c - (c - b)
+    b_low = b - b_high
+    e = ((a_high * b_high - p) + a_high * b_low + a_low * b_high) + a_low * b_low
+    e = e + (a * y[1] + x[1] * b)
     high = p + e
     return high, e - (high - p)
 
@@ -45,17 +43,70 @@ def power(base: float, exponent: int) -> float:
     Meant for ``|base| <= 1`` (betas, decay rates); far above 1 the exact-product split
     overflows before the result does.
 
-    Bits of the exponent are read from the most significant down: square, then multiply
-    by ``base`` for a set bit, each in double-double; the high part is the result.
+    The definition is square-and-multiply over the bits of the exponent, most significant
+    first, each product in double-double; the high part is the result. Written as a
+    recursion (``x^e = (x^(e/2))²`` for even ``e``, ``x^(e-1) · x`` for odd) on remembered
+    powers, so a run of consecutive exponents (one per step) costs about one product each,
+    not ``log2(e)``: the products, and so the bits, are those of the loop.
     """
-    if exponent < 0:
-        raise ValueError(f"exponent must be >= 0, got {exponent}")
+    if isinstance(exponent, bool) or not isinstance(exponent, int) or exponent < 0:
+        raise ValueError(f"exponent must be >= 0 and an int, got {exponent!r}")
+    if base == 0.0 or base != base:  # ±0 (the sign of 0 must survive) and NaN: the loop, unremembered
+        return _power_loop(base, exponent)
+    memo = _MEMO.get(base)
+    if memo is None:
+        if len(_MEMO) > 64:
+            _MEMO.clear()
+        memo = _MEMO[base] = {0: (1.0, 0.0)}
+    value = memo.get(exponent)
+    if value is None:
+        previous = memo.get(exponent - 1) if exponent & 1 else None
+        if previous is not None:  # the common case: the step after the last one
+            value = memo[exponent] = _multiply(previous, (base, 0.0))
+        else:
+            value = _power_of(base, exponent, memo)
+    result = value[0]
+    if len(memo) > 4096:  # every exponent of a 1000-step run stays (the conformance suite's)
+        _prune(memo, exponent)
+    return result
+
+
+def _power_loop(base: float, exponent: int) -> float:
     result = (1.0, 0.0)
     for bit in bin(exponent)[2:]:
         result = _multiply(result, result)
         if bit == "1":
             result = _multiply(result, (base, 0.0))
     return result[0]
+
+
+# Remembered double-double powers, per base: {exponent: (high, low)}.
+_MEMO: dict[float, dict[int, tuple[float, float]]] = {}
+
+
+def _power_of(base: float, exponent: int, memo: dict[int, tuple[float, float]]) -> tuple[float, float]:
+    # The loop squares the result for each bit and multiplies by base where the bit is 1:
+    # after the bits of e it holds (x^(e>>1))² for even e and that times x for odd e, the
+    # latter being x^(e-1) · x. Same products, same order.
+    value = memo.get(exponent)
+    if value is None:
+        if exponent & 1:
+            value = _multiply(_power_of(base, exponent - 1, memo), (base, 0.0))
+        else:
+            half = _power_of(base, exponent >> 1, memo)
+            value = _multiply(half, half)
+        memo[exponent] = value
+    return value
+
+
+def _prune(memo: dict[int, tuple[float, float]], exponent: int) -> None:
+    """Keep only the powers the next exponents will ask for: those near ``exponent >> j``."""
+    keep = {0}
+    while exponent:
+        keep.update((exponent - 1, exponent, exponent + 1))
+        exponent >>= 1
+    for key in [key for key in memo if key not in keep]:
+        del memo[key]
 
 
 _DIGITS = 40  # decimal digits for the transcendental helpers below

@@ -8,6 +8,7 @@ and turns host-side Python floats into 0-d arrays of the compute dtype exactly o
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Callable, Mapping
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "ieee_maximum",
     "ieee_minimum",
     "materialise",
+    "scalar_fields",
+    "flags_of",
     "HALF_PRECISION_DTYPE_NAMES",
 ]
 
@@ -82,27 +85,42 @@ class RuleNamespace:
         return f"RuleNamespace({getattr(self.raw, '__name__', self.raw)!r}, overrides={self.overridden})"
 
 
-class Scalars:
-    """Host scalars of one step as attributes: 0-d arrays for numbers, bools stay bools."""
+def scalar_fields(scalars_type: type) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Positions of the flags (fields annotated ``bool``) and numbers (the others) of a
+    rule's host-scalars NamedTuple, e.g. ``AdamScalars``."""
+    layout = _LAYOUTS.get(scalars_type)
+    if layout is None:
+        fields = getattr(scalars_type, "_fields", None)
+        if fields is None:
+            raise TypeError(f"host scalars must be a NamedTuple, got {scalars_type.__name__}")
+        hints = typing.get_type_hints(scalars_type)
+        odd = [name for name in fields if hints.get(name) not in (bool, float)]
+        if odd:
+            raise TypeError(f"{scalars_type.__name__}: every field must be annotated bool (a flag) or float "
+                            f"(a number); {', '.join(odd)} is not")
+        flags = tuple(i for i, name in enumerate(fields) if hints[name] is bool)
+        numbers = tuple(i for i in range(len(fields)) if i not in flags)
+        layout = _LAYOUTS[scalars_type] = (flags, numbers)
+    return layout
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self.__dict__.update(values)
 
-    def __repr__(self) -> str:
-        return f"Scalars({self.__dict__!r})"
+_LAYOUTS: dict[type, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
 
-def materialise(xp: Any, values: Mapping[str, float | bool], dtype: Any, device: Any) -> Scalars:
-    """Turn each host float into a 0-d array of ``dtype`` on ``device``, once.
+def flags_of(scalars: tuple) -> tuple[bool, ...]:
+    """The flag values of host scalars: what a traced kernel's branches depend on."""
+    flags, _ = scalar_fields(type(scalars))
+    return tuple([scalars[i] for i in flags])
 
-    A bare Python float never meets an array (NUMERICS.md: torch would compute float16
-    with the unrounded scalar); flags (bools) are kept as Python bools for the kernel's
-    static branches.
+
+def materialise(xp: Any, scalars: tuple, dtype: Any, device: Any) -> Any:
+    """The host scalars with each number a 0-d array of ``dtype`` on ``device``, made once.
+
+    A bare Python float never meets an array (torch would compute float16 with the
+    unrounded scalar); flags stay Python bools for the kernel's branches. Returns the same
+    NamedTuple type, so the kernel reads ``s.beta1`` either way.
     """
-    converted: dict[str, Any] = {}
-    for name, value in values.items():
-        if isinstance(value, bool):
-            converted[name] = value
-        else:
-            converted[name] = xp.asarray(float(value), dtype=dtype, device=device)
-    return Scalars(converted)
+    flags, _ = scalar_fields(type(scalars))
+    values = [value if index in flags else xp.asarray(float(value), dtype=dtype, device=device)
+              for index, value in enumerate(scalars)]
+    return type(scalars)(*values)

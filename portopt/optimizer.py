@@ -1,25 +1,26 @@
 """The public API every rule shares: ``init``, ``update`` (pure) and ``step`` (in place).
 
-A rule supplies three things: its slot names, its host scalars for a step (Python floats),
-and one elementwise ``kernel(xp, s, p, g, *slots) -> (p, *slots)``. This module does the
-rest, the same way for every rule and backend: checks, dtype handling, scalar
+A rule supplies three things: its slot names, its host scalars for a step (a NamedTuple of
+Python floats and bool flags), and one elementwise ``kernel(xp, s, p, g, *slots) -> (p,
+*slots)``. This module does the rest, the same way for every rule and backend: checks
+(once per tree signature, see :mod:`portopt.plan`), dtype handling, scalar
 materialisation, and writing the results.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar
 
 import array_api_compat
 
-from portopt.backends import Adapter, adapter_for
+from portopt.backends import adapter_for
 
-from . import fast
 from .checkpoint import STATE_FORMAT, CheckpointError, tree_from_json, tree_to_json
-from .checks import Leaves, check_grads, check_params, check_state
+from .checks import check_params
 from .hyperparams import STANDARD, evaluate
-from .numerics import RuleNamespace, Scalars, compute_dtype, dtype_name, materialise
+from .numerics import compute_dtype, dtype_name
+from .plan import Plan, ScalarCache, plan_for, run_group
 from .state import State
 from .trees import flatten, unflatten
 
@@ -42,8 +43,9 @@ class Rule:
         """The value every slot array starts with."""
         return 0.0
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        """Scalars of the step after ``steps_taken`` steps, in Python floats (and bool flags)."""
+    def host_scalars(self, steps_taken: int) -> Any:
+        """Scalars of the step after ``steps_taken`` steps: the rule's NamedTuple of Python
+        floats and bool flags (the flags fix the kernel's branches)."""
         raise NotImplementedError
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -87,26 +89,12 @@ class Rule:
         return State(rule=self.name, step=0, slots=slots, host=self.initial_host_state())
 
     def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
-        """One step, pure: returns ``(new_params, new_state)`` and mutates nothing."""
-        plan = _StepPlan(self, params, grads, state)
-        if plan.skip:
-            return params, State(rule=self.name, step=state.step, slots=dict(state.slots), skipped=state.skipped + 1,
-                                 host=dict(state.host))
-        names = self.slot_names()
-        new_params, new_slots = [], {name: [] for name in names}
-        for index in range(len(plan.params.leaves)):
-            p, slots = plan.compute(index)
-            new_params.append(plan.xp.asarray(p))
-            for name, value in zip(names, slots):
-                new_slots[name].append(plan.xp.asarray(value))
-        treedef = plan.params.treedef
-        return unflatten(treedef, new_params), State(
-            rule=self.name,
-            step=state.step + 1,
-            slots={name: unflatten(treedef, leaves) for name, leaves in new_slots.items()},
-            skipped=state.skipped,
-            host=plan.new_host,
-        )
+        """One step, pure: returns ``(new_params, new_state)`` and mutates nothing.
+
+        No returned array is one of the inputs (a skipped step returns copies).
+        """
+        prepared = PreparedStep(self, params, grads, state, writing=False)
+        return prepared.compute()
 
     def step(self, params: Any, grads: Any, state: State) -> None:
         """One step in place: the results are written into ``params`` and ``state``.
@@ -116,13 +104,17 @@ class Rule:
         """
         self.plan_step(params, grads, state).apply()
 
-    def plan_step(self, params: Any, grads: Any, state: State) -> "_StepPlan":
+    def plan_step(self, params: Any, grads: Any, state: State) -> "PreparedStep":
         """Check an in-place step and evaluate its scalars; ``.apply()`` then writes it.
 
         Lets a caller with several groups (the torch drop-in) check them all before
         writing any.
         """
-        return _StepPlan(self, params, grads, state, writing=True)
+        return PreparedStep(self, params, grads, state, writing=True)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # cached step plans hold arrays; they are rebuilt on the first step after unpickling
+        return {k: v for k, v in self.__dict__.items() if k != "_plans"}
 
     # --- checkpoints -------------------------------------------------------------------
     def state_dict(self, state: State) -> dict[str, Any]:
@@ -194,78 +186,80 @@ class Rule:
         return f"{type(self).__name__}({args})"
 
 
-class _StepPlan:
-    """Everything one step needs, checked: leaves, namespace, scalars per compute dtype."""
+class PreparedStep:
+    """One checked step: the plan, the step's leaves, whether it is skipped, its scalars."""
 
-    def __init__(self, rule: Rule, params: Any, grads: Any, state: State, *, writing: bool = False) -> None:
-        self.rule = rule
-        self.state = state
-        self.params: Leaves = check_params(params)
-        self.grads = check_grads(grads, self.params)
-        self.slots = check_state(state, rule.name, rule.slot_names(), self.params, tuple(rule.initial_host_state()))
-        self.xp = self.params.xp
-        self.adapter: Adapter | None = adapter_for(self.xp) if self.xp is not None else None
-        if writing:
-            self._check_writeable()
-        self.skip = rule.skip_nonfinite and not self._all_finite()
-        extra, self.new_host = ({}, dict(state.host)) if self.skip else rule.advance_host_state(
-            state.step, dict(state.host), self.xp, self.grads, self.params.leaves)
-        self.host_values: Mapping[str, float | bool] = {**rule.host_scalars(state.step), **extra}
-        self._scalars: dict[Any, Scalars] = {}
-        self.namespace: RuleNamespace | None = (
-            self.adapter.rule_namespace(self.params.device) if self.adapter else None
-        )
+    def __init__(self, rule: Rule, params: Any, grads: Any, state: State, *, writing: bool,
+                 transform: Callable[[Plan, list], list] | None = None) -> None:
+        """``transform(plan, grads)``: new gradient leaves from the checked ones (clipping)."""
+        self.rule, self.state = rule, state
+        self.plan: Plan
+        self.plan, (self.p_leaves, self.g_leaves, self.slot_leaves) = plan_for(rule, params, grads, state, writing)
+        if transform is not None:
+            self.g_leaves = transform(self.plan, self.g_leaves)
+        self.skip = rule.skip_nonfinite and not _all_finite(self.plan.xp, self.g_leaves)
+        if self.skip:
+            return
+        extra, self.new_host = rule.advance_host_state(state.step, dict(state.host), self.plan.xp, self.g_leaves,
+                                                       self.p_leaves)
+        scalars = rule.host_scalars(state.step)
+        self.scalars = scalars._replace(**extra) if extra else scalars
 
-    def _check_writeable(self) -> None:
-        for path, p in zip(self.params.paths, self.params.leaves):
-            if not self.adapter.is_writeable(p):
-                raise TypeError(
-                    f"params{path} is read-only ({self.adapter.label(self.params.device)}); "
-                    "use update(), which returns new arrays"
-                )
-        for name, leaves in self.slots.items():
-            for path, x in zip(self.params.paths, leaves):
-                if not self.adapter.is_writeable(x):
-                    raise TypeError(f"state.slots[{name!r}]{path} is read-only; use update()")
-
-    def _all_finite(self) -> bool:
-        """Whether every gradient element is finite (an exact boolean reduction)."""
-        xp = self.xp
-        return all(bool(xp.all(xp.isfinite(g))) for g in self.grads)
+    def _cache(self) -> ScalarCache:
+        cache = self.plan.__dict__.get("scalar_cache")
+        if cache is None:
+            cache = self.plan.__dict__["scalar_cache"] = ScalarCache()
+        return cache
 
     def apply(self) -> None:
-        """Compute each leaf and write it into the params and the state, then count the step."""
+        """Write the step into the params and the state, then count it."""
+        state = self.state
         if self.skip:
-            self.state.skipped += 1
+            state.skipped += 1
             return
-        names = self.rule.slot_names()
-        fast_step = fast.FastStep(type(self.rule).kernel, self.host_values, self.adapter) if self.adapter else None
-        for index, p in enumerate(self.params.leaves):
-            slots = [self.slots[name][index] for name in names]
-            if fast_step.run(compute_dtype(self.xp, p.dtype), p, self.grads[index], slots):
-                continue
-            new_p, new_slots = self.compute(index)
-            self.adapter.write(p, new_p)
-            for name, value in zip(names, new_slots):
-                self.adapter.write(self.slots[name][index], value)
-        self.state.host = self.new_host
-        self.state.step += 1
+        plan, kernel, cache = self.plan, type(self.rule).kernel, self._cache()
+        remembered: dict = {}
+        for group in plan.groups:
+            run_group(plan, group, kernel, self.scalars, cache, self.p_leaves, self.g_leaves, self.slot_leaves,
+                      None, remembered)
+        plan.known = remembered
+        state.host = self.new_host
+        state.step += 1
 
-    def scalars(self, dtype: Any) -> Scalars:
-        if dtype not in self._scalars:
-            self._scalars[dtype] = materialise(self.xp, self.host_values, dtype, self.params.device)
-        return self._scalars[dtype]
+    def compute(self) -> tuple[Any, State]:
+        """The step's new params and state, as new arrays (update)."""
+        plan, state, names = self.plan, self.state, self.rule.slot_names()
+        if self.skip:
+            xp = plan.xp
+            params = unflatten(plan.treedef, [_copy(xp, x) for x in self.p_leaves])
+            slots = {name: unflatten(plan.treedef, [_copy(xp, x) for x in leaves])
+                     for name, leaves in zip(names, self.slot_leaves)}
+            return params, State(rule=self.rule.name, step=state.step, slots=slots, skipped=state.skipped + 1,
+                                 host=dict(state.host))
+        outputs: list = []
+        remembered: dict = {}
+        for group in plan.groups:
+            run_group(plan, group, type(self.rule).kernel, self.scalars, self._cache(), self.p_leaves,
+                      self.g_leaves, self.slot_leaves, outputs, remembered)
+        plan.known = remembered
+        count = len(self.p_leaves)
+        new_params: list = [None] * count
+        new_slots: list[list] = [[None] * count for _ in names]
+        for index, p, slots in outputs:
+            new_params[index] = p
+            for k, x in enumerate(slots):
+                new_slots[k][index] = x
+        return unflatten(plan.treedef, new_params), State(
+            rule=self.rule.name, step=state.step + 1,
+            slots={name: unflatten(plan.treedef, leaves) for name, leaves in zip(names, new_slots)},
+            skipped=state.skipped, host=self.new_host,
+        )
 
-    def compute(self, index: int) -> tuple[Any, Sequence[Any]]:
-        """New parameter (in its own dtype) and new slots (compute dtype) of leaf ``index``."""
-        xp = self.xp
-        p, g = self.params.leaves[index], self.grads[index]
-        dtype = compute_dtype(xp, p.dtype)
-        if dtype != p.dtype:
-            p, g = xp.astype(p, dtype), xp.astype(g, dtype)
-        slots = [self.slots[name][index] for name in self.rule.slot_names()]
-        new_p, *new_slots = type(self.rule).kernel(self.namespace, self.scalars(dtype), p, g, *slots)
-        original_dtype = self.params.leaves[index].dtype
-        if new_p.dtype != original_dtype:
-            new_p = xp.astype(new_p, original_dtype)
-        return new_p, new_slots
+
+def _all_finite(xp: Any, grads: list) -> bool:
+    """Whether every gradient element is finite (an exact boolean reduction)."""
+    return all(bool(xp.all(xp.isfinite(g))) for g in grads)
+
+
+def _copy(xp: Any, x: Any) -> Any:
+    return xp.asarray(x, copy=True)

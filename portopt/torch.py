@@ -43,6 +43,23 @@ def _host_value(value: Any) -> Any:
     return value
 
 
+# Hyperparameters a rule accepts as schedules: the drop-ins read them from the group at every
+# step (LR schedulers edit group['lr'] between steps), so the group's rule need not be rebuilt.
+_SCHEDULABLE = ("lr", "eps", "weight_decay")
+
+
+class _GroupValue:
+    """The current ``group[name]`` as a schedule (a callable of the steps taken)."""
+
+    __slots__ = ("group", "name")
+
+    def __init__(self, group: dict, name: str) -> None:
+        self.group, self.name = group, name
+
+    def __call__(self, steps_taken: int) -> Any:
+        return _host_value(self.group[self.name])
+
+
 class PortoptOptimizer(torch.optim.Optimizer):
     """A torch.optim.Optimizer running ``rule_class`` on each param group."""
 
@@ -62,8 +79,20 @@ class PortoptOptimizer(torch.optim.Optimizer):
         self.skipped_steps = 0  # steps skipped for non-finite gradients (skip_nonfinite=True)
 
     def _group_rule(self, group: dict) -> Rule:
+        """The group's rule: kept while the group's other hyperparameters stay the same (its
+        checked step plans with it); ``lr``, ``eps`` and ``weight_decay`` are read at each step."""
         names = self.hyperparameter_names
-        return self.rule_class(**{name: _host_value(group[name]) for name in names})
+        fixed = tuple((name, _host_value(group[name])) for name in names if name not in _SCHEDULABLE)
+        cache = self.__dict__.setdefault("_rules", {})
+        cached = cache.get(id(group))
+        if cached is not None and cached[0] is group and cached[1] == fixed:
+            return cached[2]
+        values = {name: _host_value(group[name]) for name in names}
+        self.rule_class(**values)  # the group's values checked as numbers, with the usual messages
+        rule = self.rule_class(**{**dict(fixed), **{name: _GroupValue(group, name) for name in names
+                                                      if name in _SCHEDULABLE}})
+        cache[id(group)] = (group, fixed, rule)
+        return rule
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -2,14 +2,16 @@
 
 The kernel is called once with symbolic arrays and scalars; every operation it performs is
 recorded, in order, as a :class:`Node`. Fast paths generate their loops from this graph,
-so the math exists in one place only: the kernel. Flags (Python bools in the scalars) are
-fixed at trace time.
+so the math exists in one place only: the kernel. Flags (the ``bool`` fields of the rule's
+scalars) are fixed at trace time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
+
+from .numerics import scalar_fields
 
 __all__ = ["Node", "Graph", "trace"]
 
@@ -82,20 +84,6 @@ class TracingNamespace:
                         "minimum, where, signbit, abs and comparisons")
 
 
-class _TracedScalars:
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self._values = values
-        self.used: dict[str, Node] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        value = self._values.get(name, 0.0)  # a scalar not known until the step (AdaGradNorm's b) is numeric
-        if isinstance(value, bool):
-            return value
-        if name not in self.used:
-            self.used[name] = Node("scalar", name=name)
-        return self.used[name]
-
-
 @dataclass
 class Graph:
     """A traced kernel: array inputs (p, g, slots), scalar inputs, outputs, and every node in order."""
@@ -110,12 +98,20 @@ class Graph:
         return list(self.scalars)
 
 
-def trace(kernel: Callable[..., tuple], host_values: Mapping[str, Any], slot_count: int) -> Graph:
-    """Record ``kernel(xp, s, p, g, *slots)`` for these flags; nodes are numbered in evaluation order."""
+def trace(kernel: Callable[..., tuple], scalars: tuple, slot_count: int) -> Graph:
+    """Record ``kernel(xp, s, p, g, *slots)`` for the flags of ``scalars`` (a rule's
+    host-scalars NamedTuple; its numbers only name inputs); nodes are numbered in
+    evaluation order. A kernel reading a scalar the NamedTuple lacks fails here, naming it."""
+    flags, _ = scalar_fields(type(scalars))
+    symbolic = type(scalars)(*[value if index in flags else Node("scalar", name=name)
+                               for index, (name, value) in enumerate(zip(scalars._fields, scalars))])
     arrays = [Node("input", name=name) for name in ("p", "g", *(f"slot{i}" for i in range(slot_count)))]
-    scalars = _TracedScalars(host_values)
-    outputs = list(kernel(TracingNamespace(), scalars, *arrays))
-    graph = Graph(arrays, dict(scalars.used), outputs)
+    try:
+        outputs = list(kernel(TracingNamespace(), symbolic, *arrays))
+    except AttributeError as error:
+        raise TypeError(f"{getattr(kernel, '__name__', kernel)} read a scalar its "
+                        f"{type(scalars).__name__} does not define: {error}") from error
+    graph = Graph(arrays, {}, outputs)
     seen: set[int] = set()
 
     def visit(node: Node) -> None:
@@ -126,6 +122,8 @@ def trace(kernel: Callable[..., tuple], host_values: Mapping[str, Any], slot_cou
             visit(argument)
         node.index = len(graph.nodes)
         graph.nodes.append(node)
+        if node.op == "scalar":
+            graph.scalars[node.name] = node
 
     for output in outputs:
         visit(output)

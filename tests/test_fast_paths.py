@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 from conftest import TARGETS
@@ -58,25 +60,34 @@ def test_fast_path_gives_the_reference_bits(variant, dtype, mode, backend):
         assert same_bits_any_nan(a, b)
 
 
+def _first_scalars(rule):
+    """The host scalars of a rule's first step (AdaGrad-Norm's from a gradient of ones)."""
+    import array_api_compat.numpy as xp
+
+    inner = getattr(rule, "rule", rule)  # a Clipped rule wraps the rule that has the kernel
+    extra, _ = inner.advance_host_state(0, inner.initial_host_state(), xp, [np.ones(3)], [np.ones(3)])
+    scalars = inner.host_scalars(0)
+    return inner, scalars._replace(**extra) if extra else scalars
+
+
 @pytest.mark.skipif(not compiled.available(), reason="numba is not installed")
 @pytest.mark.parametrize("variant", VARIANTS, ids=[variant_id(v) for v in VARIANTS])
 def test_generated_loops_have_no_fused_multiply_add(variant):
-    import array_api_compat.numpy as xp
-
-    rule = make_rule(variant)
-    inner = getattr(rule, "rule", rule)  # a Clipped rule wraps the rule that has the kernel
-    extra, _ = inner.advance_host_state(0, inner.initial_host_state(), xp, [np.ones(3)], [np.ones(3)])
-    values = {**rule.host_scalars(0), **extra}
+    inner, scalars = _first_scalars(make_rule(variant))
+    slot_count = len(inner.slot_names())
     for dtype in (np.float32, np.float64):
-        loops = compiled.compiled_loops(type(inner).kernel, values, len(rule.slot_names()), np.dtype(dtype))
-        for size in (4, compiled.PARALLEL_THRESHOLD):  # the serial and the parallel build
-            arrays = [np.ones(size, dtype) for _ in range(2 + len(rule.slot_names()))]
-            loops.run(arrays[0], arrays[1], arrays[2:])
-            loop = compiled._compile(loops.source, size >= compiled.PARALLEL_THRESHOLD)
-            assembly = loop.inspect_asm(loop.signatures[-1]).lower()
-            if "math.sqrt" in loops.source:  # the root is the hardware's correctly rounded instruction
-                assert "sqrtss" in assembly or "sqrtsd" in assembly or "sqrtps" in assembly or "sqrtpd" in assembly
-            assert "vfmadd" not in assembly and "vfmsub" not in assembly and "vfnmadd" not in assembly
+        loops = compiled.loops_for(type(inner).kernel, scalars, slot_count, np.dtype(dtype))
+        module = compiled.uncached_module(loops)  # fresh machine code to inspect, not the disk cache's
+        arrays = [np.ones(4, dtype) for _ in range(2 + slot_count)]
+        table = compiled.Table([4], slot_count)
+        read = np.array([[a.ctypes.data] for a in arrays], dtype=np.int64)
+        module.table_loop(read, np.delete(read, 1, axis=0), table.sizes, table.chunk_leaf, table.chunk_start,
+                          table.chunk_stop, loops.scalars(scalars))
+        loop = module.table_loop
+        assembly = loop.inspect_asm(loop.signatures[-1]).lower()
+        if "math.sqrt" in loops.source:  # the root is the hardware's correctly rounded instruction
+            assert "sqrtss" in assembly or "sqrtsd" in assembly or "sqrtps" in assembly or "sqrtpd" in assembly
+        assert "vfmadd" not in assembly and "vfmsub" not in assembly and "vfnmadd" not in assembly
 
 
 def test_non_contiguous_params_take_the_reference_path_with_the_same_bits():
@@ -89,6 +100,11 @@ def test_non_contiguous_params_take_the_reference_path_with_the_same_bits():
     assert same_bits(view, expected)
 
 
+class _Scalars(NamedTuple):
+    flag: bool
+    lr: float
+
+
 def test_tracing_refuses_what_a_fast_path_cannot_keep():
     def bare_float(xp, s, p, g):
         return (p - 0.1 * g,)
@@ -96,10 +112,24 @@ def test_tracing_refuses_what_a_fast_path_cannot_keep():
     def branch_on_values(xp, s, p, g):
         return (p if g > p else g,)
 
+    def misspelled(xp, s, p, g):
+        return (p - s.learning_rate * g,)
+
+    scalars = _Scalars(flag=True, lr=0.1)
     with pytest.raises(TypeError, match="bare float"):
-        trace(bare_float, {}, 0)
+        trace(bare_float, scalars, 0)
     with pytest.raises(TypeError, match="branched on an array value"):
-        trace(branch_on_values, {}, 0)
+        trace(branch_on_values, scalars, 0)
+    with pytest.raises(TypeError, match="learning_rate"):
+        trace(misspelled, scalars, 0)
+
+
+def test_scalars_must_say_which_fields_are_flags():
+    class Untyped(NamedTuple):
+        lr: int
+
+    with pytest.raises(TypeError, match="lr"):
+        trace(lambda xp, s, p, g: (p,), Untyped(lr=1), 0)
 
 
 def test_fast_path_modes_are_checked():

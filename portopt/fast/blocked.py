@@ -12,19 +12,19 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
-from ..numerics import RuleNamespace, materialise
+from ..numerics import RuleNamespace
 
-__all__ = ["BLOCK", "run_blocked"]
+__all__ = ["BLOCK", "run_blocked", "numpy_namespace"]
 
 BLOCK = 1 << 15  # elements: a few of these per thread stay in L2
 
 
 @functools.lru_cache(maxsize=1)
-def _namespace() -> RuleNamespace:
+def numpy_namespace() -> RuleNamespace:
     import array_api_compat.numpy as xp
 
     return RuleNamespace(xp)
@@ -35,11 +35,11 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="portopt-block")
 
 
-def run_blocked(kernel: Callable, host_values: Mapping[str, Any], compute: np.dtype,
-                p: np.ndarray, g: np.ndarray, slots: list[np.ndarray]) -> None:
-    """One in-place step over flat contiguous arrays; ``p``/``g`` may be half precision."""
-    xp = _namespace()
-    s = materialise(xp.raw, host_values, compute, "cpu")
+def run_blocked(kernel: Callable, s: Any, compute: np.dtype, p: np.ndarray, g: np.ndarray,
+                slots: list[np.ndarray]) -> None:
+    """One in-place step over flat contiguous arrays; ``p``/``g`` may be half precision.
+    ``s``: the host scalars made NumPy 0-d arrays of ``compute``."""
+    xp = numpy_namespace()
 
     def block(start: int) -> None:
         stop = min(start + BLOCK, p.shape[0])

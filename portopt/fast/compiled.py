@@ -1,23 +1,42 @@
-"""The compiled CPU fast path: one numba loop per traced kernel, generated, never hand-written.
+"""The compiled CPU fast path: a numba loop generated from the traced kernel, never hand-written.
 
-The kernel is traced (portopt.trace) and each node becomes one statement of a
-``prange`` loop over the flat arrays, in the traced order. numba compiles with
-``fastmath=False``: LLVM then neither contracts ``a*b + c`` into an FMA nor reorders, and
-``math.sqrt`` on float32 is the correctly rounded ``vsqrtss`` (the generated code is
-inspected for FMA instructions in tests/test_fast_paths.py).
+The kernel is traced (portopt.trace) and each node becomes one statement of the loop body,
+in the traced order. One loop serves every leaf count: it takes a table of the leaves'
+addresses (one column per leaf) and sizes, cut into chunks, so a whole tree is one call (a
+multi-tensor step). It reads from the ``read`` addresses and writes to the ``write`` ones,
+so it serves the in-place ``step`` (write = read) and the pure ``update`` (write = fresh
+arrays) alike. Large tables are split between threads by chunk (the loop releases the GIL).
+
+numba compiles with ``fastmath=False``: LLVM then neither contracts ``a*b + c`` into an FMA
+nor reorders, and ``math.sqrt`` is the correctly rounded instruction (tests/test_fast_paths.py
+inspects the machine code for FMA instructions). Compiled loops are cached on disk
+(:func:`cache_dir`), so later processes load them instead of compiling again (about half a
+second per rule variant and dtype).
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Callable, Mapping
+import hashlib
+import importlib.util
+import os
+import sys
+import threading
+import types
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from ..trace import ARITHMETIC, COMPARISONS, Graph, Node, trace
 
-__all__ = ["available", "loop_source", "compiled_loops", "Loops", "PARALLEL_THRESHOLD"]
+__all__ = ["available", "loop_source", "Loops", "Table", "loops_for", "PARALLEL_THRESHOLD", "CHUNK", "cache_dir"]
+
+# Below this many elements a step runs on one thread: starting threads costs more than it saves.
+PARALLEL_THRESHOLD = 1 << 16
+# The table loop cuts leaves into chunks of at most this many elements (its unit of parallel work).
+CHUNK = 1 << 15
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,6 +46,17 @@ def available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def cache_dir() -> Path:
+    """Where generated loops and numba's compiled code are kept (``PORTOPT_CACHE_DIR``, else
+    the user's cache folder), one subfolder per version of this generator."""
+    base = os.environ.get("PORTOPT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "portopt")
+    generator = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    import numba
+
+    return Path(base) / f"loops-{generator}-numba{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
 
 
 def _statement(node: Node, name: Callable[[Node], str]) -> str:
@@ -59,65 +89,175 @@ def _statement(node: Node, name: Callable[[Node], str]) -> str:
     raise TypeError(f"no code for traced operation {op!r}")
 
 
-def loop_source(graph: Graph) -> str:
-    """Python source of ``loop(p, g, *slots, *scalars)``, one statement per node."""
-    arrays = [node.name for node in graph.arrays]
-    scalars = [f"s_{name}" for name in graph.scalar_names]
+def _outputs(graph: Graph) -> list[tuple[str, Node]]:
+    """(written array, value) for each output: params, then the slots, in the kernel's order."""
+    inputs = [node.name for node in graph.arrays]
+    return list(zip(inputs[:1] + inputs[2:], graph.outputs))
+
+
+def _body(graph: Graph, indent: str) -> list[str]:
+    """The statements of one element ``i``: read inputs ``r_<name>[i]``, write ``w_<name>[i]``."""
 
     def name(node: Node) -> str:
-        if node.op == "scalar":
-            return f"s_{node.name}"
-        return f"v{node.index}"
+        return f"s_{node.name}" if node.op == "scalar" else f"v{node.index}"
 
-    lines = [f"def loop({', '.join(arrays + scalars)}):", "    for i in prange(p.shape[0]):"]
+    lines = []
     for node in graph.nodes:
         if node.op == "input":
-            lines.append(f"        v{node.index} = {node.name}[i]")
+            lines.append(f"{indent}v{node.index} = r_{node.name}[i]")
         elif node.op != "scalar":
-            lines.append(f"        v{node.index} = {_statement(node, name)}")
-    for target, output in zip(arrays[:1] + arrays[2:], graph.outputs):
-        if output.op == "input" and output.name == target:
-            continue  # unchanged
-        lines.append(f"        {target}[i] = {name(output)}")
+            lines.append(f"{indent}v{node.index} = {_statement(node, name)}")
+    for target, output in _outputs(graph):
+        lines.append(f"{indent}w_{target}[i] = {name(output)}")
+    return lines
+
+
+def loop_source(graph: Graph) -> str:
+    """Python source of ``table_loop`` for one traced kernel."""
+    inputs = [node.name for node in graph.arrays]
+    outputs = [target for target, _ in _outputs(graph)]
+    lines = ["def table_loop(read, write, sizes, chunk_leaf, chunk_start, chunk_stop, scalars):"]
+    lines += [f"    s_{name} = scalars[{k}]" for k, name in enumerate(graph.scalar_names)]
+    lines += ["    for c in range(chunk_leaf.shape[0]):",
+              "        j = chunk_leaf[c]",
+              "        n = sizes[j]"]
+    lines += [f"        r_{n} = carray(pointer(read[{k}, j]), n)" for k, n in enumerate(inputs)]
+    lines += [f"        w_{n} = carray(pointer(write[{k}, j]), n)" for k, n in enumerate(outputs)]
+    lines += ["        for i in range(chunk_start[c], chunk_stop[c]):", *_body(graph, "            ")]
     return "\n".join(lines) + "\n"
 
 
-@functools.lru_cache(maxsize=None)
-def _compile(source: str, parallel: bool) -> Callable:
-    import numba
+_HEADER = '''"""Generated by portopt.fast.compiled from a rule's traced kernel ({dtype}). Do not edit."""
+import math
 
-    namespace: dict[str, Any] = {"math": math, "prange": numba.prange if parallel else range}
-    exec(compile(source, "<portopt generated loop>", "exec"), namespace)  # noqa: S102 - our own source
+import numba
+from numba import carray
+
+from portopt.fast.pointers import {dtype}_pointer as pointer
+
+
+'''
+
+
+def _module_text(source: str, dtype: str) -> str:
     # error_model="numpy": IEEE results for x/0 and sqrt(-x) (the default raises, as Python does).
-    compile_loop = numba.njit(parallel=parallel, fastmath=False, error_model="numpy", nogil=True, cache=False)
-    return compile_loop(namespace["loop"])
+    footer = 'table_loop = numba.njit(fastmath=False, error_model="numpy", nogil=True, cache=True)(table_loop)\n'
+    return _HEADER.format(dtype=dtype) + source + "\n\n" + footer
 
 
-# Below this many elements a loop runs on one thread: starting the pool costs more than it saves.
-PARALLEL_THRESHOLD = 1 << 16
+_load_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def _module(source: str, dtype: str) -> Any:
+    """The generated module for ``source``, written once into the cache folder and imported
+    from there (numba caches compiled code only for functions that live in a file)."""
+    text = _module_text(source, dtype)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+    folder = cache_dir()
+    path = folder / f"loop_{digest}.py"
+    with _load_lock:
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            temporary.write_text(text)
+            os.replace(temporary, path)  # atomic: another process may be writing the same file
+        name = f"portopt_generated_{digest}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # numba's cache finds a function's module by name
+        spec.loader.exec_module(module)
+    return module
+
+
+def uncached_module(loops: "Loops") -> Any:
+    """The loops of ``loops`` compiled afresh in memory (not from the disk cache), so their
+    machine code can be inspected (tests/test_fast_paths.py looks for FMA instructions)."""
+    namespace: dict[str, Any] = {}
+    text = _module_text(loops.source, loops.dtype.name).replace("cache=True", "cache=False")
+    exec(compile(text, "<portopt generated loop>", "exec"), namespace)  # noqa: S102 - our own source
+    return types.SimpleNamespace(**namespace)
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="portopt-loop")
 
 
 class Loops:
-    """The generated loop of one kernel (serial and parallel builds) with its scalars ready."""
+    """The compiled loop of one kernel, flag combination and dtype, with its scalar order."""
 
-    def __init__(self, source: str, scalars: list) -> None:
-        self.source, self.scalars = source, scalars
+    def __init__(self, source: str, scalar_names: list[str], scalar_positions: list[int], dtype: np.dtype) -> None:
+        # every output is written, a slot the kernel returns unchanged too (copied), so the
+        # fresh arrays of update are complete
+        self.source, self.scalar_names, self.dtype = source, scalar_names, dtype
+        self._positions = scalar_positions
 
-    def run(self, p: np.ndarray, g: np.ndarray, slots: list[np.ndarray]) -> None:
-        loop = _compile(self.source, p.shape[0] >= PARALLEL_THRESHOLD)
-        loop(p, g, *slots, *self.scalars)
+    @functools.cached_property
+    def _module(self) -> Any:
+        return _module(self.source, self.dtype.name)
+
+    def scalars(self, values: tuple) -> np.ndarray:
+        """The numbers this loop reads, in its order, as values of its dtype."""
+        return np.array([values[i] for i in self._positions], dtype=self.dtype)
+
+    def run(self, table: "Table", read: np.ndarray, write: np.ndarray, scalars: np.ndarray) -> None:
+        """Every leaf of ``table``: ``read`` holds the addresses of p, g and the slots of each
+        leaf (one column per leaf), ``write`` those of p and the slots to write."""
+        loop = self._module.table_loop
+        parts = table.parts
+        if len(parts) == 1:
+            loop(read, write, table.sizes, table.chunk_leaf, table.chunk_start, table.chunk_stop, scalars)
+            return
+        futures = [_pool().submit(loop, read, write, table.sizes, table.chunk_leaf[a:b], table.chunk_start[a:b],
+                                  table.chunk_stop[a:b], scalars) for a, b in parts]
+        for future in futures:
+            future.result()
 
 
-def compiled_loops(kernel: Callable, host_values: Mapping[str, Any], slot_count: int, dtype: np.dtype) -> Loops:
-    """The loop for ``kernel`` with these flags, its scalar arguments made ``dtype`` values once."""
-    flags = tuple(sorted((k, v) for k, v in host_values.items() if isinstance(v, bool)))
-    source, scalar_names = _traced(kernel, flags, tuple(sorted(host_values)), slot_count)
-    return Loops(source, [dtype.type(host_values[name]) for name in scalar_names])
+class Table:
+    """Sizes and chunks of a group of leaves, and empty address tables to fill per step
+    (the caller keeps the arrays alive while a loop runs over their addresses)."""
+
+    def __init__(self, sizes: list[int], slot_count: int) -> None:
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.read = np.zeros((2 + slot_count, len(sizes)), dtype=np.int64)
+        self.write = np.zeros((1 + slot_count, len(sizes)), dtype=np.int64)
+        self.total = int(self.sizes.sum())
+        self.chunk_leaf, self.chunk_start, self.chunk_stop = chunks(self.sizes)
+        # chunk ranges for the threads: one unless there is enough work to share
+        count = self.chunk_leaf.shape[0]
+        workers = min(os.cpu_count() or 1, count) if self.total >= PARALLEL_THRESHOLD else 1
+        bounds = [count * k // workers for k in range(workers + 1)]
+        self.parts = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a] or [(0, count)]
+
+
+def chunks(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each leaf cut into pieces of at most CHUNK elements: (leaf, start, stop) per piece."""
+    pieces = np.maximum((sizes + CHUNK - 1) // CHUNK, 1)
+    leaf = np.repeat(np.arange(sizes.shape[0], dtype=np.int64), pieces)
+    first = np.cumsum(pieces) - pieces
+    start = (np.arange(leaf.shape[0], dtype=np.int64) - first[leaf]) * CHUNK
+    stop = np.minimum(start + CHUNK, sizes[leaf])
+    return leaf, start, stop
+
+
+def loops_for(kernel: Callable, scalars: tuple, slot_count: int, dtype: np.dtype) -> Loops:
+    """The loops of ``kernel`` for the flags of ``scalars`` and ``dtype`` (float32/float64)."""
+    from ..numerics import flags_of
+
+    return _loops(kernel, type(scalars), flags_of(scalars), slot_count, np.dtype(dtype))
 
 
 @functools.lru_cache(maxsize=None)
-def _traced(kernel: Callable, flags: tuple, names: tuple, slot_count: int) -> tuple[str, list[str]]:
-    values = {name: 0.0 for name in names}
-    values.update(dict(flags))
-    graph = trace(kernel, values, slot_count)
-    return loop_source(graph), graph.scalar_names
+def _loops(kernel: Callable, scalars_type: type, flags: tuple, slot_count: int, dtype: np.dtype) -> Loops:
+    from ..numerics import scalar_fields
+
+    flag_positions, _ = scalar_fields(scalars_type)
+    values: list[Any] = [0.0] * len(scalars_type._fields)
+    for position, flag in zip(flag_positions, flags):
+        values[position] = flag
+    graph = trace(kernel, scalars_type(*values), slot_count)
+    names = graph.scalar_names
+    return Loops(loop_source(graph), names, [scalars_type._fields.index(name) for name in names], dtype)

@@ -13,7 +13,7 @@ and ``.ftz``); launching it from CuPy or torch on a GPU is issue 8 and not verif
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from ..trace import ARITHMETIC, COMPARISONS, Graph, Node, trace
 
@@ -90,7 +90,7 @@ def _is_boolean(node: Node) -> bool:
     return node.op in COMPARISONS or node.op in ("and", "or", "signbit")
 
 
-def cuda_source(kernel: Callable, host_values: Mapping[str, Any], slot_count: int, param_dtype: str,
+def cuda_source(kernel: Callable, host_values: tuple, slot_count: int, param_dtype: str,
                 kernel_name: str = KERNEL_NAME) -> str:
     """The CUDA C source of ``portopt_step(p, g, slots..., scalars..., n)`` for ``param_dtype``.
 
@@ -98,7 +98,7 @@ def cuda_source(kernel: Callable, host_values: Mapping[str, Any], slot_count: in
     """
     compute = {"float16": "float32", "float32": "float32", "float64": "float64"}[param_dtype]
     ctype, suffix, reg = ("float", "f32", "f") if compute == "float32" else ("double", "f64", "d")
-    graph: Graph = trace(kernel, {k: (v if isinstance(v, bool) else 0.0) for k, v in host_values.items()}, slot_count)
+    graph: Graph = trace(kernel, host_values, slot_count)
     half = param_dtype == "float16"
     storage = "unsigned short" if half else ctype
 

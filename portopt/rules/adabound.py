@@ -8,6 +8,7 @@ by a base lr: give a schedule for ``lr`` and the bounds stay those of ``final_lr
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from ..advice import warn_if_beta1_too_large
 from ..host import power
@@ -15,10 +16,25 @@ from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
-__all__ = ["AdaBound", "adabound_kernel"]
+__all__ = ["AdaBound", "AdaBoundScalars", "adabound_kernel"]
 
 
-def adabound_kernel(xp, s, p, g, m, v, v_max=None):
+class AdaBoundScalars(NamedTuple):
+    maximize: bool
+    coupled_decay: bool
+    amsbound: bool
+    weight_decay: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    step_size: float
+    lower_bound: float
+    upper_bound: float
+    eps: float
+
+
+def adabound_kernel(xp, s: AdaBoundScalars, p, g, m, v, v_max=None):
     """One AdaBound step (t = steps taken + 1)::
 
         g   <- -g;  g <- g + wd * p                          (maximize; weight_decay)
@@ -72,11 +88,11 @@ class AdaBound(Rule):
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsbound else ())
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+    def host_scalars(self, steps_taken: int) -> AdaBoundScalars:
         beta1, beta2 = self.betas
         t = steps_taken + 1
         lr = evaluate("lr", self.lr, steps_taken)
-        return dict(
+        return AdaBoundScalars(
             **self.gradient_scalars(steps_taken), amsbound=self.amsbound, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
             one_minus_beta2=1.0 - beta2,
             step_size=lr * math.sqrt(1.0 - power(beta2, t)) / (1.0 - power(beta1, t)),

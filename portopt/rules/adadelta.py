@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..hyperparams import Hyperparameter, check_number, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
-__all__ = ["AdaDelta", "adadelta_kernel"]
+__all__ = ["AdaDelta", "AdaDeltaScalars", "adadelta_kernel"]
 
 
-def adadelta_kernel(xp, s, p, g, square_avg, acc_delta):
+class AdaDeltaScalars(NamedTuple):
+    maximize: bool
+    coupled_decay: bool
+    weight_decay: float
+    rho: float
+    one_minus_rho: float
+    lr: float
+    eps: float
+
+
+def adadelta_kernel(xp, s: AdaDeltaScalars, p, g, square_avg, acc_delta):
     """One AdaDelta step::
 
         g     <- -g;  g <- g + wd * p                         (maximize; weight_decay)
@@ -46,8 +58,8 @@ class AdaDelta(Rule):
     def slot_names(self) -> tuple[str, ...]:
         return ("square_avg", "acc_delta")
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        return dict(
+    def host_scalars(self, steps_taken: int) -> AdaDeltaScalars:
+        return AdaDeltaScalars(
             **self.gradient_scalars(steps_taken),
             rho=self.rho, one_minus_rho=1.0 - self.rho, lr=evaluate("lr", self.lr, steps_taken),
             eps=evaluate("eps", self.eps, steps_taken),

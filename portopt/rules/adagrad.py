@@ -5,14 +5,24 @@ Duchi, Hazan & Singer (2011); semantics and names as torch.optim.Adagrad.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..hyperparams import Hyperparameter, check_number, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
-__all__ = ["AdaGrad", "adagrad_kernel"]
+__all__ = ["AdaGrad", "AdaGradScalars", "adagrad_kernel"]
 
 
-def adagrad_kernel(xp, s, p, g, accumulator):
+class AdaGradScalars(NamedTuple):
+    maximize: bool
+    coupled_decay: bool
+    weight_decay: float
+    step_size: float
+    eps: float
+
+
+def adagrad_kernel(xp, s: AdaGradScalars, p, g, accumulator):
     """One AdaGrad step, elementwise, in this order (t = steps taken + 1)::
 
         g   <- -g                       if maximize
@@ -54,9 +64,9 @@ class AdaGrad(Rule):
     def slot_initial_value(self, slot: str) -> float:
         return self.initial_accumulator_value
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+    def host_scalars(self, steps_taken: int) -> AdaGradScalars:
         lr = evaluate("lr", self.lr, steps_taken)
-        return dict(
+        return AdaGradScalars(
             **self.gradient_scalars(steps_taken),
             step_size=lr / (1.0 + steps_taken * self.lr_decay),
             eps=evaluate("eps", self.eps, steps_taken),

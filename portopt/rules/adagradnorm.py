@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..hyperparams import Hyperparameter, check_number, evaluate
@@ -9,10 +11,16 @@ from ..numerics import compute_dtype, dtype_name
 from ..optimizer import Rule
 from ..reductions import pairwise_sum_of_squares
 
-__all__ = ["AdaGradNorm", "adagradnorm_kernel"]
+__all__ = ["AdaGradNorm", "AdaGradNormScalars", "adagradnorm_kernel"]
 
 
-def adagradnorm_kernel(xp, s, p, g):
+class AdaGradNormScalars(NamedTuple):
+    maximize: bool
+    lr: float
+    denominator: float  # b + eps, from the step's gradients (advance_host_state)
+
+
+def adagradnorm_kernel(xp, s: AdaGradNormScalars, p, g):
     """One AdaGrad-Norm step for one array; ``b`` (below) is shared by the whole tree::
 
         g <- -g                                   (maximize)
@@ -66,5 +74,7 @@ class AdaGradNorm(Rule):
         denominator = np.sqrt(b2) + dtype.type(self.eps)  # correctly rounded, in dtype
         return {"denominator": float(denominator)}, {"sum_of_squares": float(b2)}
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        return dict(maximize=self.maximize, lr=evaluate("lr", self.lr, steps_taken))
+    def host_scalars(self, steps_taken: int) -> AdaGradNormScalars:
+        """``denominator`` is a placeholder here: the step replaces it with the value
+        :meth:`advance_host_state` computes from the gradients."""
+        return AdaGradNormScalars(maximize=self.maximize, lr=evaluate("lr", self.lr, steps_taken), denominator=1.0)

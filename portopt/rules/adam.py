@@ -7,6 +7,7 @@ AMSGrad from Reddi et al. (2018). Semantics and names as torch.optim.Adam / Adam
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from ..advice import warn_if_beta1_too_large
 from ..host import power
@@ -14,10 +15,29 @@ from ..hyperparams import Hyperparameter, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
-__all__ = ["Adam", "AdamW", "AMSGrad", "adam_kernel"]
+__all__ = ["Adam", "AdamW", "AMSGrad", "AdamScalars", "adam_kernel"]
 
 
-def adam_kernel(xp, s, p, g, m, v, v_max=None):
+class AdamScalars(NamedTuple):
+    """Host scalars of one Adam step: flags (bools) fix the kernel's branches, numbers
+    become 0-d arrays of the compute dtype."""
+
+    maximize: bool
+    coupled_decay: bool
+    decoupled_decay: bool
+    amsgrad: bool
+    weight_decay: float
+    decay_factor: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    step_size: float
+    bias_correction2_sqrt: float
+    eps: float
+
+
+def adam_kernel(xp, s: AdamScalars, p, g, m, v, v_max=None):
     """One Adam step, elementwise, in this order (t = steps taken + 1)::
 
         g  <- -g                        if maximize
@@ -69,12 +89,12 @@ class Adam(Rule):
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if self.amsgrad else ("exp_avg", "exp_avg_sq")
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+    def host_scalars(self, steps_taken: int) -> AdamScalars:
         lr = evaluate("lr", self.lr, steps_taken)
         weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         beta1, beta2 = self.betas
         t = steps_taken + 1
-        return dict(
+        return AdamScalars(
             maximize=self.maximize,
             amsgrad=self.amsgrad,
             coupled_decay=weight_decay != 0 and not self.decoupled,

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..advice import warn_if_beta1_too_large
 from ..host import power
 from ..hyperparams import Hyperparameter, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
-__all__ = ["Adamax", "adamax_kernel"]
+__all__ = ["Adamax", "AdamaxScalars", "adamax_kernel"]
 
 
-def adamax_kernel(xp, s, p, g, m, u):
+class AdamaxScalars(NamedTuple):
+    maximize: bool
+    coupled_decay: bool
+    weight_decay: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    step_size: float
+    eps: float
+
+
+def adamax_kernel(xp, s: AdamaxScalars, p, g, m, u):
     """One Adamax step (t = steps taken + 1)::
 
         g <- -g;  g <- g + wd * p                 (maximize; weight_decay)
@@ -48,9 +61,9 @@ class Adamax(Rule):
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_inf")
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+    def host_scalars(self, steps_taken: int) -> AdamaxScalars:
         beta1, beta2 = self.betas
-        return dict(
+        return AdamaxScalars(
             **self.gradient_scalars(steps_taken),
             beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
             step_size=evaluate("lr", self.lr, steps_taken) / (1.0 - power(beta1, steps_taken + 1)),

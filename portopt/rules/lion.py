@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..hyperparams import Hyperparameter, evaluate
 from ..optimizer import Rule
 from .common import SIGN_SCALARS, sign
 
-__all__ = ["Lion", "lion_kernel"]
+__all__ = ["Lion", "LionScalars", "lion_kernel"]
 
 
-def lion_kernel(xp, s, p, g, m):
+class LionScalars(NamedTuple):
+    maximize: bool
+    decoupled_decay: bool
+    decay_factor: float
+    lr: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    zero: float
+    one: float
+
+
+def lion_kernel(xp, s: LionScalars, p, g, m):
     """One Lion step::
 
         g <- -g                                     (maximize)
@@ -46,11 +61,11 @@ class Lion(Rule):
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg",)
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+    def host_scalars(self, steps_taken: int) -> LionScalars:
         lr = evaluate("lr", self.lr, steps_taken)
         weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         beta1, beta2 = self.betas
-        return dict(
+        return LionScalars(
             maximize=self.maximize, decoupled_decay=weight_decay != 0, decay_factor=1.0 - lr * weight_decay,
             lr=lr, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
             **SIGN_SCALARS,

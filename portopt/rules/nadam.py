@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..advice import warn_if_beta1_too_large
 from ..host import power, real_power
 from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
-__all__ = ["NAdam", "nadam_kernel"]
+__all__ = ["NAdam", "NAdamScalars", "nadam_kernel"]
 
 
-def nadam_kernel(xp, s, p, g, m, v):
+class NAdamScalars(NamedTuple):
+    maximize: bool
+    coupled_decay: bool
+    decoupled_decay: bool
+    weight_decay: float
+    decay_factor: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    bias_correction2: float
+    gradient_step: float
+    momentum_step: float
+    eps: float
+
+
+def nadam_kernel(xp, s: NAdamScalars, p, g, m, v):
     """One NAdam step (t = steps taken + 1, mu_t = b1 (1 - 0.96^(t psi) / 2))::
 
         g <- -g;  g <- g + wd * p  or  p <- p * (1 - lr * wd)       (maximize; weight decay)
@@ -70,14 +88,14 @@ class NAdam(Rule):
         self._product = (t, product)
         return product
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
+    def host_scalars(self, steps_taken: int) -> NAdamScalars:
         lr = evaluate("lr", self.lr, steps_taken)
         weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         beta1, beta2 = self.betas
         t = steps_taken + 1
         product = self._mu_product(t)
         product_next = product * self._mu(t + 1)
-        return dict(
+        return NAdamScalars(
             maximize=self.maximize, coupled_decay=weight_decay != 0 and not self.decoupled_weight_decay,
             decoupled_decay=weight_decay != 0 and self.decoupled_weight_decay, weight_decay=weight_decay,
             decay_factor=1.0 - lr * weight_decay, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,

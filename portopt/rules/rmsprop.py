@@ -5,14 +5,29 @@ Tieleman & Hinton (2012), centered form from Graves (2013); as torch.optim.RMSpr
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
-__all__ = ["RMSProp", "rmsprop_kernel"]
+__all__ = ["RMSProp", "RMSPropScalars", "rmsprop_kernel"]
 
 
-def rmsprop_kernel(xp, s, p, g, square_avg, *optional):
+class RMSPropScalars(NamedTuple):
+    maximize: bool
+    coupled_decay: bool
+    centered: bool
+    use_momentum: bool
+    weight_decay: float
+    alpha: float
+    one_minus_alpha: float
+    momentum: float
+    lr: float
+    eps: float
+
+
+def rmsprop_kernel(xp, s: RMSPropScalars, p, g, square_avg, *optional):
     """One RMSProp step, elementwise, in this order::
 
         g   <- -g                              if maximize
@@ -75,8 +90,8 @@ class RMSProp(Rule):
             + (("grad_avg",) if self.centered else ())
         )
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        return dict(
+    def host_scalars(self, steps_taken: int) -> RMSPropScalars:
+        return RMSPropScalars(
             **self.gradient_scalars(steps_taken),
             centered=self.centered,
             use_momentum=self.momentum > 0,

@@ -6,14 +6,40 @@ its momentum form Signum from Bernstein et al. (2018).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
 from ..optimizer import Rule
 from .common import SIGN_SCALARS, effective_gradient, sign
 
-__all__ = ["SGD", "SignSGD", "sgd_kernel", "signsgd_kernel"]
+__all__ = ["SGD", "SignSGD", "SGDScalars", "SignSGDScalars", "sgd_kernel", "signsgd_kernel"]
 
 
-def sgd_kernel(xp, s, p, g, *buffer):
+class SGDScalars(NamedTuple):
+    maximize: bool
+    coupled_decay: bool
+    use_momentum: bool
+    nesterov: bool
+    first_step: bool
+    weight_decay: float
+    momentum: float
+    one_minus_dampening: float
+    lr: float
+
+
+class SignSGDScalars(NamedTuple):
+    maximize: bool
+    coupled_decay: bool
+    use_momentum: bool
+    weight_decay: float
+    momentum: float
+    one_minus_momentum: float
+    lr: float
+    zero: float
+    one: float
+
+
+def sgd_kernel(xp, s: SGDScalars, p, g, *buffer):
     """One SGD step, elementwise::
 
         g   <- -g;  g <- g + wd * p                     (maximize; weight_decay)
@@ -57,8 +83,8 @@ class SGD(Rule):
     def slot_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum != 0 else ()
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        return dict(
+    def host_scalars(self, steps_taken: int) -> SGDScalars:
+        return SGDScalars(
             **self.gradient_scalars(steps_taken), use_momentum=self.momentum != 0,
             nesterov=self.nesterov, first_step=steps_taken == 0,
             momentum=self.momentum, one_minus_dampening=1.0 - self.dampening,
@@ -66,7 +92,7 @@ class SGD(Rule):
         )
 
 
-def signsgd_kernel(xp, s, p, g, *momentum):
+def signsgd_kernel(xp, s: SignSGDScalars, p, g, *momentum):
     """One SignSGD / Signum step::
 
         g <- -g;  g <- g + wd * p                (maximize; weight_decay)
@@ -103,8 +129,9 @@ class SignSGD(Rule):
     def slot_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum != 0 else ()
 
-    def host_scalars(self, steps_taken: int) -> dict[str, float | bool]:
-        return dict(
-            **self.gradient_scalars(steps_taken), use_momentum=self.momentum != 0, momentum=self.momentum, one_minus_momentum=1.0 - self.momentum,
+    def host_scalars(self, steps_taken: int) -> SignSGDScalars:
+        return SignSGDScalars(
+            **self.gradient_scalars(steps_taken), use_momentum=self.momentum != 0, momentum=self.momentum,
+            one_minus_momentum=1.0 - self.momentum,
             lr=evaluate("lr", self.lr, steps_taken), **SIGN_SCALARS,
         )

@@ -1,0 +1,319 @@
+"""Step plans: check a (params, grads, state) signature once, then step it cheaply.
+
+The first step of a tree runs every check of :mod:`portopt.checks` and records what it
+established as a :class:`Plan`: the tree structure, each array's signature (type, shape,
+dtype, device, writeability, contiguity; see ``Adapter.signature``), and how each leaf is
+executed. Later steps re-read only those signatures (:meth:`Plan.bind`); if any differs,
+or the tree does, the full checks run again, so a changed input gets the same clear error
+a first step gets, before anything is written.
+
+Executors, per group of leaves of one compute dtype:
+
+- ``compiled``: one compiled call for all the group's leaves (their addresses in a table);
+- ``blocked``: the kernel on cache-sized blocks, on threads (in-place steps only);
+- ``reference``: the kernel on whole arrays in the backend's namespace.
+
+All give the reference bits (tests/test_fast_paths.py, and the conformance suite under
+each fast-path mode).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from portopt.backends import Adapter, adapter_for
+
+from . import fast
+from .checks import Leaves, check_grads, check_params, check_state
+from .fast import compiled
+from .fast.blocked import numpy_namespace, run_blocked
+from .numerics import RuleNamespace, compute_dtype, dtype_name, flags_of, materialise, scalar_fields
+from .state import State
+from .trees import TreeDef
+
+if TYPE_CHECKING:
+    from .optimizer import Rule
+
+__all__ = ["Plan", "plan_for", "collect_leaves"]
+
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def collect_leaves(tree: Any, treedef: TreeDef, out: list) -> bool:
+    """Append the leaves of ``tree`` to ``out`` if its structure is ``treedef``; False if not."""
+    kind = treedef.kind
+    if kind == "leaf":
+        if isinstance(tree, (dict, list, tuple)) and not hasattr(tree, "_fields"):
+            return False
+        out.append(tree)
+        return True
+    if kind == "dict":
+        if type(tree) is not dict or len(tree) != len(treedef.keys):
+            return False
+        for key, child in zip(treedef.keys, treedef.children):
+            if key not in tree or not collect_leaves(tree[key], child, out):
+                return False
+        return tuple(tree) == treedef.keys
+    if type(tree) is not (list if kind == "list" else tuple) or len(tree) != len(treedef.children):
+        return False
+    return all(collect_leaves(x, child, out) for x, child in zip(tree, treedef.children))
+
+
+class Group:
+    """Leaves of one compute dtype stepped by one executor."""
+
+    def __init__(self, executor: str, dtype: Any, host_dtype: np.dtype | None, indexes: list[int],
+                 sizes: list[int], slot_count: int) -> None:
+        self.executor, self.dtype, self.host_dtype, self.indexes = executor, dtype, host_dtype, indexes
+        self.table = compiled.Table(sizes, slot_count) if executor == "compiled" else None
+        self.loops_by_flags: dict[tuple, compiled.Loops] = {}  # flags can change between steps
+
+    def loops(self, kernel: Any, scalars: tuple, slot_count: int) -> compiled.Loops:
+        flags = flags_of(scalars)
+        loops = self.loops_by_flags.get(flags)
+        if loops is None:
+            loops = self.loops_by_flags[flags] = compiled.loops_for(kernel, scalars, slot_count, self.host_dtype)
+        return loops
+
+
+class Plan:
+    """Everything the full checks established about one signature of (params, grads, state)."""
+
+    def __init__(self, rule: "Rule", params: Any, grads: Any, state: State, writing: bool) -> None:
+        self.rule_name = rule.name
+        self.slot_names = rule.slot_names()
+        self.host_names = set(rule.initial_host_state())
+        self.writing = writing
+        self.mode = fast.get_mode()
+        checked: Leaves = check_params(params)
+        grad_leaves = check_grads(grads, checked)
+        slots = check_state(state, rule.name, self.slot_names, checked, tuple(self.host_names))
+        self.treedef, self.paths, self.xp, self.device = checked.treedef, checked.paths, checked.xp, checked.device
+        self.adapter: Adapter | None = adapter_for(self.xp) if self.xp is not None else None
+        if writing:
+            _check_writeable(self.adapter, checked, slots)
+        self.namespace: RuleNamespace | None = (
+            self.adapter.rule_namespace(self.device) if self.adapter is not None else None)
+        arrays = [*checked.leaves, *grad_leaves, *(x for name in self.slot_names for x in slots[name])]
+        self.signatures = [self.adapter.signature(x) for x in arrays] if self.adapter else []
+        self.groups = self._groups(checked.leaves, grad_leaves, slots)
+        # NumPy: addresses of the arrays the last step wrote, by array (a NumPy array's
+        # memory cannot move while this plan holds it: NumPy refuses to resize a referenced
+        # array). Looking an address up costs more than a whole small step.
+        self.remembers = self.adapter is not None and self.adapter.name == "numpy"
+        self.known: dict[int, tuple[Any, int]] = {}
+
+    # --- executors ---------------------------------------------------------------------
+    def _groups(self, params: list, grads: list, slots: dict[str, list]) -> list[Group]:
+        by_key: dict[tuple[str, Any], list[int]] = {}
+        for index, p in enumerate(params):
+            arrays = [p, grads[index], *(slots[name][index] for name in self.slot_names)]
+            by_key.setdefault((self._executor(p, arrays), compute_dtype(self.xp, p.dtype)), []).append(index)
+        groups = []
+        for (executor, dtype), indexes in by_key.items():
+            sizes = [_size(params[i]) for i in indexes]
+            host_dtype = np.dtype(dtype_name(self.xp, dtype)) if executor != "reference" else None
+            groups.append(Group(executor, dtype, host_dtype, indexes, sizes, len(self.slot_names)))
+        return groups
+
+    def _executor(self, p: Any, arrays: list) -> str:
+        adapter, mode = self.adapter, self.mode
+        if mode == "off" or adapter is None:
+            return "reference"
+        dtype = compute_dtype(self.xp, p.dtype)
+        compiled_here = (mode in ("auto", "compiled") and compiled.available() and p.dtype == dtype
+                         and np.dtype(dtype_name(self.xp, dtype)) in _COMPILED_DTYPES
+                         and all(adapter.address(x) is not None for x in arrays))
+        if compiled_here:
+            return "compiled"
+        if mode in ("auto", "blocked") and self.writing and all(
+                adapter.flat_host_view(x, writeable=x is not arrays[1]) is not None for x in arrays):
+            return "blocked"
+        return "reference"
+
+    # --- the cheap re-check of every later step -----------------------------------------
+    def bind(self, params: Any, grads: Any, state: Any) -> tuple[list, list, list[list]] | None:
+        """The leaves of this step if everything still matches the plan, else None."""
+        if (type(state) is not State or state.rule != self.rule_name or len(state.slots) != len(self.slot_names)
+                or type(state.step) is not int or state.step < 0 or fast.get_mode() != self.mode
+                or ((state.host or self.host_names) and set(state.host) != self.host_names)):
+            return None
+        p_leaves: list = []
+        g_leaves: list = []
+        if not collect_leaves(params, self.treedef, p_leaves) or not collect_leaves(grads, self.treedef, g_leaves):
+            return None
+        slot_leaves = []
+        for name in self.slot_names:
+            leaves: list = []
+            tree = state.slots.get(name)
+            if tree is None or not collect_leaves(tree, self.treedef, leaves):
+                return None
+            slot_leaves.append(leaves)
+        if self.adapter is not None:
+            signature = self.adapter.signature
+            expected = iter(self.signatures)
+            for leaves in (p_leaves, g_leaves, *slot_leaves):
+                for x in leaves:
+                    wanted = next(expected)
+                    if type(x) is not wanted[0] or signature(x) != wanted:  # the type first: another
+                        return None                                          # backend's array
+        return p_leaves, g_leaves, slot_leaves
+
+    def address(self, x: Any, remembered: dict[int, tuple[Any, int]] | None) -> int:
+        """The address of ``x`` (planned to have one); kept in ``remembered`` for the next step."""
+        if self.remembers:
+            known = self.known.get(id(x))
+            if known is not None and known[0] is x:
+                address = known[1]
+            else:
+                address = self.adapter.address(x)
+            if remembered is not None:
+                remembered[id(x)] = (x, address)
+        else:
+            address = self.adapter.address(x)
+        if address is None:  # the signature promised one
+            raise RuntimeError("portopt internal error: a planned array has no address")
+        return address
+
+
+def _size(x: Any) -> int:
+    size = 1
+    for n in x.shape:
+        size *= int(n)
+    return size
+
+
+def _check_writeable(adapter: Adapter | None, params: Leaves, slots: dict[str, list]) -> None:
+    if adapter is None:
+        return
+    for path, p in zip(params.paths, params.leaves):
+        if not adapter.is_writeable(p):
+            raise TypeError(f"params{path} is read-only ({adapter.label(params.device)}); "
+                            "use update(), which returns new arrays")
+    for name, leaves in slots.items():
+        for path, x in zip(params.paths, leaves):
+            if not adapter.is_writeable(x):
+                raise TypeError(f"state.slots[{name!r}]{path} is read-only; use update()")
+
+
+def plan_for(rule: "Rule", params: Any, grads: Any, state: State, writing: bool) -> tuple[Plan, tuple]:
+    """The rule's cached plan for this step and the step's leaves; a new plan (every check
+    run again) when anything differs from the cached one."""
+    plans = rule.__dict__.setdefault("_plans", {})
+    plan = plans.get(writing)
+    if plan is not None:
+        bound = plan.bind(params, grads, state)
+        if bound is not None:
+            return plan, bound
+    plan = Plan(rule, params, grads, state, writing)
+    bound = plan.bind(params, grads, state)
+    if bound is None:  # the full checks passed, so the signature must match
+        raise RuntimeError("portopt internal error: a fresh plan does not match its own inputs")
+    plans[writing] = plan
+    return plan, bound
+
+
+class ScalarCache:
+    """0-d arrays of host scalars per dtype; a number is made into an array again only when
+    its value changed since the last step (most hyperparameters never do)."""
+
+    def __init__(self) -> None:
+        self._last: dict[Any, tuple[tuple, tuple]] = {}
+
+    def materialise(self, xp: Any, scalars: tuple, dtype: Any, device: Any) -> tuple:
+        last = self._last.get(dtype)
+        if last is None or type(last[0]) is not type(scalars):
+            made = materialise(xp, scalars, dtype, device)
+        else:
+            previous, arrays = last
+            flags, _ = scalar_fields(type(scalars))
+            values = []
+            for index, value in enumerate(scalars):
+                if index in flags:
+                    values.append(value)
+                elif _same(value, previous[index]):
+                    values.append(arrays[index])
+                else:
+                    values.append(xp.asarray(float(value), dtype=dtype, device=device))
+            made = type(scalars)(*values)
+        self._last[dtype] = (scalars, made)
+        return made
+
+
+def _same(x: Any, y: Any) -> bool:
+    """Same Python value and, for zeros, the same sign."""
+    return type(x) is type(y) and x == y and (x != 0 or math.copysign(1.0, x) == math.copysign(1.0, y))
+
+
+def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: ScalarCache,
+              p_leaves: Sequence, g_leaves: Sequence, slot_leaves: Sequence[Sequence],
+              outputs: list | None, remembered: dict[int, tuple[Any, int]]) -> None:
+    """Step the leaves of ``group``: in place when ``outputs`` is None, else append
+    ``(index, new_p, [new slots])`` for each leaf to ``outputs`` (update). Addresses of the
+    arrays the next step will read go into ``remembered``."""
+    executor = group.executor
+    slot_count = len(slot_leaves)
+    if executor == "compiled":
+        loops = group.loops(kernel, scalars, slot_count)
+        table = group.table
+        read = table.read.copy()
+        write = table.write.copy()
+        adapter = plan.adapter
+        in_place = outputs is None
+        for column, index in enumerate(group.indexes):
+            p, slots = p_leaves[index], [leaves[index] for leaves in slot_leaves]
+            read[0, column] = plan.address(p, remembered if in_place else None)
+            read[1, column] = plan.address(g_leaves[index], None)
+            for k, x in enumerate(slots):
+                read[2 + k, column] = plan.address(x, remembered if in_place else None)
+            if in_place:
+                write[0, column] = read[0, column]
+                for k in range(slot_count):
+                    write[1 + k, column] = read[2 + k, column]
+            else:
+                new = [adapter.empty(tuple(p.shape), p.dtype, plan.device),
+                       *(adapter.empty(tuple(x.shape), x.dtype, plan.device) for x in slots)]
+                for k, x in enumerate(new):
+                    write[k, column] = plan.address(x, remembered)
+                outputs.append((index, new[0], new[1:]))
+        loops.run(table, read, write, loops.scalars(scalars))
+        return
+    if executor == "blocked":
+        adapter = plan.adapter
+        host_dtype = group.host_dtype
+        s = cache.materialise(numpy_namespace().raw, scalars, host_dtype, "cpu")
+        for index in group.indexes:
+            slots = [adapter.flat_host_view(leaves[index], writeable=True) for leaves in slot_leaves]
+            run_blocked(kernel, s, host_dtype, adapter.flat_host_view(p_leaves[index], writeable=True),
+                        adapter.flat_host_view(g_leaves[index], writeable=False), slots)
+        return
+    # reference
+    xp = plan.xp
+    s = cache.materialise(xp, scalars, group.dtype, plan.device)
+    for index in group.indexes:
+        p0, g = p_leaves[index], g_leaves[index]
+        slots = [leaves[index] for leaves in slot_leaves]
+        p = p0
+        if group.dtype != p0.dtype:
+            p, g = xp.astype(p0, group.dtype), xp.astype(g, group.dtype)
+        new_p, *new_slots = kernel(plan.namespace, s, p, g, *slots)
+        if new_p.dtype != p0.dtype:
+            new_p = xp.astype(new_p, p0.dtype)
+        if outputs is None:
+            plan.adapter.write(p0, new_p)
+            for x, value in zip(slots, new_slots):
+                plan.adapter.write(x, value)
+        else:
+            inputs = (p0, g_leaves[index], *slots)
+            outputs.append((index, _fresh(xp, new_p, inputs), [_fresh(xp, x, inputs) for x in new_slots]))
+
+
+def _fresh(xp: Any, x: Any, inputs: tuple) -> Any:
+    """``x`` as an array that is none of ``inputs`` (update never returns a caller's array)."""
+    x = xp.asarray(x)
+    if any(x is a for a in inputs):
+        return xp.asarray(x, copy=True)
+    return x
