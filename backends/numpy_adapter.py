@@ -56,7 +56,7 @@ class NumpyAdapter(Adapter):
         return _address(x)
 
     def empty(self, shape: tuple[int, ...], dtype: Any, device: Any) -> np.ndarray:
-        return np.empty(shape, dtype=dtype)
+        return np.empty(shape, dtype)
 
     def write(self, destination: np.ndarray, source: Any) -> None:
         np.copyto(destination, source, casting="no")

@@ -72,7 +72,7 @@ def clipped_leaves(xp: Any, namespace: Any, leaves: list, max_norm: float, eps: 
         return leaves
     norm = namespace.sqrt(pairwise_sum_of_squares(xp, leaves, norm_dtype(xp, leaves)))
     factor = clip_factor(xp, norm, max_norm, eps, device)
-    return [scale_by(xp, g, factor) for g in leaves]
+    return [xp.asarray(scale_by(xp, g, factor)) for g in leaves]  # NumPy makes 0-d results scalars
 
 
 class Clipped(Rule):

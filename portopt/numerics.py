@@ -8,6 +8,7 @@ and turns host-side Python floats into 0-d arrays of the compute dtype exactly o
 
 from __future__ import annotations
 
+import operator
 import typing
 from typing import Any, Callable, Mapping
 
@@ -109,8 +110,24 @@ _LAYOUTS: dict[type, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
 def flags_of(scalars: tuple) -> tuple[bool, ...]:
     """The flag values of host scalars: what a traced kernel's branches depend on."""
-    flags, _ = scalar_fields(type(scalars))
-    return tuple([scalars[i] for i in flags])
+    getter = _FLAG_GETTERS.get(type(scalars))
+    if getter is None:
+        flags, _ = scalar_fields(type(scalars))
+        getter = _FLAG_GETTERS[type(scalars)] = _tuple_getter(flags)
+    return getter(scalars)
+
+
+def _tuple_getter(positions: tuple[int, ...]) -> Callable[[tuple], tuple]:
+    """``operator.itemgetter`` that always returns a tuple (for none or one position too)."""
+    if not positions:
+        return lambda values: ()
+    if len(positions) == 1:
+        position = positions[0]
+        return lambda values: (values[position],)
+    return operator.itemgetter(*positions)
+
+
+_FLAG_GETTERS: dict[type, Callable[[tuple], tuple]] = {}
 
 
 def materialise(xp: Any, scalars: tuple, dtype: Any, device: Any) -> Any:

@@ -249,9 +249,10 @@ class PreparedStep:
             new_params[index] = p
             for k, x in enumerate(slots):
                 new_slots[k][index] = x
-        return unflatten(plan.treedef, new_params), State(
+        build = plan.build
+        return build(new_params), State(
             rule=self.rule.name, step=state.step + 1,
-            slots={name: unflatten(plan.treedef, leaves) for name, leaves in zip(names, new_slots)},
+            slots={name: build(leaves) for name, leaves in zip(names, new_slots)},
             skipped=state.skipped, host=self.new_host,
         )
 

@@ -20,6 +20,7 @@ each fast-path mode).
 from __future__ import annotations
 
 import math
+import operator
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -32,34 +33,14 @@ from .fast import compiled
 from .fast.blocked import numpy_namespace, run_blocked
 from .numerics import RuleNamespace, compute_dtype, dtype_name, flags_of, materialise, scalar_fields
 from .state import State
-from .trees import TreeDef
+from .trees import builder, collector
 
 if TYPE_CHECKING:
     from .optimizer import Rule
 
-__all__ = ["Plan", "plan_for", "collect_leaves"]
+__all__ = ["Plan", "plan_for"]
 
 _COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def collect_leaves(tree: Any, treedef: TreeDef, out: list) -> bool:
-    """Append the leaves of ``tree`` to ``out`` if its structure is ``treedef``; False if not."""
-    kind = treedef.kind
-    if kind == "leaf":
-        if isinstance(tree, (dict, list, tuple)) and not hasattr(tree, "_fields"):
-            return False
-        out.append(tree)
-        return True
-    if kind == "dict":
-        if type(tree) is not dict or len(tree) != len(treedef.keys):
-            return False
-        for key, child in zip(treedef.keys, treedef.children):
-            if key not in tree or not collect_leaves(tree[key], child, out):
-                return False
-        return tuple(tree) == treedef.keys
-    if type(tree) is not (list if kind == "list" else tuple) or len(tree) != len(treedef.children):
-        return False
-    return all(collect_leaves(x, child, out) for x, child in zip(tree, treedef.children))
 
 
 class Group:
@@ -70,6 +51,9 @@ class Group:
         self.executor, self.dtype, self.host_dtype, self.indexes = executor, dtype, host_dtype, indexes
         self.table = compiled.Table(sizes, slot_count) if executor == "compiled" else None
         self.loops_by_flags: dict[tuple, compiled.Loops] = {}  # flags can change between steps
+        # NumPy, in place: the arrays of the last step and their address tables, reused while
+        # every array is the same object again (a NumPy array's memory cannot move while held)
+        self.last_tables: tuple[tuple, np.ndarray, np.ndarray] | None = None
 
     def loops(self, kernel: Any, scalars: tuple, slot_count: int) -> compiled.Loops:
         flags = flags_of(scalars)
@@ -92,6 +76,7 @@ class Plan:
         grad_leaves = check_grads(grads, checked)
         slots = check_state(state, rule.name, self.slot_names, checked, tuple(self.host_names))
         self.treedef, self.paths, self.xp, self.device = checked.treedef, checked.paths, checked.xp, checked.device
+        self.collect, self.build = collector(self.treedef), builder(self.treedef)
         self.adapter: Adapter | None = adapter_for(self.xp) if self.xp is not None else None
         if writing:
             _check_writeable(self.adapter, checked, slots)
@@ -141,15 +126,16 @@ class Plan:
                 or type(state.step) is not int or state.step < 0 or fast.get_mode() != self.mode
                 or ((state.host or self.host_names) and set(state.host) != self.host_names)):
             return None
-        p_leaves: list = []
-        g_leaves: list = []
-        if not collect_leaves(params, self.treedef, p_leaves) or not collect_leaves(grads, self.treedef, g_leaves):
+        collect = self.collect
+        p_leaves = collect(params)
+        g_leaves = collect(grads)
+        if p_leaves is None or g_leaves is None:
             return None
         slot_leaves = []
         for name in self.slot_names:
-            leaves: list = []
             tree = state.slots.get(name)
-            if tree is None or not collect_leaves(tree, self.treedef, leaves):
+            leaves = None if tree is None else collect(tree)
+            if leaves is None:
                 return None
             slot_leaves.append(leaves)
         if self.adapter is not None:
@@ -258,28 +244,20 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
     slot_count = len(slot_leaves)
     if executor == "compiled":
         loops = group.loops(kernel, scalars, slot_count)
-        table = group.table
-        read = table.read.copy()
-        write = table.write.copy()
-        adapter = plan.adapter
         in_place = outputs is None
-        for column, index in enumerate(group.indexes):
-            p, slots = p_leaves[index], [leaves[index] for leaves in slot_leaves]
-            read[0, column] = plan.address(p, remembered if in_place else None)
-            read[1, column] = plan.address(g_leaves[index], None)
-            for k, x in enumerate(slots):
-                read[2 + k, column] = plan.address(x, remembered if in_place else None)
-            if in_place:
-                write[0, column] = read[0, column]
-                for k in range(slot_count):
-                    write[1 + k, column] = read[2 + k, column]
+        if in_place and plan.remembers:
+            arrays = tuple(x for index in group.indexes
+                           for x in (p_leaves[index], g_leaves[index], *(leaves[index] for leaves in slot_leaves)))
+            last = group.last_tables
+            if last is not None and len(last[0]) == len(arrays) and all(map(operator.is_, arrays, last[0])):
+                read, write = last[1], last[2]
+                remembered.update(plan.known)  # the same params and slots as last step
             else:
-                new = [adapter.empty(tuple(p.shape), p.dtype, plan.device),
-                       *(adapter.empty(tuple(x.shape), x.dtype, plan.device) for x in slots)]
-                for k, x in enumerate(new):
-                    write[k, column] = plan.address(x, remembered)
-                outputs.append((index, new[0], new[1:]))
-        loops.run(table, read, write, loops.scalars(scalars))
+                read, write = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, None)
+                group.last_tables = (arrays, read, write)
+        else:
+            read, write = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, outputs)
+        loops.run(group.table, read, write, loops.scalars(scalars))
         return
     if executor == "blocked":
         adapter = plan.adapter
@@ -309,6 +287,35 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
         else:
             inputs = (p0, g_leaves[index], *slots)
             outputs.append((index, _fresh(xp, new_p, inputs), [_fresh(xp, x, inputs) for x in new_slots]))
+
+
+def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, slot_leaves: Sequence[Sequence],
+            remembered: dict, outputs: list | None) -> tuple[np.ndarray, np.ndarray]:
+    """The address tables of one compiled call: ``read`` (p, g, slots) and ``write`` (p and
+    the slots in place; for update, fresh arrays, appended to ``outputs``)."""
+    table = group.table
+    read = table.read.copy()
+    write = table.write.copy()
+    in_place = outputs is None
+    empty, address_of, device = plan.adapter.empty, plan.adapter.address, plan.device
+    for column, index in enumerate(group.indexes):
+        p, slots = p_leaves[index], [leaves[index] for leaves in slot_leaves]
+        read[0, column] = plan.address(p, remembered if in_place else None)
+        read[1, column] = plan.address(g_leaves[index], None)
+        for k, x in enumerate(slots):
+            read[2 + k, column] = plan.address(x, remembered if in_place else None)
+        if in_place:
+            write[0, column] = read[0, column]
+            write[1:, column] = read[2:, column]
+        else:
+            new = [empty(p.shape, p.dtype, device), *(empty(x.shape, x.dtype, device) for x in slots)]
+            for k, x in enumerate(new):
+                address = write[k, column] = address_of(x)
+                if plan.remembers:
+                    remembered[id(x)] = (x, address)
+            assert outputs is not None
+            outputs.append((index, new[0], new[1:]))
+    return read, write
 
 
 def _fresh(xp: Any, x: Any, inputs: tuple) -> Any:

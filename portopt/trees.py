@@ -6,10 +6,11 @@ visited in insertion order, so two trees built the same way flatten the same way
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-__all__ = ["TreeDef", "flatten", "unflatten", "tree_map", "leaf_paths"]
+__all__ = ["TreeDef", "flatten", "unflatten", "tree_map", "leaf_paths", "collector", "builder"]
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,14 @@ class TreeDef:
     keys: tuple = ()
     children: tuple["TreeDef", ...] = ()
 
-    @property
+    def __hash__(self) -> int:  # kept: trees key caches that are looked up on every step
+        value = self.__dict__.get("_hash")
+        if value is None:
+            value = hash((self.kind, self.keys, self.children))
+            object.__setattr__(self, "_hash", value)
+        return value
+
+    @functools.cached_property
     def num_leaves(self) -> int:
         if self.kind == "leaf":
             return 1
@@ -55,26 +63,73 @@ def _flatten_into(tree: Any, leaves: list) -> TreeDef:
 
 def unflatten(treedef: TreeDef, leaves: Sequence) -> Any:
     """Inverse of :func:`flatten`."""
-    iterator = iter(leaves)
-    tree = _build(treedef, iterator)
-    if next(iterator, _END) is not _END:
-        raise ValueError("unflatten: more leaves than the tree definition holds")
-    return tree
+    if len(leaves) != treedef.num_leaves:
+        which = "fewer" if len(leaves) < treedef.num_leaves else "more"
+        raise ValueError(f"unflatten: {which} leaves ({len(leaves)}) than the tree definition holds "
+                         f"({treedef.num_leaves})")
+    return builder(treedef)(leaves)
 
 
-_END = object()
+_CONTAINERS = (dict, list, tuple)
 
 
-def _build(treedef: TreeDef, iterator) -> Any:
-    if treedef.kind == "leaf":
-        leaf = next(iterator, _END)
-        if leaf is _END:
-            raise ValueError("unflatten: fewer leaves than the tree definition holds")
-        return leaf
-    children = [_build(child, iterator) for child in treedef.children]
-    if treedef.kind == "dict":
-        return dict(zip(treedef.keys, children))
-    return children if treedef.kind == "list" else tuple(children)
+@functools.lru_cache(maxsize=256)
+def collector(treedef: TreeDef) -> Callable[[Any], list | None]:
+    """A function ``tree -> leaves`` for trees of structure ``treedef`` (None for any other
+    structure), generated once per structure: straight-line code, no recursion, because it
+    runs for params, grads and every slot on every step."""
+    lines = ["def collect(tree):"]
+    names: list[str] = []
+    constants: dict[str, Any] = {"_CONTAINERS": _CONTAINERS}
+    counter = iter(range(1 << 30))
+
+    def visit(node: TreeDef, expression: str) -> None:
+        variable = f"t{next(counter)}"
+        lines.append(f"    {variable} = {expression}")
+        if node.kind == "leaf":
+            lines.append(f"    if isinstance({variable}, _CONTAINERS) and not hasattr({variable}, '_fields'): "
+                         "return None")
+            names.append(variable)
+            return
+        if node.kind == "dict":
+            keys = f"keys_{variable}"
+            constants[keys] = node.keys
+            lines.append(f"    if type({variable}) is not dict or tuple({variable}) != {keys}: return None")
+        else:
+            kind = "list" if node.kind == "list" else "tuple"
+            lines.append(f"    if type({variable}) is not {kind} or len({variable}) != {len(node.children)}: return None")
+        for position, child in enumerate(node.children):
+            index = f"{keys}[{position}]" if node.kind == "dict" else str(position)
+            visit(child, f"{variable}[{index}]")
+
+    visit(treedef, "tree")
+    lines.append(f"    return [{', '.join(names)}]")
+    namespace = dict(constants)
+    exec(compile("\n".join(lines), f"<portopt tree {treedef.describe()[:60]}>", "exec"), namespace)  # noqa: S102
+    return namespace["collect"]
+
+
+@functools.lru_cache(maxsize=256)
+def builder(treedef: TreeDef) -> Callable[[Sequence], Any]:
+    """A function ``leaves -> tree`` for ``treedef``, generated once per structure (see :func:`collector`)."""
+    counter = iter(range(1 << 30))
+    constants: dict[str, Any] = {}
+
+    def expression(node: TreeDef) -> str:
+        if node.kind == "leaf":
+            return f"leaves[{next(counter)}]"
+        items = [expression(child) for child in node.children]
+        if node.kind == "dict":
+            keys = f"keys{len(constants)}"
+            constants[keys] = node.keys
+            return "{" + ", ".join(f"{keys}[{k}]: {item}" for k, item in enumerate(items)) + "}"
+        if node.kind == "list":
+            return "[" + ", ".join(items) + "]"
+        return "(" + "".join(f"{item}, " for item in items) + ")"
+
+    source = f"def build(leaves):\n    return {expression(treedef)}\n"
+    exec(compile(source, f"<portopt tree {treedef.describe()[:60]}>", "exec"), constants)  # noqa: S102
+    return constants["build"]
 
 
 def tree_map(fn: Callable[[Any], Any], tree: Any) -> Any:

@@ -9,7 +9,7 @@ from conftest import MISSING, TARGETS
 
 from portopt.cli import main as portopt_main
 
-SMALL = ["--rules", "AdaGrad", "--variants", "defaults", "--shapes", "one", "prime", "--no-progress"]
+SMALL = ["--rules", "AdaGrad", "--variants", "defaults", "--shapes", "one", "prime", "--no-progress", "--jobs", "1"]
 
 
 @pytest.mark.skipif("array_api_strict" not in TARGETS, reason=f"array_api_strict: {MISSING.get('array_api_strict')}")
@@ -63,3 +63,40 @@ def test_a_known_exception_is_reported_with_its_reason_and_not_as_a_pass(monkeyp
     assert code == 0
     assert "0 passed, 0 failed (1 known exceptions" in out
     assert f"known exception: {reason}" in out and "(known exception)" in out
+
+
+def test_worker_processes_give_the_results_of_one_process(capsys):
+    """--jobs 2 runs the units in spawned workers that build their own targets."""
+    arguments = ["conformance", "--backends", "numpy", "--skip-primitives", "--rules", "SGD", "--shapes", "one",
+                 "tree", "--no-progress", "--fast-path", "blocked"]
+    assert portopt_main([*arguments, "--jobs", "2"]) == 0
+    parallel = capsys.readouterr().out
+    assert portopt_main([*arguments, "--jobs", "1"]) == 0
+    serial = capsys.readouterr().out
+    assert "fast path: blocked" in parallel
+    table = [line for line in parallel.splitlines() if line.startswith("numpy ")]
+    assert table and table == [line for line in serial.splitlines() if line.startswith("numpy ")]
+    assert "0 failed" in parallel
+
+
+def test_progress_is_a_line_every_few_seconds_when_stderr_is_not_a_terminal(capsys):
+    from portopt.conformance.parallel import Progress
+
+    progress = Progress(3, enabled=True, every=0.0)
+    for label in ("a", "b", "c"):
+        progress.advance(1, label)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"conformance: {n}/3 cases, 0s, last {label}" for n, label in zip((1, 2, 3), "abc")]
+
+
+def test_the_plugin_runs_the_suite_inside_another_projects_pytest(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "portopt.conformance.plugin", "--pyargs", "portopt.conformance.suite",
+         "--portopt-backends", "numpy", "-k", "AdaGrad/defaults/float32/one or primitives", "-q", "-p", "no:xdist",
+         "-p", "no:cacheprovider"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 passed" in result.stdout

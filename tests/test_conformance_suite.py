@@ -1,24 +1,79 @@
-"""The full conformance suite (primitives and golden vectors) on every backend found here.
+"""The conformance suite (primitives and golden vectors) on every backend found here, in two tiers.
 
-The same tests a third party runs with ``pytest -p portopt.conformance.plugin --pyargs
-portopt.conformance.suite``; the plugin is loaded by tests/conftest.py.
+Default tier (``pytest``): every golden case on every backend found, except that
+array-api-strict, whose every operation costs about 15 µs of checks, runs three of the
+eight shapes (a 0-d array, a strided view, a tree); the primitive tier everywhere.
+Long tier (``pytest -m long``; CI runs it too): array-api-strict on the other shapes, and
+every case again on NumPy and torch with the fast path off (the reference) and blocked.
+``portopt conformance`` (the main job) always runs every case on every backend.
+
+The plugin's own tests (what a third party runs with ``pytest -p portopt.conformance.plugin
+--pyargs portopt.conformance.suite``) are checked in tests/test_conformance_cli.py.
 """
 
-import pytest  # noqa: E402
-from portopt.conformance.cli import main as conformance_main  # noqa: E402
-from portopt.conformance.suite import (  # noqa: F401 - collected by pytest
-    test_golden_vectors,
-    test_primitives_correctly_rounded_in_portopt_namespace,
-)
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TARGETS
+
+import portopt
+from portopt.conformance.cases import load_matrix
+from portopt.conformance.golden import load_golden
+from portopt.conformance.runner import run_case
+from portopt.conformance.suite import test_primitives_correctly_rounded_in_portopt_namespace  # noqa: F401
+
+CASES = load_matrix().cases
+STRICT_SHAPES_BY_DEFAULT = ("scalar", "strided", "tree")
+_GOLDEN: dict = {}
 
 
+def _expected(case):
+    if case.rule not in _GOLDEN:
+        _GOLDEN[case.rule] = load_golden(case.rule)
+    expected = _GOLDEN[case.rule].get(case.id)
+    assert expected is not None, f"no golden vectors for {case.id}"
+    return expected
+
+
+def _check(case, targets) -> None:
+    with np.errstate(all="ignore"):
+        results, _ = run_case(case, targets, _expected(case))
+    failed = [r for r in results.values() if r.status in ("mismatch", "error")]
+    assert not failed, "\n".join(f"{r.target}: {r.detail}" for r in failed)
+    known = [r for r in results.values() if r.status == "known exception"]
+    if known:
+        pytest.xfail("; ".join(f"{r.target}: {r.detail}" for r in known))
+
+
+def _default_targets(case) -> dict:
+    return {label: target for label, target in TARGETS.items()
+            if label != "array_api_strict" or case.shape in STRICT_SHAPES_BY_DEFAULT}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_golden_vectors(case):
+    """Each backend reproduces the golden digests of ``case`` bit for bit (fast path: the process's)."""
+    _check(case, _default_targets(case))
+
+
+_STRICT_LONG = [case for case in CASES if case.shape not in STRICT_SHAPES_BY_DEFAULT]
+
+
+@pytest.mark.long
+@pytest.mark.skipif("array_api_strict" not in TARGETS, reason="array-api-strict is not installed")
+@pytest.mark.parametrize("case", _STRICT_LONG, ids=[case.id for case in _STRICT_LONG])
+def test_golden_vectors_on_array_api_strict_other_shapes(case):
+    _check(case, {"array_api_strict": TARGETS["array_api_strict"]})
+
+
+@pytest.mark.long
 @pytest.mark.parametrize("mode", ["off", "blocked"])
-def test_golden_vectors_with_each_fast_path_setting(mode, capsys):
-    """The suite above runs with the default fast path (auto: compiled where numba applies, blocked
-    for half precision). Here every golden case runs again on NumPy with the reference path and
-    with the blocked path (torch CPU tensors run the very same fast code through their NumPy view;
-    tests/test_fast_paths.py checks torch under each path against its reference)."""
-    code = conformance_main(["--backends", "numpy", "--skip-primitives", "--no-progress", "--fast-path", mode])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
-    assert f"fast path: {mode}" in out and " 0 failed" in out
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_golden_vectors_with_each_fast_path_setting(case, mode):
+    """Every case again with the reference path and with the blocked path, on the backends
+    that have fast paths (tests/test_fast_paths.py checks every path against the reference
+    on random inputs in the default tier)."""
+    targets = {label: TARGETS[label] for label in ("numpy", "torch-cpu") if label in TARGETS}
+    with portopt.fast_path(mode):
+        _check(case, targets)

@@ -10,54 +10,78 @@ from conftest import TARGETS
 from helpers import VARIANTS, make_rule, same_bits, same_bits_any_nan, variant_id
 
 import portopt
-from portopt.fast import compiled
-from portopt.fast.blocked import BLOCK
+from portopt.fast import blocked, compiled
 from portopt.trace import trace
 
-SIZE = max(2 * BLOCK, compiled.PARALLEL_THRESHOLD) + 17  # several blocks, the parallel loop, a ragged end
+SIZE = 1000 + 17  # with the small blocks below: several blocks, chunks and threads, a ragged end
 MODES = [pytest.param("blocked"),
          pytest.param("compiled", marks=pytest.mark.skipif(not compiled.available(), reason="numba is not installed"))]
 
 
-def _inputs(dtype, steps=12):
-    rng = np.random.default_rng(7)
-    p0 = rng.standard_normal(SIZE).astype(dtype)
-    grads = []
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks, chunks and the threads' threshold a few hundred elements, so that small arrays
+    take every branch a large one takes (the arithmetic does not depend on the sizes)."""
+    monkeypatch.setattr(blocked, "BLOCK", 96)
+    monkeypatch.setattr(compiled, "CHUNK", 64)
+    monkeypatch.setattr(compiled, "PARALLEL_THRESHOLD", 256)
+
+
+def _tree(dtype, seed):
+    """A tree of leaves a model has: a long vector, a matrix, a 0-d array, an empty one, a
+    strided view (which takes the reference path inside the same step)."""
+    rng = np.random.default_rng(seed)
     info = np.finfo(dtype)
-    for _ in range(steps):
-        g = (rng.standard_normal(SIZE) * 2.0 ** rng.integers(-20, 5, SIZE)).astype(dtype)
-        g[:8] = [0.0, -0.0, info.smallest_subnormal, -info.smallest_subnormal, info.max, -info.max, np.nan, np.inf]
-        g[8:16] = 0.0  # with eps=0 below: 0/0 and x/0 in the update
-        grads.append(g)
-    return p0, grads
+
+    def values(n):
+        x = rng.standard_normal(n) * 2.0 ** rng.integers(-20, 5, n)
+        x[:8] = [0.0, -0.0, info.smallest_subnormal, -info.smallest_subnormal, info.max, -info.max, np.nan, np.inf][:n]
+        x[8:16] = 0.0  # with eps=0 below: 0/0 and x/0 in the update
+        return x.astype(dtype)
+
+    return {"long": values(SIZE), "matrix": values(7 * 13).reshape(7, 13), "scalar": values(1).reshape(()),
+            "empty": values(0), "every_other": values(2 * 33)[::2]}
 
 
-def _run(target, rule, p0, grads, mode):
-    params = target.asarray(p0)
+def _params(seed, dtype):
+    return {k: np.abs(v) + 0.5 if v.size else v for k, v in _tree(dtype, seed).items()}
+
+
+def _run(target, rule, dtype, mode, api, steps=12):
+    params = {k: target.asarray(np.ascontiguousarray(v)) for k, v in _params(0, dtype).items()}
+    base = target.asarray(np.repeat(np.asarray(_params(0, dtype)["every_other"]), 2))
+    params["every_other"] = base[::2]  # a view on the backend
     state = rule.init(params)
     with portopt.fast_path(mode), np.errstate(all="ignore"):
-        for g in grads:
-            rule.step(params, target.asarray(g), state)
-    return target.to_numpy(params), [target.to_numpy(state.slots[s]) for s in rule.slot_names()]
+        for step in range(steps):
+            grads = {k: target.asarray(np.ascontiguousarray(v)) for k, v in _tree(dtype, 100 + step).items()}
+            if api == "step":
+                rule.step(params, grads, state)
+            else:
+                params, state = rule.update(params, grads, state)
+    flat = lambda tree: [target.to_numpy(tree[k]) for k in sorted(tree)]  # noqa: E731
+    return flat(params), [flat(state.slots[s]) for s in rule.slot_names()]
 
 
 @pytest.mark.parametrize("backend", [b for b in ("numpy", "torch-cpu") if b in TARGETS])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=[variant_id(v) for v in VARIANTS])
-def test_fast_path_gives_the_reference_bits(variant, dtype, mode, backend):
+def test_fast_path_gives_the_reference_bits(variant, dtype, mode, backend, small_blocks):
+    """``step`` and ``update`` under each fast path give the bits of the reference (``update``
+    with the fast path off), leaf by leaf, for a tree that mixes contiguous leaves (one
+    compiled call for all of them) with a view (the reference path in the same step)."""
     target = TARGETS[backend]
     rule = make_rule(variant)
-    p0, grads = _inputs(dtype)
     if "eps" in rule.hyperparameters() and variant["name"] == "defaults":
         rule = type(rule)(**{**rule.hyperparameters(), "eps": 0.0})  # divisions by zero must not raise
-    reference = _run(target, rule, p0, grads, "off")
-    fast = _run(target, rule, p0, grads, mode)
-    assert not same_bits(reference[0], p0)
-    # NaN sign is outside the contract: numba negates a NaN by subtraction, NumPy by flipping its sign.
-    assert same_bits_any_nan(fast[0], reference[0])
-    for a, b in zip(fast[1], reference[1]):
-        assert same_bits_any_nan(a, b)
+    reference = _run(target, rule, dtype, "off", "update")
+    assert not same_bits(reference[0][1], _params(0, dtype)["long"])
+    for api in ("step", "update"):
+        fast = _run(target, rule, dtype, mode, api)
+        # NaN sign is outside the contract: numba negates a NaN by subtraction, NumPy by flipping its sign.
+        for a, b in zip(fast[0] + sum(fast[1], []), reference[0] + sum(reference[1], [])):
+            assert same_bits_any_nan(a, b), api
 
 
 def _first_scalars(rule):
@@ -70,8 +94,19 @@ def _first_scalars(rule):
     return inner, scalars._replace(**extra) if extra else scalars
 
 
+def _first_of_each_rule():
+    """Default tier: each rule's first variant; long tier: all (half a second of compiling each)."""
+    seen: set = set()
+    params = []
+    for variant in VARIANTS:
+        first = variant["rule"] not in seen
+        seen.add(variant["rule"])
+        params.append(pytest.param(variant, id=variant_id(variant), marks=() if first else pytest.mark.long))
+    return params
+
+
 @pytest.mark.skipif(not compiled.available(), reason="numba is not installed")
-@pytest.mark.parametrize("variant", VARIANTS, ids=[variant_id(v) for v in VARIANTS])
+@pytest.mark.parametrize("variant", _first_of_each_rule())
 def test_generated_loops_have_no_fused_multiply_add(variant):
     inner, scalars = _first_scalars(make_rule(variant))
     slot_count = len(inner.slot_names())

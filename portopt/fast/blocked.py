@@ -56,5 +56,11 @@ def run_blocked(kernel: Callable, s: Any, compute: np.dtype, p: np.ndarray, g: n
         for start in starts:
             block(start)
         return
-    for future in [_pool().submit(block, start) for start in starts]:
+    errors = np.geterr()  # the caller's np.errstate, which the pool's threads do not inherit
+
+    def block_as_caller(start: int) -> None:
+        with np.errstate(**errors):
+            block(start)
+
+    for future in [_pool().submit(block_as_caller, start) for start in starts]:
         future.result()

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..numerics import _tuple_getter
 from ..trace import ARITHMETIC, COMPARISONS, Graph, Node, trace
 
 __all__ = ["available", "loop_source", "Loops", "Table", "loops_for", "PARALLEL_THRESHOLD", "CHUNK", "cache_dir"]
@@ -192,7 +193,7 @@ class Loops:
         # every output is written, a slot the kernel returns unchanged too (copied), so the
         # fresh arrays of update are complete
         self.source, self.scalar_names, self.dtype = source, scalar_names, dtype
-        self._positions = scalar_positions
+        self._take = _tuple_getter(tuple(scalar_positions))
 
     @functools.cached_property
     def _module(self) -> Any:
@@ -200,7 +201,7 @@ class Loops:
 
     def scalars(self, values: tuple) -> np.ndarray:
         """The numbers this loop reads, in its order, as values of its dtype."""
-        return np.array([values[i] for i in self._positions], dtype=self.dtype)
+        return np.array(self._take(values), dtype=self.dtype)
 
     def run(self, table: "Table", read: np.ndarray, write: np.ndarray, scalars: np.ndarray) -> None:
         """Every leaf of ``table``: ``read`` holds the addresses of p, g and the slots of each
