@@ -8,7 +8,7 @@ from .checks import check_params
 from .hyperparams import check_number
 from .numerics import compute_dtype
 from .optimizer import PreparedStep, Rule
-from .reductions import pairwise_sum_of_squares
+from .fast.norms import sum_of_squares
 from .state import State
 from .trees import unflatten
 
@@ -26,7 +26,7 @@ def global_norm(grads: Any) -> Any:
 
     xp = checked.xp
     namespace = adapter_for(xp).rule_namespace(checked.device)
-    return namespace.sqrt(pairwise_sum_of_squares(xp, checked.leaves, norm_dtype(xp, checked.leaves)))
+    return namespace.sqrt(sum_of_squares(xp, checked.leaves, norm_dtype(xp, checked.leaves)))
 
 
 def clip_by_global_norm(grads: Any, max_norm: float, eps: float = 1e-6) -> tuple[Any, Any]:
@@ -70,7 +70,7 @@ def clipped_leaves(xp: Any, namespace: Any, leaves: list, max_norm: float, eps: 
     computed in ``namespace`` (the rules' correctly rounded one)."""
     if not leaves:
         return leaves
-    norm = namespace.sqrt(pairwise_sum_of_squares(xp, leaves, norm_dtype(xp, leaves)))
+    norm = namespace.sqrt(sum_of_squares(xp, leaves, norm_dtype(xp, leaves)))
     factor = clip_factor(xp, norm, max_norm, eps, device)
     return [xp.asarray(scale_by(xp, g, factor)) for g in leaves]  # NumPy makes 0-d results scalars
 

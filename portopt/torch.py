@@ -22,9 +22,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from portopt.backends import adapter_for
+
 from . import rules, torch_sharding
 from .checks import check_params
 from .clipping import clip_factor, norm_dtype, scale_by
+from .fast.norms import sum_of_squares
 from .hyperparams import check_number
 from .optimizer import Rule
 from .reductions import combine_frontiers, pairwise_frontier, pairwise_sum
@@ -49,7 +52,8 @@ _SCHEDULABLE = ("lr", "eps", "weight_decay")
 
 
 class _GroupValue:
-    """The current ``group[name]`` as a schedule (a callable of the steps taken)."""
+    """The current ``group[name]`` as a schedule (a callable of the steps taken); a schedule
+    put in the group is evaluated."""
 
     __slots__ = ("group", "name")
 
@@ -57,7 +61,8 @@ class _GroupValue:
         self.group, self.name = group, name
 
     def __call__(self, steps_taken: int) -> Any:
-        return _host_value(self.group[self.name])
+        value = _host_value(self.group[self.name])
+        return value(steps_taken) if callable(value) else value
 
 
 class PortoptOptimizer(torch.optim.Optimizer):
@@ -169,6 +174,9 @@ def global_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor) -> torch
     locals_ = [torch_sharding.local(g) for g in grads]
     xp = check_params(locals_).xp
     dtype = norm_dtype(xp, locals_)
+    if not any(torch_sharding.is_sharded(g) for g in grads):  # whole tensors: no frontiers to exchange
+        total = sum_of_squares(xp, locals_, dtype)
+        return adapter_for(xp).rule_namespace(total.device).sqrt(total)
     frontiers = []  # per tensor: the frontier of every rank holding part of it
     for index, (g, g_local) in enumerate(zip(grads, locals_)):
         offset, total = torch_sharding.flat_range(g, f"parameters[{index}].grad")

@@ -7,10 +7,13 @@ import math
 import numpy as np
 import pytest
 from conftest import TARGETS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from helpers import same_bits
 
 import portopt
 from portopt import schedules
+from portopt.fast import compiled
 from portopt.reductions import pairwise_sum
 
 
@@ -117,3 +120,23 @@ def test_beta1_at_or_above_sqrt_beta2_warns_once_per_call():
         warnings.simplefilter("error")
         portopt.Adam(betas=(0.9, 0.999))
         portopt.Lion(betas=(0.99, 0.9))  # Lion's betas mean something else: no warning
+
+
+@pytest.mark.skipif(not compiled.available(), reason="numba is not installed")
+@settings(max_examples=40)
+@given(sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from(["float32", "float64"]))
+def test_compiled_norm_is_the_fixed_order_tree(sizes, seed, dtype):
+    """The one-pass compiled sum of squares (a stack of partial sums) adds what the
+    level-by-level definition adds, in its order: the same bits for any sizes."""
+    import array_api_compat.numpy as xp
+
+    from portopt.fast.norms import sum_of_squares
+    from portopt.reductions import pairwise_sum_of_squares
+
+    rng = np.random.default_rng(seed)
+    leaves = [(rng.standard_normal(n) * 2.0 ** rng.integers(-40, 40, n)).astype(dtype) for n in sizes]
+    with portopt.fast_path("compiled"):
+        fast = np.asarray(sum_of_squares(xp, leaves, np.dtype(dtype)))
+    reference = np.asarray(pairwise_sum_of_squares(xp, leaves, np.dtype(dtype)))
+    assert fast.tobytes() == reference.tobytes()

@@ -151,12 +151,16 @@ _load_lock = threading.Lock()
 
 @functools.lru_cache(maxsize=None)
 def _module(source: str, dtype: str) -> Any:
-    """The generated module for ``source``, written once into the cache folder and imported
-    from there (numba caches compiled code only for functions that live in a file)."""
-    text = _module_text(source, dtype)
+    return load_module(_module_text(source, dtype), "loop")
+
+
+@functools.lru_cache(maxsize=None)
+def load_module(text: str, tag: str) -> Any:
+    """The module of generated source ``text``, written once into the cache folder and
+    imported from there (numba caches compiled code only for functions that live in a file)."""
     digest = hashlib.sha256(text.encode()).hexdigest()[:24]
     folder = cache_dir()
-    path = folder / f"loop_{digest}.py"
+    path = folder / f"{tag}_{digest}.py"
     with _load_lock:
         if not path.exists():
             folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import numpy as np
 from ..hyperparams import Hyperparameter, check_number, evaluate
 from ..numerics import compute_dtype, dtype_name
 from ..optimizer import Rule
-from ..reductions import pairwise_sum_of_squares
+from ..fast.norms import sum_of_squares
 
 __all__ = ["AdaGradNorm", "AdaGradNormScalars", "adagradnorm_kernel"]
 
@@ -68,7 +68,7 @@ class AdaGradNorm(Rule):
         dtype = np.dtype("float64" if "float64" in dtypes else "float32")
         from portopt.backends import adapter_for
 
-        squares = pairwise_sum_of_squares(xp, grads, getattr(xp, dtype.name))
+        squares = sum_of_squares(xp, grads, getattr(xp, dtype.name))
         total = adapter_for(xp).to_numpy(squares).astype(dtype)  # one host sync
         b2 = dtype.type(host["sum_of_squares"]) + total
         denominator = np.sqrt(b2) + dtype.type(self.eps)  # correctly rounded, in dtype

@@ -1,0 +1,102 @@
+"""The fixed-order sum of squares of :mod:`portopt.reductions`, compiled.
+
+The pairwise tree (element ``2i`` plus element ``2i+1``, level by level, an odd last
+element carried up) is built in one pass over each array with a stack of partial sums, as
+a binary counter: two nodes of one level are added as soon as both exist, and at the end a
+node left alone is carried up to the level of the node before it and added to it (left +
+right). The additions are those of the level-by-level definition, in the same order, so
+the bits are the same (tests/test_clipping_and_schedules.py checks it on random sizes).
+Squares are rounded in the array's own dtype, float32 or float64, as the definition does.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from . import compiled
+
+__all__ = ["sums_of_squares", "pairwise_sum", "sum_of_squares"]
+
+_SOURCE = '''
+import numba
+import numpy as np
+from numba import carray
+
+from portopt.fast.pointers import {dtype}_pointer as pointer
+
+
+@numba.njit(fastmath=False, error_model="numpy", nogil=True, cache=True)
+def pairwise_sums(addresses, sizes, out, square):
+    levels = np.empty(64, dtype=np.int64)
+    values = np.empty(64, dtype=out.dtype)
+    for j in range(sizes.shape[0]):
+        n = sizes[j]
+        if n == 0:
+            out[j] = 0.0
+            continue
+        x = carray(pointer(addresses[j]), n)
+        top = 0
+        for i in range(n):
+            level = 0
+            value = x[i] * x[i] if square else x[i]
+            while top > 0 and levels[top - 1] == level:
+                top -= 1
+                value = values[top] + value
+                level += 1
+            levels[top] = level
+            values[top] = value
+            top += 1
+        while top > 1:
+            top -= 1
+            values[top - 1] = values[top - 1] + values[top]
+        out[j] = values[0]
+'''
+
+
+@functools.lru_cache(maxsize=None)
+def _loop(dtype: str) -> Any:
+    return compiled.load_module(_SOURCE.format(dtype=dtype), f"norm_{dtype}").pairwise_sums
+
+
+def sums_of_squares(addresses: list[int], sizes: list[int], dtype: np.dtype) -> np.ndarray:
+    """Per array (given by address and size, all of ``dtype``): the fixed-order sum of its
+    squared elements, rounded in ``dtype``; an empty array gives +0."""
+    out = np.empty(len(sizes), dtype=dtype)
+    _loop(np.dtype(dtype).name)(np.asarray(addresses, dtype=np.int64), np.asarray(sizes, dtype=np.int64), out, True)
+    return out
+
+
+def pairwise_sum(values: np.ndarray) -> Any:
+    """The fixed-order sum of a contiguous 1-D float32/float64 array, as a 0-d array."""
+    values = np.ascontiguousarray(values)
+    out = np.empty(1, dtype=values.dtype)
+    _loop(values.dtype.name)(np.asarray([values.ctypes.data], dtype=np.int64),
+                             np.asarray([values.shape[0]], dtype=np.int64), out, False)
+    return out.reshape(())
+
+
+def sum_of_squares(xp: Any, leaves: list, dtype: Any) -> Any:
+    """:func:`portopt.reductions.pairwise_sum_of_squares` (same bits), compiled where the
+    leaves are contiguous host arrays of the norm's dtype and the fast path is not off;
+    else the array implementation. A 0-d array of ``dtype`` on the leaves' device."""
+    from portopt.backends import adapter_for
+
+    from ..numerics import dtype_name
+    from ..reductions import pairwise_sum_of_squares
+    from . import get_mode
+
+    if leaves and get_mode() in ("auto", "compiled") and compiled.available():
+        adapter = adapter_for(xp)
+        host = np.dtype(dtype_name(xp, dtype))
+        if host in (np.float32, np.float64) and all(leaf.dtype == dtype for leaf in leaves):
+            addresses = [adapter.address(leaf) for leaf in leaves]
+            if all(address is not None for address in addresses):
+                sizes = [int(np.prod(tuple(leaf.shape), dtype=np.int64)) for leaf in leaves]
+                total = pairwise_sum(sums_of_squares(addresses, sizes, host))
+                import array_api_compat
+
+                return adapter.from_numpy(np.asarray(total), array_api_compat.device(leaves[0]))
+    return pairwise_sum_of_squares(xp, leaves, dtype)

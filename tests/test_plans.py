@@ -1,0 +1,154 @@
+"""Cached step plans never let a changed input through: after a first step, a leaf swapped for
+one of another shape, dtype, device, backend or writeability (or a tree of another structure)
+gets the error a first step gets, and nothing is written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TARGETS
+
+import portopt
+
+
+def _setup(rule, make):
+    params = {"w": make(np.arange(1.0, 7.0).reshape(2, 3)), "b": make(np.ones(3))}
+    grads = {"w": make(np.full((2, 3), 0.5)), "b": make(np.full(3, 0.25))}
+    state = rule.init(params)
+    rule.step(params, grads, state)  # the plan is made and cached here
+    return params, grads, state
+
+
+def _snapshot(params, state):
+    def host(x):
+        return x.detach().numpy().copy() if hasattr(x, "detach") else np.array(x, copy=True)
+
+    return ({k: host(v) for k, v in params.items()},
+            {name: {k: host(v) for k, v in tree.items()} for name, tree in state.slots.items()}, state.step)
+
+
+def _unchanged(before, params, state):
+    after = _snapshot(params, state)
+    assert after[2] == before[2]
+    for k in before[0]:
+        assert before[0][k].tobytes() == after[0][k].tobytes(), f"params[{k!r}] was written"
+    for name in before[1]:
+        for k in before[1][name]:
+            assert before[1][name][k].tobytes() == after[1][name][k].tobytes(), f"{name}[{k!r}] was written"
+
+
+def _first_step_error(rule, params, grads, state_of):
+    """The error a fresh rule (no cached plan) raises for the same inputs."""
+    fresh = type(rule)(**rule.hyperparameters())
+    with pytest.raises(Exception) as first:
+        fresh.step(params, grads, state_of(fresh))
+    return first.value
+
+
+SWAPS = {
+    "grad of another shape": lambda p, g, s: (p, {**g, "b": np.full(4, 0.25)}, s),
+    "grad of another dtype": lambda p, g, s: (p, {**g, "b": np.full(3, 0.25, np.float32)}, s),
+    "param of another dtype": lambda p, g, s: ({**p, "w": p["w"].astype(np.float32)}, g, s),
+    "read-only param": lambda p, g, s: ({**p, "b": _read_only(p["b"])}, g, s),
+    "read-only slot": lambda p, g, s: (p, g, _with_slot(s, "exp_avg", "b", _read_only(s.slots["exp_avg"]["b"]))),
+    "slot of another shape": lambda p, g, s: (p, g, _with_slot(s, "exp_avg_sq", "w", np.zeros(6))),
+    "grad tree of another structure": lambda p, g, s: (p, {"w": g["w"]}, s),
+    "param tree with keys in another order": lambda p, g, s: ({"b": p["b"], "w": p["w"]}, g, s),
+    "grad of another backend": lambda p, g, s: (p, {**g, "b": _strict(g["b"])}, s),
+    "non-float param": lambda p, g, s: ({**p, "b": np.ones(3, np.int64)}, g, s),
+}
+
+
+def _read_only(x):
+    y = x.copy()
+    y.flags.writeable = False
+    return y
+
+
+def _with_slot(state, name, key, value):
+    slots = {k: dict(v) for k, v in state.slots.items()}
+    slots[name][key] = value
+    return portopt.State(rule=state.rule, step=state.step, slots=slots)
+
+
+def _strict(x):
+    array_api_strict = pytest.importorskip("array_api_strict")
+    return array_api_strict.asarray(x)
+
+
+@pytest.mark.parametrize("swap", list(SWAPS))
+def test_a_swapped_leaf_gets_the_first_steps_error_and_nothing_is_written(swap):
+    rule = portopt.Adam(lr=0.1)
+    params, grads, state = _setup(rule, lambda a: a)
+    new_params, new_grads, new_state = SWAPS[swap](params, grads, state)
+    expected = _first_step_error(rule, new_params, new_grads,
+                                 lambda fresh: new_state if new_state is not state else _copy_state(state))
+    before = _snapshot(params, state)
+    with pytest.raises(type(expected)) as raised:
+        rule.step(new_params, new_grads, new_state)
+    assert str(raised.value) == str(expected)
+    _unchanged(before, params, state)
+    if "read-only" not in swap:  # update writes nothing, so read-only arrays are fine there
+        with pytest.raises(type(expected)) as raised:
+            rule.update(new_params, new_grads, new_state)
+        assert str(raised.value) == str(expected)
+
+
+def _copy_state(state):
+    return portopt.State(rule=state.rule, step=state.step,
+                         slots={k: {kk: vv.copy() for kk, vv in v.items()} for k, v in state.slots.items()})
+
+
+def test_a_leaf_changed_in_place_is_checked_again():
+    """Not only a new object: an array whose flags change between steps is caught too."""
+    rule = portopt.Adam(lr=0.1)
+    params, grads, state = _setup(rule, lambda a: a)
+    before = _snapshot(params, state)
+    params["w"].flags.writeable = False
+    with pytest.raises(TypeError, match=r"params\['w'\] is read-only"):
+        rule.step(params, grads, state)
+    params["w"].flags.writeable = True
+    _unchanged(before, params, state)
+    rule.step(params, grads, state)  # and it steps again once the array is as before
+    assert state.step == 2
+
+
+@pytest.mark.skipif("torch-cpu" not in TARGETS, reason="torch is not installed")
+def test_torch_tensor_swaps_are_caught():
+    import torch
+
+    rule = portopt.Adam(lr=0.1)
+    params, grads, state = _setup(rule, lambda a: torch.from_numpy(a.copy()))
+    before = _snapshot(params, state)
+    cases = {
+        "device meta": {**grads, "b": torch.full((3,), 0.25, dtype=torch.float64, device="meta")},
+        "negative bit": {**grads, "b": torch._neg_view(torch.full((3,), 0.25, dtype=torch.float64))},
+        "dtype": {**grads, "b": torch.full((3,), 0.25, dtype=torch.float32)},
+        "numpy in a torch tree": {**grads, "b": np.full(3, 0.25)},
+    }
+    for name, swapped in cases.items():
+        fresh = portopt.Adam(lr=0.1)
+        try:
+            fresh.step({k: v.clone() for k, v in params.items()}, swapped, _copy_torch_state(state))
+            first = None
+        except Exception as error:  # noqa: BLE001 - the first step's own error, whatever it is
+            first = error
+        if first is None:
+            # the first step accepts it (e.g. a negative-bit view reads its values correctly):
+            # the cached plan must give the same bits as the first step would
+            expected = {k: v.clone() for k, v in params.items()}
+            expected_state = _copy_torch_state(state)
+            portopt.Adam(lr=0.1).step(expected, swapped, expected_state)
+            got, got_state = {k: v.clone() for k, v in params.items()}, _copy_torch_state(state)
+            rule.step(got, swapped, got_state)
+            assert all(torch.equal(got[k], expected[k]) for k in got), name
+            continue
+        with pytest.raises(type(first)) as raised:
+            rule.step(params, swapped, state)
+        assert str(raised.value) == str(first), name
+        _unchanged(before, params, state)
+
+
+def _copy_torch_state(state):
+    return portopt.State(rule=state.rule, step=state.step,
+                         slots={k: {kk: vv.clone() for kk, vv in v.items()} for k, v in state.slots.items()})
