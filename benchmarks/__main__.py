@@ -76,8 +76,8 @@ class Implementation:
     """One way of taking a step on one workload; ``step()`` is what is timed (``repeat`` steps
     per sample for small workloads, whose one step is a few microseconds)."""
 
-    def __init__(self, name: str, step, memory=None, repeat: int = 1) -> None:
-        self.name, self.memory, self.repeat = name, memory, repeat
+    def __init__(self, name: str, step, memory=None, repeat: int = 1, setup=None) -> None:
+        self.name, self.memory, self.repeat, self.setup = name, memory, repeat, setup
         self.times: list[float] = []
         if repeat == 1:
             self.step = step
@@ -175,11 +175,42 @@ def torch_optim(rule_name: str, workload: Workload, mode: str) -> Implementation
     return Implementation(f"torch {mode}", optimizer.step, repeat=workload.repeat)
 
 
+def clipping_implementations(workload: Workload) -> list[Implementation]:
+    """``clip_grad_norm_`` on the workload's gradients: torch's, portopt's drop-in (the
+    fixed-order norm), and :func:`portopt.clip_by_global_norm` on NumPy arrays; once where
+    the gradients are scaled (max_norm half the norm; they are put back before each call,
+    untimed) and once where they are within max_norm (nothing to scale)."""
+    grads = _host_arrays(workload.shapes, workload.dtype, 1)
+    half = 0.5 * float(portopt.global_norm(grads))
+    implementations = []
+    for label, max_norm in (("scales", half), ("within max_norm", 1e30)):
+        implementations.append(Implementation(f"portopt clip_by_global_norm numpy, {label}",
+                                              lambda m=max_norm: portopt.clip_by_global_norm(grads, m)))
+    try:
+        import torch
+
+        import portopt.torch as drop_ins
+    except ImportError:
+        return implementations
+    for label, max_norm in (("scales", half), ("within max_norm", 1e30)):
+        for name, clip in (("portopt.torch.clip_grad_norm_", drop_ins.clip_grad_norm_),
+                           ("torch clip_grad_norm_", torch.nn.utils.clip_grad_norm_)):
+            params = _torch_params(workload)
+
+            def restore(params=params) -> None:
+                for p, g in zip(params, grads):
+                    p.grad.copy_(torch.from_numpy(g))
+
+            implementations.append(Implementation(f"{name}, {label}", lambda c=clip, p=params, m=max_norm: c(p, m),
+                                                  setup=restore))
+    return implementations
+
+
 def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
     rates = bandwidth()
     results = {"machine": {"cpu": machine_description(), "cores": os.cpu_count(), "python": platform.python_version(),
                            "numpy": np.__version__, "fast_path": portopt.get_fast_path()},
-               "bandwidth_GBps": {name: rate / 1e9 for name, rate in rates.items()}, "rows": []}
+               "bandwidth_GBps": {name: rate / 1e9 for name, rate in rates.items()}, "rows": [], "clipping": []}
     try:
         import torch
 
@@ -190,6 +221,9 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
     for workload_name in workloads:
         workload = WORKLOADS[workload_name]
         sizes = [math.prod(s) for s in workload.shapes]
+        if workload.clipping:
+            _time_clipping(results, workload_name, workload, rounds)
+            continue
         for rule_name in rules:
             implementations = [portopt_numpy(rule_name, workload)]
             if workload.small:
@@ -230,6 +264,27 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
     return results
 
 
+def _time_clipping(results: dict, workload_name: str, workload: Workload, rounds: int) -> None:
+    implementations = clipping_implementations(workload)
+    for implementation in implementations:
+        implementation.step()
+    for _ in range(3 * rounds):  # one call per sample: more samples
+        for implementation in implementations:
+            if implementation.setup is not None:
+                implementation.setup()
+            start = time.perf_counter()
+            implementation.step()
+            implementation.times.append(time.perf_counter() - start)
+    medians = {i.name: statistics.median(i.times) for i in implementations}
+    for implementation in implementations:
+        label = implementation.name.split(", ")[-1]
+        peer = medians.get(f"torch clip_grad_norm_, {label}")
+        median = medians[implementation.name]
+        results["clipping"].append({"workload": workload_name, "implementation": implementation.name,
+                                    "median_ms": median * 1e3, "x_torch": median / peer if peer else None})
+    print(f"  done: {workload_name} clipping", file=sys.stderr)
+
+
 def table(results: dict) -> str:
     m = results["machine"]
     rows = results["rows"]
@@ -261,6 +316,14 @@ def table(results: dict) -> str:
             lines.append(f"| {row['workload']} | {row['rule']} | {row['implementation']} | {row['median_ms'] * 1e3:.1f} | "
                          f"{ratio(row.get('x_hand'))} | {ratio(row.get('x_torch_default'))} | "
                          f"{ratio(row.get('x_torch_foreach'))} |")
+    if results.get("clipping"):
+        lines += ["", "Gradient clipping by the global norm (ms per call; the norm is portopt's fixed-order one, "
+                  "the same bits on every backend):", "",
+                  "| gradients | implementation, case | median ms/call | × torch clip_grad_norm_ (same case) |",
+                  "|---|---|---|---|"]
+        for row in results["clipping"]:
+            lines.append(f"| {row['workload']} | {row['implementation']} | {row['median_ms']:.3f} | "
+                         f"{ratio(row['x_torch'])} |")
     return "\n".join(lines)
 
 

@@ -21,6 +21,10 @@ def resnet50_shapes() -> list[tuple[int, ...]]:
     return shapes + [(1000, 2048), (1000,)]
 
 
+# A small MLP (32 inputs, two hidden layers of 64, one output): the shapes of its parameters.
+MLP_SHAPES = [(64, 32), (64,), (64, 64), (64,), (1, 64), (1,)]
+
+
 @dataclass(frozen=True)
 class Workload:
     shapes: list[tuple[int, ...]]
@@ -28,6 +32,7 @@ class Workload:
     tree: str = "list"  # how the leaves are held: a list, or a dict
     small: bool = False  # timed in batches of `repeat` steps, compared with a hand-written loop
     repeat: int = 1
+    clipping: bool = False  # times clip_grad_norm_ instead of a rule's step
 
 
 WORKLOADS = {
@@ -38,4 +43,6 @@ WORKLOADS = {
     "4 float64": Workload([(4,)], "float64", small=True, repeat=200),
     "dict of four 0-d float64": Workload([(), (), (), ()], "float64", tree="dict", small=True, repeat=200),
     "100 leaves x 50 float64": Workload([(50,)] * 100, "float64", small=True, repeat=20),
+    "clip resnet50 float32": Workload(resnet50_shapes(), "float32", clipping=True),
+    "clip small MLP float32": Workload(MLP_SHAPES, "float32", clipping=True),
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .checks import check_params
 from .hyperparams import check_number
 from .numerics import compute_dtype
@@ -46,7 +48,20 @@ def clip_by_global_norm(grads: Any, max_norm: float, eps: float = 1e-6) -> tuple
 
 
 def clip_factor(xp: Any, norm: Any, max_norm: float, eps: float, device: Any) -> Any:
-    """``min(1, max_norm / (norm + eps))`` in the norm's dtype, a 0-d array."""
+    """``min(1, max_norm / (norm + eps))`` in the norm's dtype, a 0-d array.
+
+    A norm in host memory is computed with on the host, in NumPy scalars of its dtype (the
+    same IEEE operations, without a dozen tiny array operations); elsewhere with ``xp``.
+    """
+    from portopt.backends import adapter_for
+
+    adapter = adapter_for(xp)
+    if adapter.address(norm) is not None:
+        value = adapter.to_numpy(norm)
+        dtype = value.dtype.type
+        factor = dtype(max_norm) / (value + dtype(eps))
+        factor = factor if factor < dtype(1.0) else dtype(1.0)
+        return adapter.from_numpy(np.asarray(factor, dtype=value.dtype), device)
     factor = xp.asarray(max_norm, dtype=norm.dtype, device=device) / (norm + xp.asarray(eps, dtype=norm.dtype, device=device))
     one = xp.asarray(1.0, dtype=norm.dtype, device=device)
     return xp.where(factor < one, factor, one)

@@ -257,7 +257,7 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
                 group.last_tables = (arrays, read, write)
         else:
             read, write = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, outputs)
-        loops.run(group.table, read, write, loops.scalars(scalars))
+        loops.run(group.table, read, None if in_place else write, loops.scalars(scalars))
         return
     if executor == "blocked":
         adapter = plan.adapter

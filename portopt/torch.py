@@ -210,9 +210,14 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm:
     import array_api_compat.torch as xp
 
     factor = clip_factor(xp, norm, max_norm, eps, norm.device)
+    if float(factor) == 1.0:
+        return norm  # g * 1 is g, bit for bit: nothing to write
     for g in _grads_of(parameters):
         g_local = torch_sharding.local(g)
-        g_local.copy_(scale_by(xp, g_local, factor))
+        if g_local.dtype == factor.dtype:
+            g_local.mul_(factor)  # one correctly rounded product per element, as scale_by
+        else:
+            g_local.copy_(scale_by(xp, g_local, factor))
     return norm
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -116,13 +117,15 @@ def test_generated_loops_have_no_fused_multiply_add(variant):
         arrays = [np.ones(4, dtype) for _ in range(2 + slot_count)]
         table = compiled.Table([4], slot_count)
         read = np.array([[a.ctypes.data] for a in arrays], dtype=np.int64)
-        module.table_loop(read, np.delete(read, 1, axis=0), table.sizes, table.chunk_leaf, table.chunk_start,
-                          table.chunk_stop, loops.scalars(scalars))
-        loop = module.table_loop
-        assembly = loop.inspect_asm(loop.signatures[-1]).lower()
-        if "math.sqrt" in loops.source:  # the root is the hardware's correctly rounded instruction
-            assert "sqrtss" in assembly or "sqrtsd" in assembly or "sqrtps" in assembly or "sqrtpd" in assembly
-        assert "vfmadd" not in assembly and "vfmsub" not in assembly and "vfnmadd" not in assembly
+        for name in ("table_loop", "table_loop_in_place"):
+            loop = getattr(module, name)
+            loop(read, np.delete(read, 1, axis=0), table.sizes, table.chunk_leaf, table.chunk_start,
+                 table.chunk_stop, loops.scalars(scalars))
+            assembly = loop.inspect_asm(loop.signatures[-1]).lower()
+            if "math.sqrt" in loops.source:  # the root is the hardware's correctly rounded instruction
+                assert "sqrtss" in assembly or "sqrtsd" in assembly or "sqrtps" in assembly or "sqrtpd" in assembly
+            assert "vfmadd" not in assembly and "vfmsub" not in assembly and "vfnmadd" not in assembly, name
+            assert re.search(r"\bv?(mul|add|sub|div)p[sd]\b", assembly), f"{name} is not vectorised"
 
 
 def test_non_contiguous_params_take_the_reference_path_with_the_same_bits():

@@ -1,17 +1,22 @@
 """The fixed-order sum of squares of :mod:`portopt.reductions`, compiled.
 
 The pairwise tree (element ``2i`` plus element ``2i+1``, level by level, an odd last
-element carried up) is built in one pass over each array with a stack of partial sums, as
-a binary counter: two nodes of one level are added as soon as both exist, and at the end a
-node left alone is carried up to the level of the node before it and added to it (left +
-right). The additions are those of the level-by-level definition, in the same order, so
-the bits are the same (tests/test_clipping_and_schedules.py checks it on random sizes).
+element carried up) is built in one pass over each array. Aligned blocks of 1024 elements
+are whole subtrees: each is summed level by level in a scratch buffer (a loop LLVM
+vectorises). Block sums and the elements after the last whole block enter a stack of
+partial sums, as a binary counter: two nodes of one level are added as soon as both exist,
+and at the end a node left alone is carried up to the level of the node before it and added
+to it (left + right). The additions are those of the level-by-level definition, in the same
+order, so the bits are the same (tests/test_clipping_and_schedules.py checks it on random
+sizes).
 Squares are rounded in the array's own dtype, float32 or float64, as the definition does.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import os
 from typing import Any
 
 import numpy as np
@@ -27,11 +32,27 @@ from numba import carray
 
 from portopt.fast.pointers import {dtype}_pointer as pointer
 
+BLOCK_LEVELS = 10  # aligned blocks of 1024 elements are whole subtrees, summed level by level
+
+
+@numba.njit(fastmath=False, error_model="numpy", nogil=True, cache=True)
+def _push(levels, values, top, level, value):
+    # a node enters the stack; two nodes of one level (siblings 2i, 2i+1) are added at once
+    while top > 0 and levels[top - 1] == level:
+        top -= 1
+        value = values[top] + value
+        level += 1
+    levels[top] = level
+    values[top] = value
+    return top + 1
+
 
 @numba.njit(fastmath=False, error_model="numpy", nogil=True, cache=True)
 def pairwise_sums(addresses, sizes, out, square):
+    block = 1 << BLOCK_LEVELS
     levels = np.empty(64, dtype=np.int64)
     values = np.empty(64, dtype=out.dtype)
+    scratch = np.empty(block, dtype=out.dtype)
     for j in range(sizes.shape[0]):
         n = sizes[j]
         if n == 0:
@@ -39,17 +60,22 @@ def pairwise_sums(addresses, sizes, out, square):
             continue
         x = carray(pointer(addresses[j]), n)
         top = 0
-        for i in range(n):
-            level = 0
-            value = x[i] * x[i] if square else x[i]
-            while top > 0 and levels[top - 1] == level:
-                top -= 1
-                value = values[top] + value
-                level += 1
-            levels[top] = level
-            values[top] = value
-            top += 1
-        while top > 1:
+        whole = n // block
+        for b in range(whole):
+            start = b * block
+            for i in range(block):
+                v = x[start + i]
+                scratch[i] = v * v if square else v
+            width = block
+            for _ in range(BLOCK_LEVELS):
+                width //= 2
+                for i in range(width):
+                    scratch[i] = scratch[2 * i] + scratch[2 * i + 1]
+            top = _push(levels, values, top, BLOCK_LEVELS, scratch[0])
+        for i in range(whole * block, n):
+            v = x[i]
+            top = _push(levels, values, top, 0, v * v if square else v)
+        while top > 1:  # a node left alone is carried up to the one before it: left + right
             top -= 1
             values[top - 1] = values[top - 1] + values[top]
         out[j] = values[0]
@@ -63,10 +89,30 @@ def _loop(dtype: str) -> Any:
 
 def sums_of_squares(addresses: list[int], sizes: list[int], dtype: np.dtype) -> np.ndarray:
     """Per array (given by address and size, all of ``dtype``): the fixed-order sum of its
-    squared elements, rounded in ``dtype``; an empty array gives +0."""
+    squared elements, rounded in ``dtype``; an empty array gives +0. Large totals are split
+    between threads by array (each array's sum is its own)."""
+    loop = _loop(np.dtype(dtype).name)
     out = np.empty(len(sizes), dtype=dtype)
-    _loop(np.dtype(dtype).name)(np.asarray(addresses, dtype=np.int64), np.asarray(sizes, dtype=np.int64), out, True)
+    addresses_, sizes_ = np.asarray(addresses, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
+    parts = _split(sizes_)
+    if len(parts) == 1:
+        loop(addresses_, sizes_, out, True)
+        return out
+    futures = [compiled.pool().submit(loop, addresses_[a:b], sizes_[a:b], out[a:b], True) for a, b in parts]
+    for future in futures:
+        future.result()
     return out
+
+
+def _split(sizes: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous ranges of arrays with about equal numbers of elements, one per thread."""
+    total = int(sizes.sum())
+    workers = min(os.cpu_count() or 1, sizes.shape[0]) if total >= compiled.PARALLEL_THRESHOLD else 1
+    if workers <= 1:
+        return [(0, sizes.shape[0])]
+    ends = np.searchsorted(np.cumsum(sizes), [total * k / workers for k in range(1, workers)], side="left") + 1
+    bounds = [0, *sorted(set(int(e) for e in ends if 0 < e < sizes.shape[0])), sizes.shape[0]]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def pairwise_sum(values: np.ndarray) -> Any:
@@ -94,7 +140,7 @@ def sum_of_squares(xp: Any, leaves: list, dtype: Any) -> Any:
         if host in (np.float32, np.float64) and all(leaf.dtype == dtype for leaf in leaves):
             addresses = [adapter.address(leaf) for leaf in leaves]
             if all(address is not None for address in addresses):
-                sizes = [int(np.prod(tuple(leaf.shape), dtype=np.int64)) for leaf in leaves]
+                sizes = [math.prod(leaf.shape) for leaf in leaves]
                 total = pairwise_sum(sums_of_squares(addresses, sizes, host))
                 import array_api_compat
 
