@@ -57,6 +57,21 @@ class Adapter:
         pending view transform (the compiled loops read and write there), else None."""
         return None
 
+    def memory_bounds(self, x: Any) -> tuple[int, int] | None:
+        """``(first byte, one past the last byte)`` of ``x``'s elements, or None if this
+        backend cannot tell (then only identity shows that two arrays share memory)."""
+        return None
+
+    def overlaps_itself(self, x: Any) -> bool:
+        """Whether two elements of ``x`` share memory (a zero or overlapping stride): such an
+        array cannot be updated in place. False where this backend cannot tell."""
+        return False
+
+    def share_memory(self, a: Any, b: Any) -> bool:
+        """Whether ``a`` and ``b`` share an element's memory (exactly, where this backend can
+        tell; otherwise whether they are the same array)."""
+        return a is b
+
     def empty(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
         """A new uninitialised array (the outputs of ``update``)."""
         return self.xp.empty(shape, dtype=dtype, device=device)
@@ -70,13 +85,76 @@ class Adapter:
         return None
 
     def to_numpy(self, x: Any) -> np.ndarray:
-        """A host NumPy copy of ``x`` with the same bits (buffer protocol, else DLPack)."""
-        try:
-            return np.array(x, copy=True)
-        except (TypeError, ValueError, RuntimeError):
-            return np.array(np.from_dlpack(x), copy=True)
+        """A host NumPy copy of ``x`` with the same bits: the buffer protocol or ``__array__``,
+        else DLPack (from the host device if the array can move there), else a dense copy
+        (``todense()``, as sparse arrays offer). Raises TypeError naming what is missing."""
+        return host_copy(x)
 
     def from_numpy(self, array: np.ndarray, device: Any = None) -> Any:
         """A copy of ``array`` on this backend and ``device``, same bits (never sharing memory)."""
         array = np.array(array, copy=True)
         return self.xp.asarray(array, device=device) if device is not None else self.xp.asarray(array)
+
+
+def strided_bounds(start: int, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
+    """The byte range a strided array spans (``strides`` in bytes; an empty array spans nothing)."""
+    if any(n == 0 for n in shape):
+        return start, start
+    low = start + sum(s * (n - 1) for n, s in zip(shape, strides) if s < 0)
+    high = start + sum(s * (n - 1) for n, s in zip(shape, strides) if s > 0) + itemsize
+    return low, high
+
+
+def strides_overlap(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bool:
+    """Whether some two elements of a strided array are at one address. The test is the
+    usual sufficient one (each stride, smallest first, steps over everything the smaller
+    ones span); the rare interleaved layouts it cannot clear count as overlapping."""
+    if any(n == 0 for n in shape):
+        return False  # no elements
+    extent = itemsize
+    for n, stride in sorted(((n, abs(s)) for n, s in zip(shape, strides) if n > 1), key=lambda pair: pair[1]):
+        if stride < extent:
+            return True
+        extent = stride * n
+    return False
+
+
+def host_copy(x: Any) -> np.ndarray:
+    """See :meth:`Adapter.to_numpy`."""
+    attempts = []
+    candidates = [x]
+    if hasattr(x, "to_device"):
+        try:
+            candidates.append(x.to_device("cpu"))
+        except Exception as error:  # noqa: BLE001 - a library's own refusal, recorded below
+            attempts.append(f"to_device('cpu') raised {type(error).__name__}")
+    for candidate in candidates:
+        if hasattr(candidate, "__array__") or _has_buffer(candidate):
+            try:
+                array = np.array(candidate, copy=True)
+                if array.dtype != object:
+                    return array
+                attempts.append("__array__ gave Python objects")
+            except Exception as error:  # noqa: BLE001
+                attempts.append(f"__array__ raised {type(error).__name__}")
+        if hasattr(candidate, "__dlpack__"):
+            try:
+                return np.array(np.from_dlpack(candidate), copy=True)
+            except Exception as error:  # noqa: BLE001
+                attempts.append(f"__dlpack__ raised {type(error).__name__}")
+    if hasattr(x, "todense"):
+        try:
+            return host_copy(x.todense())
+        except Exception as error:  # noqa: BLE001
+            attempts.append(f"todense() raised {type(error).__name__}")
+    tried = "; ".join(attempts) or "it has neither __array__, the buffer protocol, __dlpack__ nor todense()"
+    raise TypeError(f"portopt cannot read the values of a {type(x).__module__}.{type(x).__name__} array on the "
+                    f"host ({tried})")
+
+
+def _has_buffer(x: Any) -> bool:
+    try:
+        memoryview(x)
+    except TypeError:
+        return False
+    return True

@@ -8,7 +8,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .base import Adapter
+from .base import Adapter, strided_bounds, strides_overlap
 
 # The flags a step depends on: C-contiguous, aligned, writeable (not OWNDATA: views are fine).
 _STEP_FLAGS = 0x0001 | 0x0100 | 0x0400
@@ -54,6 +54,20 @@ class NumpyAdapter(Adapter):
         if type(x) is not np.ndarray or not x.flags.c_contiguous:
             return None
         return _address(x)
+
+    def memory_bounds(self, x: Any) -> tuple[int, int] | None:
+        if not isinstance(x, np.ndarray):
+            return None
+        if x.flags.c_contiguous:
+            start = _address(x)
+            return start, start + x.nbytes
+        return strided_bounds(_address(x), x.shape, x.strides, x.itemsize)
+
+    def overlaps_itself(self, x: Any) -> bool:
+        return isinstance(x, np.ndarray) and strides_overlap(x.shape, x.strides, x.itemsize)
+
+    def share_memory(self, a: Any, b: Any) -> bool:
+        return a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and bool(np.shares_memory(a, b)))
 
     def empty(self, shape: tuple[int, ...], dtype: Any, device: Any) -> np.ndarray:
         return np.empty(shape, dtype)

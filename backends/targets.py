@@ -16,7 +16,7 @@ import numpy as np
 
 from . import adapter_for
 
-__all__ = ["Target", "find_targets", "namespace_target", "TARGET_NAMES", "OPTIONAL_TARGET_NAMES"]
+__all__ = ["Target", "TargetError", "find_targets", "namespace_target", "TARGET_NAMES", "OPTIONAL_TARGET_NAMES"]
 
 TARGET_NAMES = ("numpy", "torch-cpu", "torch-cuda", "cupy", "array_api_strict", "jax")
 # Chosen by name only (--backends dask): lazy, so a 1000-step golden case is slow there.
@@ -137,10 +137,49 @@ def find_targets(names: tuple[str, ...] | None = None) -> tuple[dict[str, Target
     return found, missing
 
 
+class TargetError(ValueError):
+    """A namespace the conformance suite cannot test, with what is missing."""
+
+
+# What the rules and the suite call on a namespace, besides the operators of its arrays.
+NAMESPACE_NEEDS = ("asarray", "astype", "sqrt", "where", "maximum", "minimum", "signbit", "abs", "isfinite", "all",
+                   "full", "zeros", "reshape", "concat", "float32", "float64", "isdtype")
+
+
 def namespace_target(module_name: str) -> Target:
-    """A target for any array-API namespace given by module path (``--namespace``)."""
-    module = importlib.import_module(module_name)
-    probe = module.asarray([0.0])
-    xp = array_api_compat.array_namespace(probe)
+    """A target for the array-API namespace ``module_name`` (``--namespace``): its own
+    functions, and arrays that report it as their namespace, so that what is tested is that
+    namespace. Anything else is refused with a :class:`TargetError` saying why."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise TargetError(f"--namespace {module_name}: cannot import it ({error})") from error
+    missing = [name for name in NAMESPACE_NEEDS if not hasattr(module, name)]
+    if missing:
+        raise TargetError(f"--namespace {module_name}: it lacks {', '.join(missing)}, which portopt's rules or the "
+                          "suite call; it is not an array API namespace portopt can test")
+    try:
+        probe = module.asarray([0.0, 1.0], dtype=module.float32)
+        xp = array_api_compat.array_namespace(probe)
+    except Exception as error:  # noqa: BLE001 - the library's own error, reported
+        raise TargetError(f"--namespace {module_name}: its arrays are not array API arrays portopt recognises "
+                          f"({type(error).__name__}: {error})") from error
+    if xp is not module and not _compat_wrapper_of(xp, module):
+        raise TargetError(
+            f"--namespace {module_name}: {module_name}.asarray returns {type(probe).__module__}."
+            f"{type(probe).__name__} arrays, whose namespace is {getattr(xp, '__name__', xp)}, not {module_name}. "
+            f"portopt computes with the namespace its arrays report (__array_namespace__), so this run would test "
+            f"{getattr(xp, '__name__', xp)}, not {module_name}: give {module_name}'s arrays an __array_namespace__ "
+            "that returns it (or run that backend by name)")
+    try:
+        adapter_for(xp).to_numpy(probe)
+    except TypeError as error:
+        raise TargetError(f"--namespace {module_name}: {error}") from error
     dtypes = tuple(name for name in _ALL_DTYPES if hasattr(module, name))
     return Target(module_name, xp, None, dtypes, module.asarray)
+
+
+def _compat_wrapper_of(xp: Any, module: Any) -> bool:
+    """Whether ``xp`` is array-api-compat's namespace for ``module`` (numpy, torch, cupy, dask)."""
+    name = getattr(module, "__name__", "")
+    return getattr(xp, "__name__", "") in (f"array_api_compat.{name}", f"array_api_compat.{name}.array")

@@ -12,7 +12,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .base import Adapter
+from .base import Adapter, strided_bounds, strides_overlap
 
 
 def numpy_sqrt_for_cpu_tensor(x: Any) -> Any:
@@ -25,7 +25,7 @@ def numpy_sqrt_for_cpu_tensor(x: Any) -> Any:
 
     if x.dtype == torch.bfloat16:
         return numpy_sqrt_for_cpu_tensor(x.float()).to(torch.bfloat16)
-    result = np.sqrt(x.detach().numpy())
+    result = np.sqrt(x.detach().resolve_neg().resolve_conj().numpy())
     return torch.from_numpy(np.asarray(result))
 
 
@@ -57,6 +57,24 @@ class TorchAdapter(Adapter):
             return None
         return x.data_ptr()
 
+    def memory_bounds(self, x: Any) -> tuple[int, int] | None:
+        item = x.element_size()
+        return strided_bounds(x.data_ptr(), tuple(x.shape), tuple(s * item for s in x.stride()), item)
+
+    def overlaps_itself(self, x: Any) -> bool:
+        item = x.element_size()
+        return strides_overlap(tuple(x.shape), tuple(s * item for s in x.stride()), item)
+
+    def share_memory(self, a: Any, b: Any) -> bool:
+        if a is b:
+            return True
+        bounds_a, bounds_b = self.memory_bounds(a), self.memory_bounds(b)
+        if bounds_a is None or bounds_b is None or bounds_a[0] >= bounds_b[1] or bounds_b[0] >= bounds_a[1]:
+            return False
+        if a.device.type == "cpu" and not (a.is_neg() or a.is_conj() or b.is_neg() or b.is_conj()):
+            return bool(np.shares_memory(a.detach().numpy(), b.detach().numpy()))  # exact on the host
+        return True  # overlapping ranges on a device: counted as shared
+
     def empty(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
         import torch
 
@@ -72,14 +90,15 @@ class TorchAdapter(Adapter):
         """CPU tensors share their memory with NumPy (``.numpy()``); bfloat16 has no NumPy dtype."""
         import torch
 
-        if x.device.type != "cpu" or not x.is_contiguous() or x.dtype not in (torch.float16, torch.float32, torch.float64):
+        if (x.device.type != "cpu" or not x.is_contiguous() or x.is_neg() or x.is_conj()
+                or x.dtype not in (torch.float16, torch.float32, torch.float64)):
             return None
         return x.detach().numpy().reshape(-1)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         import torch
 
-        x = x.detach()
+        x = x.detach().resolve_neg().resolve_conj()
         if x.dtype == torch.bfloat16:
             # NumPy has no bfloat16: hand back the bit patterns as uint16.
             return x.view(torch.int16).cpu().numpy().view(np.uint16).copy()

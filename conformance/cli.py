@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from portopt.backends.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, find_targets
+from portopt.backends.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, TargetError, find_targets
 
 import portopt
 
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"backends to run (default: every one found of {', '.join(TARGET_NAMES)}; "
                              f"{', '.join(OPTIONAL_TARGET_NAMES)} only when named)")
     parser.add_argument("--namespace", action="append", default=[], metavar="MODULE",
-                        help="also run on this array-API namespace, e.g. array_api_strict (repeatable)")
+                        help="run on this array-API namespace, e.g. mylib.array_api (repeatable; without "
+                             "--backends, only the namespaces named run)")
     parser.add_argument("--rules", nargs="+", choices=sorted(portopt.RULES), metavar="RULE")
     parser.add_argument("--dtypes", nargs="+", choices=("float16", "float32", "float64"), metavar="DTYPE")
     parser.add_argument("--shapes", nargs="+", metavar="SHAPE")
@@ -58,11 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _spec(args: argparse.Namespace) -> TargetSpec:
-    return TargetSpec(tuple(args.backends) if args.backends else None, tuple(args.namespace))
+    """The backends named (or, without --backends, every one found, unless namespaces were
+    named: then only those), and the namespaces."""
+    return TargetSpec(tuple(args.backends) if args.backends else None, tuple(args.namespace),
+                      include_backends=bool(args.backends) or not args.namespace)
 
 
 def _targets(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     return _spec(args).build()
+
+
+def _choices(matrix: Any) -> str:
+    variants = sorted({f"{case.rule}/{case.variant}" for case in matrix.cases})
+    shapes = list(dict.fromkeys(case.shape for case in matrix.cases))
+    return f"variants: {', '.join(variants)}; shapes: {', '.join(shapes)} (portopt conformance list shows every case)"
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -74,7 +84,16 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
     from .primitives import print_primitive_table, run_primitives
 
     started = time.perf_counter()
-    targets, missing = _targets(args)
+    matrix = load_matrix()
+    cases = matrix.select(args.rules or (), args.dtypes or (), args.shapes or (), args.variants or ())
+    if not cases:
+        print(f"portopt conformance: no case matches the selection; {_choices(matrix)}", file=out)
+        return 2
+    try:
+        targets, missing = _targets(args)
+    except TargetError as error:
+        print(f"portopt conformance: {error}", file=out)
+        return 2
     print(f"fast path: {portopt.get_fast_path()}; api: {args.api}", file=out)
     for name, reason in missing.items():
         print(f"backend {name}: not found here ({reason})", file=out)
@@ -85,8 +104,6 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
     if not args.skip_primitives:
         primitive_results = run_primitives(targets, tuple(args.dtypes or ("float16", "float32", "float64")))
         print_primitive_table(primitive_results, out)
-    matrix = load_matrix()
-    cases = matrix.select(args.rules or (), args.dtypes or (), args.shapes or (), args.variants or ())
     progress = Progress(len(cases), not args.no_progress)
     ran = run_cases(cases, _spec(args), targets, api=args.api, fast_path=portopt.get_fast_path(),
                     golden_dir=Path(args.golden_dir), jobs=_jobs(args), on_done=progress.advance)
@@ -243,7 +260,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.action == "primitives":
         from .primitives import print_primitive_table, run_primitives
 
-        targets, missing = _targets(args)
+        try:
+            targets, missing = _targets(args)
+        except TargetError as error:
+            print(f"portopt conformance: {error}")
+            return 2
         results = run_primitives(targets, tuple(args.dtypes or ("float16", "float32", "float64")))
         print_primitive_table(results)
         return 1 if any(r.failed_on_portopt for r in results) else 0

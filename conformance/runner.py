@@ -95,7 +95,7 @@ def _state_on(target: Any, host_state: portopt.State, params: Any) -> portopt.St
         name: unflatten(treedef, [target.asarray(x) for x in flatten(tree)[0]])
         for name, tree in host_state.slots.items()
     }
-    return portopt.State(rule=host_state.rule, step=host_state.step, slots=slots)
+    return portopt.State(rule=host_state.rule, step=host_state.step, slots=slots, host=dict(host_state.host))
 
 
 def _digests(arrays: dict[str, np.ndarray]) -> dict[str, str]:
@@ -124,7 +124,8 @@ def run_case(case: Case, targets: dict[str, Any], golden: dict | None, api: str 
         runs[label] = _Run(case, target, api)
     if golden is None and not record:
         raise ValueError(f"no golden vectors for {case.id}; run `portopt conformance regenerate`")
-    snapshots = {label: (0, run.host_arrays()) for label, run in runs.items()}
+    # (step, arrays, host state) at each target's last matching checkpoint
+    snapshots = {label: (0, run.host_arrays(), dict(run.state.host)) for label, run in runs.items()}
     recorded = {"checkpoints": {}, "values": {}} if record else None
     checkpoints = set(case.checkpoints)
     for step in range(1, case.steps + 1):
@@ -147,9 +148,9 @@ def run_case(case: Case, targets: dict[str, Any], golden: dict | None, api: str 
             if different or set(digests) != set(expected):
                 different = different or sorted(set(digests) ^ set(expected))
                 mismatch = Mismatch(checkpoint=step, arrays=different)
-                last_step, last_arrays = snapshots[label]
+                last_step, last_arrays, last_host = snapshots[label]
                 if label != "numpy":
-                    _locate(case, runs[label].target, api, last_step, last_arrays, step, mismatch)
+                    _locate(case, runs[label].target, api, last_step, last_arrays, last_host, step, mismatch)
                 elif golden and str(step) in golden.get("values", {}):
                     _compare_to_values(case, golden["values"][str(step)], arrays, mismatch)
                 exception = known_exception(label, case)
@@ -157,13 +158,14 @@ def run_case(case: Case, targets: dict[str, Any], golden: dict | None, api: str 
                 results[label] = CaseResult(case.id, label, status, exception or mismatch.describe(), mismatch)
                 del runs[label]
             else:
-                snapshots[label] = (step, arrays)
+                snapshots[label] = (step, arrays, dict(runs[label].state.host))
     for label in runs:
         results[label] = CaseResult(case.id, label, "pass")
     return results, recorded
 
 
-def _host_state(case: Case, rule: portopt.Rule, arrays: dict[str, np.ndarray], step: int) -> tuple[list, portopt.State]:
+def _host_state(case: Case, rule: portopt.Rule, arrays: dict[str, np.ndarray], step: int,
+                host: dict[str, float]) -> tuple[list, portopt.State]:
     """Base arrays of the params and a host State, from a snapshot of named arrays."""
     paths = case.paths
     bases = [_base_from_view(leaf, arrays[f"params{path}"]) for leaf, path in zip(case.leaves, paths)]
@@ -171,7 +173,7 @@ def _host_state(case: Case, rule: portopt.Rule, arrays: dict[str, np.ndarray], s
         name: unflatten(case.treedef, [arrays[f"{name}{path}"] for path in paths])
         for name in rule.slot_names()
     }
-    return bases, portopt.State(rule=rule.name, step=step, slots=slots)
+    return bases, portopt.State(rule=rule.name, step=step, slots=slots, host=dict(host))
 
 
 def _base_from_view(leaf: Leaf, view: np.ndarray) -> np.ndarray:
@@ -185,14 +187,14 @@ def _base_from_view(leaf: Leaf, view: np.ndarray) -> np.ndarray:
     return base
 
 
-def _locate(case: Case, target: Any, api: str, start: int, arrays: dict[str, np.ndarray], end: int,
-            mismatch: Mismatch) -> None:
+def _locate(case: Case, target: Any, api: str, start: int, arrays: dict[str, np.ndarray], host: dict[str, float],
+            end: int, mismatch: Mismatch) -> None:
     """Replay steps ``start+1 .. end`` on ``target`` and on NumPy from the matching snapshot."""
     from portopt.backends.targets import find_targets
 
     reference = find_targets(("numpy",))[0]["numpy"]
     rule = case.make_rule()
-    bases, host_state = _host_state(case, rule, arrays, start)
+    bases, host_state = _host_state(case, rule, arrays, start, host)
     ours = _Run(case, target, api, bases, host_state)
     theirs = _Run(case, reference, "update", bases, host_state)
     for step in range(start + 1, end + 1):

@@ -24,7 +24,7 @@ from .clipping import Clipped, clip_by_global_norm, global_norm  # noqa: E402
 from .fast import fast_path  # noqa: E402
 from .fast import get_mode as get_fast_path
 from .fast import set_mode as set_fast_path
-from .optimizer import Rule  # noqa: E402
+from .optimizer import CheckpointWarning, Rule  # noqa: E402
 from .rules import (  # noqa: E402
     RULES,
     SGD,
@@ -49,7 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "SGD", "NAdam", "AdaDelta", "Adamax", "Lion",
     "AdaBound", "SignSGD", "AdaGradNorm", "RULES", "Rule", "State",
-    "flatten", "unflatten", "tree_map", "save", "load", "CheckpointError",
+    "flatten", "unflatten", "tree_map", "save", "load", "CheckpointError", "CheckpointWarning",
     "fast_path", "get_fast_path", "set_fast_path", "Clipped", "clip_by_global_norm", "global_norm",
     "DivergenceWarning", "__version__",
 ]

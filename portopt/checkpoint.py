@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -64,12 +65,14 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()).hexdigest()
 
 
-def _json_hyperparameters(hyperparameters: dict) -> dict:
+def json_hyperparameters(hyperparameters: dict) -> dict:
     """Hyperparameters as JSON; a schedule (a callable) is recorded by name only."""
     plain = {}
     for name, value in hyperparameters.items():
         if callable(value):
             plain[name] = {"schedule": getattr(value, "__qualname__", repr(value))}
+        elif isinstance(value, dict):  # already in this form (a state dict read from a file)
+            plain[name] = value
         elif isinstance(value, tuple):
             plain[name] = list(value)
         else:
@@ -93,7 +96,7 @@ def save(path: str | os.PathLike, state_dict: dict) -> None:
     manifest = {
         "format": STATE_FORMAT,
         "rule": state_dict["rule"],
-        "hyperparameters": _json_hyperparameters(state_dict["hyperparameters"]),
+        "hyperparameters": json_hyperparameters(state_dict["hyperparameters"]),
         "step": state_dict["step"],
         "skipped": state_dict.get("skipped", 0),
         "host": {name: float(value).hex() for name, value in state_dict.get("host", {}).items()},
@@ -104,7 +107,9 @@ def save(path: str | os.PathLike, state_dict: dict) -> None:
     text = json.dumps(manifest, sort_keys=True).encode()
     arrays[_MANIFEST] = np.frombuffer(text, dtype=np.uint8)
     arrays[_MANIFEST_DIGEST] = np.frombuffer(hashlib.sha256(text).hexdigest().encode(), dtype=np.uint8)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    _remove_stale_temporaries(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                             dir=path.parent or ".")
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.savez(handle, **arrays)
@@ -115,6 +120,28 @@ def save(path: str | os.PathLike, state_dict: dict) -> None:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of earlier saves to ``path`` whose process is gone (killed mid-save)."""
+    for candidate in (path.parent or Path(".")).glob(f".{path.name}.*.tmp"):
+        parts = candidate.name[len(path.name) + 2:].split(".")
+        if not parts or not parts[0].isdigit():
+            continue
+        pid = int(parts[0])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        candidate.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its file
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -131,48 +158,178 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Read and verify a checkpoint written by :func:`save`; returns its state dict."""
+    """Read and verify a checkpoint written by :func:`save`; returns its state dict.
+
+    Anything else, damaged or crafted, raises :class:`CheckpointError` (and only that): the
+    archive is read with :mod:`zipfile` member by member, every member must be stored
+    uncompressed (as :func:`save` writes them), so no member can expand beyond the file's
+    own size, every manifest field is checked for its type and range, and each array's
+    ``.npy`` header must match the manifest before its bytes are read.
+    """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            contents = {key: archive[key] for key in archive.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
-        raise CheckpointError(f"{path}: not a readable portopt checkpoint ({type(error).__name__}: {error})") from error
-    if _MANIFEST not in contents or _MANIFEST_DIGEST not in contents:
-        raise CheckpointError(f"{path}: no manifest; not a portopt checkpoint")
-    text = contents.pop(_MANIFEST).tobytes()
-    if hashlib.sha256(text).hexdigest().encode() != contents.pop(_MANIFEST_DIGEST).tobytes():
-        raise CheckpointError(f"{path}: manifest does not match its SHA-256 (corrupted or tampered)")
-    try:
-        manifest = json.loads(text.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: manifest is corrupted ({error})") from error
-    if manifest.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: format {manifest.get('format')!r}, this portopt reads {STATE_FORMAT!r}")
-    expected_keys = {entry["key"] for entry in manifest["arrays"]}
-    if expected_keys != set(contents):
-        raise CheckpointError(f"{path}: arrays {sorted(set(contents) ^ expected_keys)} missing or unexpected")
-    for entry in manifest["arrays"]:
-        array = contents[entry["key"]]
-        if array.dtype.str != entry["dtype"] or list(array.shape) != entry["shape"]:
-            raise CheckpointError(f"{path}: array {entry['key']} is {array.dtype.str}{list(array.shape)}, "
-                                  f"manifest says {entry['dtype']}{entry['shape']}")
-        if _digest(array) != entry["sha256"]:
-            raise CheckpointError(f"{path}: array {entry['key']} does not match its SHA-256 (corrupted or tampered)")
+        return _load(path)
+    except CheckpointError:
+        raise
+    except (Exception, RecursionError) as error:  # a damaged archive can fail anywhere in zipfile or numpy
+        raise CheckpointError(f"{path}: not a readable portopt checkpoint ({type(error).__name__}: {error})"[:500]) \
+            from error
+
+
+_MAX_MANIFEST_BYTES = 64 << 20
+_DTYPES = {"<f2", "<f4", "<f8", "<u2", "|u1"}  # float16/32/64; bfloat16 bit patterns; manifest bytes
+_HEX = set("0123456789abcdef")
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        raise CheckpointError(f"member {info.filename!r} is compressed or encrypted; portopt writes stored members")
+    if info.file_size > limit:
+        raise CheckpointError(f"member {info.filename!r} declares {info.file_size} bytes, more than {limit}")
+    with archive.open(info) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit or len(data) != info.file_size:
+        raise CheckpointError(f"member {info.filename!r} holds {len(data)} bytes, its header says {info.file_size}")
+    return data
+
+
+def _array_from_npy(data: bytes, name: str, dtype: str, shape: list[int]) -> np.ndarray:
+    """The array of one ``.npy`` member, its header checked against the manifest first."""
+    import io
+
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        header = np.lib.format.read_array_header_1_0(stream, max_header_size=10_000)
+    elif version == (2, 0):
+        header = np.lib.format.read_array_header_2_0(stream, max_header_size=10_000)
+    else:
+        raise CheckpointError(f"array {name} has .npy version {version}")
+    found_shape, fortran, found_dtype = header
+    if found_dtype.str != dtype or list(found_shape) != shape or fortran:
+        raise CheckpointError(f"array {name} is {found_dtype.str}{list(found_shape)}"
+                              f"{' (Fortran order)' if fortran else ''}, the manifest says {dtype}{shape}")
+    count = math.prod(shape)
+    body = data[stream.tell():]
+    if len(body) != count * found_dtype.itemsize:
+        raise CheckpointError(f"array {name} holds {len(body)} bytes, {dtype}{shape} needs {count * found_dtype.itemsize}")
+    return np.frombuffer(body, dtype=found_dtype).reshape(shape).copy()
+
+
+def _load(path: Path) -> dict:
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable portopt checkpoint (not a zip archive: a .npy, or damaged?)")
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: info for info in archive.infolist()}
+        for required in (f"{_MANIFEST}.npy", f"{_MANIFEST_DIGEST}.npy"):
+            if required not in members:
+                raise CheckpointError(f"{path}: not a readable portopt checkpoint (it has no manifest)")
+        text = _manifest_bytes(archive, members[f"{_MANIFEST}.npy"])
+        digest = _manifest_bytes(archive, members[f"{_MANIFEST_DIGEST}.npy"])
+        if hashlib.sha256(text).hexdigest().encode() != digest:
+            raise CheckpointError(f"{path}: manifest does not match its SHA-256 (corrupted or tampered)")
+        try:
+            manifest = json.loads(text.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise CheckpointError(f"{path}: manifest is corrupted ({type(error).__name__})") from error
+        manifest = _checked_manifest(path, manifest)
+        expected = {f"{entry['key']}.npy" for entry in manifest["arrays"]} | {f"{_MANIFEST}.npy",
+                                                                              f"{_MANIFEST_DIGEST}.npy"}
+        if set(members) != expected:
+            raise CheckpointError(f"{path}: members {sorted(set(members) ^ expected)[:5]} missing or unexpected")
+        contents = {}
+        for entry in manifest["arrays"]:
+            data = _read_member(archive, members[f"{entry['key']}.npy"], size)
+            array = _array_from_npy(data, entry["key"], entry["dtype"], entry["shape"])
+            if _digest(array) != entry["sha256"]:
+                raise CheckpointError(f"{path}: array {entry['key']} does not match its SHA-256 (corrupted or tampered)")
+            contents[entry["key"]] = array
     leaves = tree_from_json(manifest["tree"]).num_leaves if manifest["tree"] is not None else 0
     layout = {f"{name}/{index}" for name in manifest["slot_names"] for index in range(leaves)}
-    if layout != expected_keys:
+    if layout != set(contents):
         raise CheckpointError(f"{path}: arrays do not match the manifest's tree and slots")
-    slots = {
-        name: [contents[f"{name}/{index}"] for index in range(leaves)] for name in manifest["slot_names"]
-    }
+    slots = {name: [contents[f"{name}/{index}"] for index in range(leaves)] for name in manifest["slot_names"]}
     return {
         "format": STATE_FORMAT,
         "rule": manifest["rule"],
         "hyperparameters": manifest["hyperparameters"],
         "step": manifest["step"],
         "skipped": manifest["skipped"],
-        "host": {name: float.fromhex(value) for name, value in manifest.get("host", {}).items()},
+        "host": {name: float.fromhex(value) for name, value in manifest["host"].items()},
         "tree": manifest["tree"],
         "slots": slots,
     }
+
+
+def _manifest_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    data = _read_member(archive, info, _MAX_MANIFEST_BYTES)
+    import io
+
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = reader(stream, max_header_size=10_000)
+    if dtype.str != "|u1" or len(shape) != 1 or fortran:
+        raise CheckpointError(f"member {info.filename!r} is not a byte string")
+    body = data[stream.tell():]
+    if len(body) != shape[0]:
+        raise CheckpointError(f"member {info.filename!r} is truncated")
+    return body
+
+
+def _checked_manifest(path: Path, manifest: Any) -> dict:
+    """Every field of the manifest, of the type and in the range :func:`save` writes."""
+    def fail(what: str) -> None:
+        raise CheckpointError(f"{path}: manifest {what}")
+
+    if not isinstance(manifest, dict):
+        fail("is not a JSON object")
+    if manifest.get("format") != STATE_FORMAT:
+        fail(f"has format {manifest.get('format')!r}, this portopt reads {STATE_FORMAT!r}")
+    for key, kind in (("rule", str), ("hyperparameters", dict), ("host", dict), ("slot_names", list),
+                      ("arrays", list)):
+        if not isinstance(manifest.get(key), kind):
+            fail(f"field {key!r} must be a {kind.__name__}")
+    for key in ("step", "skipped"):
+        value = manifest.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail(f"field {key!r} must be an int >= 0, got {value!r}"[:200])
+    for name, value in manifest["host"].items():
+        if not isinstance(value, str):
+            fail(f"host value {name!r} must be a float in hex")
+        try:
+            float.fromhex(value)
+        except (ValueError, OverflowError):
+            fail(f"host value {name!r} is not a float in hex")
+    names = manifest["slot_names"]
+    if not all(isinstance(name, str) and name and "/" not in name for name in names) or len(set(names)) != len(names):
+        fail("has malformed slot names")
+    if manifest.get("tree") is not None:
+        _check_tree_json(path, manifest["tree"], 0)
+    for entry in manifest["arrays"]:
+        if (not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or entry.get("dtype") not in _DTYPES
+                or not isinstance(entry.get("shape"), list) or len(entry["shape"]) > 32
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in entry["shape"])
+                or not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64
+                or not set(entry["sha256"]) <= _HEX):
+            fail(f"has a malformed array entry {str(entry)[:120]}")
+    return manifest
+
+
+def _check_tree_json(path: Path, data: Any, depth: int) -> None:
+    if depth > 200:
+        raise CheckpointError(f"{path}: manifest tree is nested deeper than 200 levels")
+    if data == "*":
+        return
+    if (not isinstance(data, dict) or data.get("kind") not in ("dict", "list", "tuple")
+            or not isinstance(data.get("children"), list)):
+        raise CheckpointError(f"{path}: malformed tree in checkpoint: {str(data)[:120]}")
+    if data["kind"] == "dict":
+        keys = data.get("keys")
+        if (not isinstance(keys, list) or len(keys) != len(data["children"])
+                or not all(isinstance(k, list) and len(k) == 2 and (k[0], type(k[1])) in (("s", str), ("i", int))
+                           for k in keys)):
+            raise CheckpointError(f"{path}: malformed dict keys in the manifest's tree")
+    for child in data["children"]:
+        _check_tree_json(path, child, depth + 1)

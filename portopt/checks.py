@@ -107,6 +107,9 @@ def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: L
         raise TypeError(f"state must be a portopt State (from init), got {type(state).__name__}")
     if state.rule != rule_name:
         raise ValueError(f"state was made by {state.rule}, not {rule_name}")
+    if state.torn:
+        raise ValueError("state is torn: an in-place step was stopped while writing it, so params and state may "
+                         "hold part of a step; restore both from a checkpoint (portopt.load) and step again")
     if set(state.slots) != set(slot_names):
         raise ValueError(
             f"state has slots {sorted(state.slots)} but this {rule_name} needs {sorted(slot_names)}; "

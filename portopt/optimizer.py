@@ -9,10 +9,13 @@ materialisation, and writing the results.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import warnings
 from typing import Any, Callable, ClassVar
 
 import array_api_compat
+import numpy as np
 
 from portopt.backends import adapter_for
 
@@ -20,7 +23,7 @@ from .checkpoint import STATE_FORMAT, CheckpointError, tree_from_json, tree_to_j
 from .checks import check_params
 from .hyperparams import STANDARD, evaluate
 from .numerics import compute_dtype, dtype_name
-from .plan import Plan, ScalarCache, plan_for, run_group
+from .plan import Plan, ScalarCache, interrupts_deferred, plan_for, run_group
 from .state import State
 from .trees import flatten, unflatten
 
@@ -28,11 +31,45 @@ __all__ = ["Rule"]
 
 
 class Rule:
-    """Base class of the update rules (Adam, AdamW, AMSGrad, AdaGrad, RMSProp, ...)."""
+    """Base class of the update rules (Adam, AdamW, AMSGrad, AdaGrad, RMSProp, ...).
+
+    A rule is immutable once constructed: its hyperparameters were checked then, and a step
+    relies on them. To change one, make a new rule, e.g.
+    ``Adam(**{**rule.hyperparameters(), "lr": 0.01})``; a value that should change during
+    training is a schedule (``lr=``, ``eps=``, ``weight_decay=`` take callables).
+    """
 
     name: ClassVar[str]
     kernel: ClassVar[Callable[..., tuple]]
     skip_nonfinite: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def constructing(self: "Rule", *args: Any, **kwargs: Any) -> None:
+            depth = self.__dict__.get("_constructing", 0)
+            self.__dict__["_constructing"] = depth + 1
+            try:
+                init(self, *args, **kwargs)
+            finally:
+                self.__dict__["_constructing"] = depth
+
+        cls.__init__ = constructing  # type: ignore[method-assign]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not self.__dict__.get("_constructing"):
+            raise AttributeError(
+                f"{type(self).__name__} is immutable after construction (its hyperparameters were checked "
+                f"there); make a new one, e.g. {type(self).__name__}(**{{**rule.hyperparameters(), "
+                f"{name!r}: ...}}), or give a schedule where a value must change during training")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable after construction")
 
     # --- what each rule defines -------------------------------------------------------
     def slot_names(self) -> tuple[str, ...]:
@@ -66,6 +103,10 @@ class Rule:
     def initial_host_state(self) -> dict[str, float]:
         """Whole-tree state kept on the host (see State.host); most rules have none."""
         return {}
+
+    def restore_host_state(self, step: int, host: dict[str, float]) -> dict[str, float]:
+        """The host state for a checkpoint that lacks some of it (an older format); most rules have none."""
+        return host
 
     def advance_host_state(self, steps_taken: int, host: dict[str, float], xp: Any, grads: list,
                            params: list) -> tuple[dict[str, float], dict[str, float]]:
@@ -114,7 +155,10 @@ class Rule:
 
     def __getstate__(self) -> dict[str, Any]:
         # cached step plans hold arrays; they are rebuilt on the first step after unpickling
-        return {k: v for k, v in self.__dict__.items() if k != "_plans"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_plans", "_constructing")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     # --- checkpoints -------------------------------------------------------------------
     def state_dict(self, state: State) -> dict[str, Any]:
@@ -145,35 +189,56 @@ class Rule:
         """A State from :meth:`state_dict` data, on the backend, device and dtypes of ``like``.
 
         Checks the format, the rule, the slots, the tree and every array's shape and dtype
-        against ``like`` (the params) before converting anything.
+        against ``like`` (the params) before converting anything; anything that does not fit
+        raises :class:`CheckpointError`. A checkpoint saved with other options that change the
+        state (``amsgrad``, ``momentum``, ``centered``, ...) has other slots and is refused;
+        one saved with other values of the rest (``lr``, ``betas``, ``eps``, ...) loads, as
+        torch.optim lets them change, with a :class:`portopt.CheckpointWarning` naming each
+        difference: from then on this rule's values apply.
         """
         checked = check_params(like)
-        found = state_dict.get("format") if isinstance(state_dict, dict) else type(state_dict).__name__
+        if not isinstance(state_dict, dict):
+            raise CheckpointError(f"state_dict must be a dict from state_dict() or portopt.load, got "
+                                  f"{type(state_dict).__name__}")
+        found = state_dict.get("format")
         if found != STATE_FORMAT:
             raise CheckpointError(f"state_dict has format {found!r}, expected {STATE_FORMAT!r}")
+        for key, kind in (("rule", str), ("slots", dict), ("step", int)):
+            if not isinstance(state_dict.get(key), kind):
+                raise CheckpointError(f"state_dict[{key!r}] must be a {kind.__name__}, got "
+                                      f"{type(state_dict.get(key)).__name__}")
         if state_dict["rule"] != self.name:
             raise CheckpointError(f"state_dict is a {state_dict['rule']} state, not {self.name}")
         names = self.slot_names()
         if set(state_dict["slots"]) != set(names):
             raise CheckpointError(f"state_dict has slots {sorted(state_dict['slots'])}, this {self.name} needs "
-                                  f"{sorted(names)}; was it saved with other options?")
-        if state_dict["tree"] is not None and tree_from_json(state_dict["tree"]) != checked.treedef:
-            raise CheckpointError(f"state_dict's tree {tree_from_json(state_dict['tree']).describe()} differs from "
+                                  f"{sorted(names)}; was it saved with other options (amsgrad, momentum, ...)?")
+        tree = state_dict.get("tree")
+        if tree is not None and tree_from_json(tree) != checked.treedef:
+            raise CheckpointError(f"state_dict's tree {tree_from_json(tree).describe()} differs from "
                                   f"like's {checked.treedef.describe()}")
-        step, skipped, host = state_dict["step"], state_dict.get("skipped", 0), dict(state_dict.get("host", {}))
-        if set(host) != set(self.initial_host_state()) or not all(isinstance(v, float) for v in host.values()):
-            raise CheckpointError(f"state_dict's host state {host!r} does not fit {self.name}")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise CheckpointError(f"state_dict's step must be an int >= 0, got {step!r}")
+        step, skipped, host = state_dict["step"], state_dict.get("skipped", 0), state_dict.get("host", {})
+        for key, value in (("step", step), ("skipped", skipped)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CheckpointError(f"state_dict's {key} must be an int >= 0, got {value!r}")
+        if not isinstance(host, dict):
+            raise CheckpointError(f"state_dict's host state must be a dict, got {type(host).__name__}")
+        host = self.restore_host_state(step, dict(host))
+        if set(host) != set(self.initial_host_state()) or not all(type(v) is float for v in host.values()):
+            raise CheckpointError(f"state_dict's host state {host!r} does not fit {self.name}"[:300])
         for name in names:
             arrays = state_dict["slots"][name]
-            if len(arrays) != len(checked.leaves):
-                raise CheckpointError(f"state_dict slot {name!r} has {len(arrays)} arrays, like has {len(checked.leaves)}")
+            if not isinstance(arrays, (list, tuple)) or len(arrays) != len(checked.leaves):
+                raise CheckpointError(f"state_dict slot {name!r} must be a list of {len(checked.leaves)} arrays")
             for path, array, p in zip(checked.paths, arrays, checked.leaves):
                 want = dtype_name(checked.xp, compute_dtype(checked.xp, p.dtype))
+                if not isinstance(array, np.ndarray):
+                    raise CheckpointError(f"state_dict slot {name!r}{path} is a {type(array).__name__}, not a "
+                                          "NumPy array")
                 if tuple(array.shape) != tuple(p.shape) or array.dtype.name != want:
                     raise CheckpointError(f"state_dict slot {name!r}{path} is {array.dtype.name}{tuple(array.shape)}, "
                                           f"like{path} needs {want}{tuple(p.shape)}")
+        _warn_about_other_hyperparameters(self, state_dict.get("hyperparameters"))
         adapter = adapter_for(checked.xp) if checked.xp is not None else None
         slots = {
             name: unflatten(checked.treedef, [adapter.from_numpy(a, checked.device) for a in state_dict["slots"][name]])
@@ -195,6 +260,8 @@ class PreparedStep:
         self.rule, self.state = rule, state
         self.plan: Plan
         self.plan, (self.p_leaves, self.g_leaves, self.slot_leaves) = plan_for(rule, params, grads, state, writing)
+        if writing:
+            self.g_leaves = self.plan.unshared_grads(self.p_leaves, self.g_leaves, self.slot_leaves)
         if transform is not None:
             self.g_leaves = transform(self.plan, self.g_leaves)
         self.skip = rule.skip_nonfinite and not _all_finite(self.plan.xp, self.g_leaves)
@@ -212,19 +279,36 @@ class PreparedStep:
         return cache
 
     def apply(self) -> None:
-        """Write the step into the params and the state, then count it."""
+        """Write the step into the params and the state, then count it.
+
+        Everything that can fail or allocate is done first (checks, scalars, the reference
+        path's new values, the compiled path's address tables); then the writes run. A step
+        of several parts defers a KeyboardInterrupt until they are all written. If anything
+        still stops the writes half way (out of memory in the blocked path, a signal handler
+        that raises), the state is marked ``torn`` and later steps refuse it.
+        """
         state = self.state
         if self.skip:
             state.skipped += 1
             return
         plan, kernel, cache = self.plan, type(self.rule).kernel, self._cache()
         remembered: dict = {}
-        for group in plan.groups:
-            run_group(plan, group, kernel, self.scalars, cache, self.p_leaves, self.g_leaves, self.slot_leaves,
-                      None, remembered)
-        plan.known = remembered
-        state.host = self.new_host
-        state.step += 1
+        writes = [run_group(plan, group, kernel, self.scalars, cache, self.p_leaves, self.g_leaves, self.slot_leaves,
+                            None, remembered) for group in plan.groups]
+        atomic = len(plan.groups) == 1 and plan.groups[0].executor == "compiled"  # one loop: all or nothing
+        with interrupts_deferred(not atomic):
+            done = 0
+            try:
+                for write in writes:
+                    write()
+                    done += 1
+                plan.known = remembered
+                state.host = self.new_host
+                state.step += 1
+            except BaseException:
+                if done or not atomic:
+                    state.torn = True
+                raise
 
     def compute(self) -> tuple[Any, State]:
         """The step's new params and state, as new arrays (update)."""
@@ -255,6 +339,24 @@ class PreparedStep:
             slots={name: build(leaves) for name, leaves in zip(names, new_slots)},
             skipped=state.skipped, host=self.new_host,
         )
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint loaded with hyperparameters other than those it was saved with."""
+
+
+def _warn_about_other_hyperparameters(rule: Rule, saved: Any) -> None:
+    if not isinstance(saved, dict):
+        return
+    from .checkpoint import json_hyperparameters
+
+    mine = json_hyperparameters(rule.hyperparameters())
+    theirs = json_hyperparameters(saved)
+    different = [f"{name}={theirs[name]!r} (this rule: {mine[name]!r})" for name in sorted(mine)
+                 if name in theirs and theirs[name] != mine[name]]
+    if different:
+        warnings.warn(f"the checkpoint was saved with {', '.join(different)}; loading it as torch.optim does, "
+                      f"with this {type(rule).__name__}'s values from here on", CheckpointWarning, stacklevel=3)
 
 
 def _all_finite(xp: Any, grads: list) -> bool:

@@ -19,9 +19,14 @@ each fast-path mode).
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import itertools
 import math
 import operator
-from typing import TYPE_CHECKING, Any, Sequence
+import signal
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -80,6 +85,7 @@ class Plan:
         self.adapter: Adapter | None = adapter_for(self.xp) if self.xp is not None else None
         if writing:
             _check_writeable(self.adapter, checked, slots)
+            _check_no_shared_memory(self.adapter, checked, slots)
         self.namespace: RuleNamespace | None = (
             self.adapter.rule_namespace(self.device) if self.adapter is not None else None)
         arrays = [*checked.leaves, *grad_leaves, *(x for name in self.slot_names for x in slots[name])]
@@ -123,7 +129,7 @@ class Plan:
     def bind(self, params: Any, grads: Any, state: Any) -> tuple[list, list, list[list]] | None:
         """The leaves of this step if everything still matches the plan, else None."""
         if (type(state) is not State or state.rule != self.rule_name or len(state.slots) != len(self.slot_names)
-                or type(state.step) is not int or state.step < 0 or fast.get_mode() != self.mode
+                or type(state.step) is not int or state.step < 0 or fast.get_mode() != self.mode or state.torn
                 or ((state.host or self.host_names) and set(state.host) != self.host_names)):
             return None
         collect = self.collect
@@ -148,6 +154,24 @@ class Plan:
                         return None                                          # backend's array
         return p_leaves, g_leaves, slot_leaves
 
+    def unshared_grads(self, p_leaves: list, g_leaves: list, slot_leaves: list[list]) -> list:
+        """``g_leaves`` with a copy in place of any gradient that shares memory with a param or
+        slot this in-place step writes (so the step reads the gradient ``update`` would)."""
+        adapter = self.adapter
+        if adapter is None:
+            return g_leaves
+        written = (*p_leaves, *(x for leaves in slot_leaves for x in leaves))
+        cached = self.__dict__.get("_written")
+        if cached is None or len(cached[0]) != len(written) or not all(map(operator.is_, written, cached[0])):
+            cached = self.__dict__["_written"] = (written, {id(x) for x in written}, _Spans(adapter, written))
+        _, identities, spans = cached
+        copied = None
+        for index, g in enumerate(g_leaves):
+            if (id(g) in identities and any(g is x for x in written)) or spans.shares(g):
+                copied = list(g_leaves) if copied is None else copied
+                copied[index] = self.xp.asarray(g, copy=True)
+        return g_leaves if copied is None else copied
+
     def address(self, x: Any, remembered: dict[int, tuple[Any, int]] | None) -> int:
         """The address of ``x`` (planned to have one); kept in ``remembered`` for the next step."""
         if self.remembers:
@@ -163,6 +187,35 @@ class Plan:
         if address is None:  # the signature promised one
             raise RuntimeError("portopt internal error: a planned array has no address")
         return address
+
+
+class _Spans:
+    """The memory ranges of the arrays a step writes, sorted, to find quickly whether another
+    array shares memory with one of them (then checked exactly by the adapter)."""
+
+    def __init__(self, adapter: Adapter, arrays: Sequence[Any]) -> None:
+        self.adapter = adapter
+        found = sorted((bounds, k) for k, x in enumerate(arrays)
+                       if (bounds := adapter.memory_bounds(x)) is not None and bounds[1] > bounds[0])
+        self.arrays = arrays
+        self.starts = [low for (low, _), _ in found]
+        self.spans = found
+        self.reach = list(itertools.accumulate((high for (_, high), _ in found), max))
+
+    def shares(self, x: Any) -> bool:
+        if not self.spans:
+            return False
+        bounds = self.adapter.memory_bounds(x)
+        if bounds is None or bounds[1] <= bounds[0]:
+            return False
+        low, high = bounds
+        k = bisect.bisect_left(self.starts, high) - 1  # the last range that starts before x ends
+        while k >= 0 and self.reach[k] > low:
+            (_, span_high), position = self.spans[k]
+            if span_high > low and self.adapter.share_memory(x, self.arrays[position]):
+                return True
+            k -= 1
+        return False
 
 
 def _size(x: Any) -> int:
@@ -183,6 +236,42 @@ def _check_writeable(adapter: Adapter | None, params: Leaves, slots: dict[str, l
         for path, x in zip(params.paths, leaves):
             if not adapter.is_writeable(x):
                 raise TypeError(f"state.slots[{name!r}]{path} is read-only; use update()")
+
+
+def _check_no_shared_memory(adapter: Adapter | None, params: Leaves, slots: dict[str, list]) -> None:
+    """An in-place step writes each param and slot element once: none may share memory with
+    itself (a zero stride) or with another written array (the same array twice in a tree)."""
+    if adapter is None:
+        return
+    written = [(f"params{path}", p) for path, p in zip(params.paths, params.leaves)]
+    written += [(f"state.slots[{name!r}]{path}", x) for name, leaves in slots.items()
+                for path, x in zip(params.paths, leaves)]
+    for name, x in written:
+        if adapter.overlaps_itself(x):
+            raise ValueError(f"{name} has elements that share memory (a zero or overlapping stride, e.g. from "
+                             "broadcast_to or expand); it cannot be updated in place: pass a copy, or use update()")
+    spans = []
+    for position, (name, x) in enumerate(written):
+        bounds = adapter.memory_bounds(x)
+        spans.append((bounds if bounds is not None else (0, 0), position))
+    by_identity: dict[int, int] = {}
+    for position, (name, x) in enumerate(written):
+        if id(x) in by_identity:
+            _shared(written[by_identity[id(x)]][0], name)
+        by_identity[id(x)] = position
+    spans.sort()
+    for k, ((low, high), position) in enumerate(spans):  # neighbours by address: overlaps are adjacent
+        for (other_low, _other_high), other in spans[k + 1:]:
+            if other_low >= high:
+                break
+            if high > low and adapter.share_memory(written[position][1], written[other][1]):
+                first, second = sorted((position, other))
+                _shared(written[first][0], written[second][0])
+
+
+def _shared(first: str, second: str) -> None:
+    raise ValueError(f"{first} and {second} share memory; an in-place step would write it twice. Pass separate "
+                     "arrays (the same array twice in a tree is refused; torch warns about it in a param group)")
 
 
 def plan_for(rule: "Rule", params: Any, grads: Any, state: State, writing: bool) -> tuple[Plan, tuple]:
@@ -236,15 +325,17 @@ def _same(x: Any, y: Any) -> bool:
 
 def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: ScalarCache,
               p_leaves: Sequence, g_leaves: Sequence, slot_leaves: Sequence[Sequence],
-              outputs: list | None, remembered: dict[int, tuple[Any, int]]) -> None:
-    """Step the leaves of ``group``: in place when ``outputs`` is None, else append
-    ``(index, new_p, [new slots])`` for each leaf to ``outputs`` (update). Addresses of the
-    arrays the next step will read go into ``remembered``."""
+              outputs: list | None, remembered: dict[int, tuple[Any, int]]) -> Callable[[], None] | None:
+    """Step the leaves of ``group``. For ``update`` (``outputs`` a list), append ``(index,
+    new_p, [new slots])`` for each leaf to ``outputs``. In place (``outputs`` None), do
+    everything that can fail or allocate and return the writes, to be run once every group
+    is prepared: the reference path's new values are computed here, the compiled path's
+    address tables built. Addresses of the arrays the next step reads go into ``remembered``."""
     executor = group.executor
     slot_count = len(slot_leaves)
+    in_place = outputs is None
     if executor == "compiled":
         loops = group.loops(kernel, scalars, slot_count)
-        in_place = outputs is None
         if in_place and plan.remembers:
             arrays = tuple(x for index in group.indexes
                            for x in (p_leaves[index], g_leaves[index], *(leaves[index] for leaves in slot_leaves)))
@@ -257,20 +348,29 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
                 group.last_tables = (arrays, read, write)
         else:
             read, write = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, outputs)
-        loops.run(group.table, read, None if in_place else write, loops.scalars(scalars))
-        return
+        values = loops.scalars(scalars)
+        if in_place:
+            return lambda: loops.run(group.table, read, None, values)
+        loops.run(group.table, read, write, values)
+        return None
     if executor == "blocked":
         adapter = plan.adapter
         host_dtype = group.host_dtype
         s = cache.materialise(numpy_namespace().raw, scalars, host_dtype, "cpu")
-        for index in group.indexes:
-            slots = [adapter.flat_host_view(leaves[index], writeable=True) for leaves in slot_leaves]
-            run_blocked(kernel, s, host_dtype, adapter.flat_host_view(p_leaves[index], writeable=True),
-                        adapter.flat_host_view(g_leaves[index], writeable=False), slots)
-        return
+        views = [(adapter.flat_host_view(p_leaves[index], writeable=True),
+                  adapter.flat_host_view(g_leaves[index], writeable=False),
+                  [adapter.flat_host_view(leaves[index], writeable=True) for leaves in slot_leaves])
+                 for index in group.indexes]
+
+        def blocked_writes() -> None:
+            for p, g, slots in views:
+                run_blocked(kernel, s, host_dtype, p, g, slots)
+
+        return blocked_writes
     # reference
     xp = plan.xp
     s = cache.materialise(xp, scalars, group.dtype, plan.device)
+    computed = []
     for index in group.indexes:
         p0, g = p_leaves[index], g_leaves[index]
         slots = [leaves[index] for leaves in slot_leaves]
@@ -280,13 +380,45 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
         new_p, *new_slots = kernel(plan.namespace, s, p, g, *slots)
         if new_p.dtype != p0.dtype:
             new_p = xp.astype(new_p, p0.dtype)
-        if outputs is None:
-            plan.adapter.write(p0, new_p)
-            for x, value in zip(slots, new_slots):
-                plan.adapter.write(x, value)
+        if in_place:
+            computed.append((p0, new_p, slots, new_slots))
         else:
             inputs = (p0, g_leaves[index], *slots)
             outputs.append((index, _fresh(xp, new_p, inputs), [_fresh(xp, x, inputs) for x in new_slots]))
+    if not in_place:
+        return None
+    write = plan.adapter.write
+
+    def reference_writes() -> None:
+        for p0, new_p, slots, new_slots in computed:
+            write(p0, new_p)
+            for x, value in zip(slots, new_slots):
+                write(x, value)
+
+    return reference_writes
+
+
+@contextlib.contextmanager
+def interrupts_deferred(enabled: bool = True) -> Iterator[None]:
+    """Within the block, Ctrl-C (SIGINT) is held and raised as KeyboardInterrupt when the block
+    ends, so a write phase runs to its end. Main thread only (others never see SIGINT), and
+    only where Python's own handler or a callable one is installed. Costs two system calls,
+    so single-loop steps (all or nothing anyway) go without."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield
+        return
+    received: list = []
+    signal.signal(signal.SIGINT, lambda number, frame: received.append((number, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            previous(*received[0])
 
 
 def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, slot_leaves: Sequence[Sequence],

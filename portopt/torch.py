@@ -30,6 +30,7 @@ from .clipping import clip_factor, norm_dtype, scale_by
 from .fast.norms import sum_of_squares
 from .hyperparams import check_number
 from .optimizer import Rule
+from .plan import interrupts_deferred
 from .reductions import combine_frontiers, pairwise_frontier, pairwise_sum
 from .state import State
 
@@ -102,6 +103,9 @@ class PortoptOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step for every parameter with a ``.grad``; all groups are checked first."""
+        if self.__dict__.get("_torn"):
+            raise RuntimeError(f"{type(self).__name__}: an earlier step was stopped while writing, so the params and "
+                               "state may hold part of it; load a checkpoint (load_state_dict) before stepping again")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -118,13 +122,18 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise TypeError(f"{type(self).__name__} does not support sparse gradients")
                 if not self.state.get(p):
-                    slots = rule.init(torch_sharding.local(p)).slots
-                    new_states[p] = {"step": 0, **{k: torch_sharding.like(v, p) for k, v in slots.items()}}
+                    fresh = rule.init(torch_sharding.local(p))
+                    new_states[p] = {"step": 0, **{k: torch_sharding.like(v, p) for k, v in fresh.slots.items()},
+                                     **fresh.host}
                 by_steps.setdefault(self._param_state(p, new_states)["step"], []).append(p)
+            host_names = tuple(rule.initial_host_state())
             for steps_taken, params in by_steps.items():
                 slots = {name: [torch_sharding.local(self._param_state(p, new_states)[name]) for p in params]
                          for name in rule.slot_names()}
-                state = State(rule=rule.name, step=steps_taken, slots=slots)
+                first = self._param_state(params[0], new_states)  # NAdam's Πμ: one per parameter, as torch
+                host = rule.restore_host_state(steps_taken, {name: float(first[name]) for name in host_names
+                                                             if name in first})
+                state = State(rule=rule.name, step=steps_taken, slots=slots, host=host)
                 local_params = [torch_sharding.local(p) for p in params]
                 local_grads = [torch_sharding.local(p.grad) for p in params]
                 plans.append((params, rule.plan_step(local_params, local_grads, state)))
@@ -139,10 +148,17 @@ class PortoptOptimizer(torch.optim.Optimizer):
             return loss
         for p, fresh in new_states.items():
             self.state[p] = fresh
-        for params, plan in plans:
-            plan.apply()
-            for p in params:
-                self.state[p]["step"] = plan.state.step
+        with interrupts_deferred(len(plans) > 1):
+            for number, (params, plan) in enumerate(plans):
+                try:
+                    plan.apply()
+                except BaseException:
+                    if number or plan.state.torn:  # an earlier group (or part of this one) was written
+                        self.__dict__["_torn"] = True
+                    raise
+                for p in params:
+                    self.state[p]["step"] = plan.state.step
+                    self.state[p].update(plan.state.host)
         return loss
 
     def _param_state(self, p: torch.Tensor, new_states: dict) -> dict:

@@ -72,36 +72,55 @@ class NAdam(Rule):
         warn_if_beta1_too_large(self.betas)
         self.momentum_decay = check_number("momentum_decay", momentum_decay)
         self.decoupled_weight_decay = check_flag("decoupled_weight_decay", decoupled_weight_decay)
-        self._product = (0, 1.0)  # (t, prod_{k<=t} mu_k): the last one asked for
 
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
     def _mu(self, t: int) -> float:
-        return self.betas[0] * (1.0 - 0.5 * real_power(0.96, t * self.momentum_decay))
+        """``mu_t = beta1 (1 - 0.96^(t psi) / 2)``; the power in decimal arithmetic, remembered for
+        the next step (each step asks for mu_t and mu_{t+1})."""
+        remembered = self.__dict__.setdefault("_mus", {})
+        mu = remembered.get(t)
+        if mu is None:
+            if len(remembered) > 8:
+                remembered.clear()
+            mu = remembered[t] = self.betas[0] * (1.0 - 0.5 * real_power(0.96, t * self.momentum_decay))
+        return mu
 
-    def _mu_product(self, t: int) -> float:
-        """``mu_1 * mu_2 * ... * mu_t`` multiplied in that order (as torch accumulates it)."""
-        start, product = self._product if self._product[0] <= t else (0, 1.0)
-        for k in range(start + 1, t + 1):
+    def initial_host_state(self) -> dict[str, float]:
+        return {"mu_product": 1.0}
+
+    def restore_host_state(self, step: int, host: dict[str, float]) -> dict[str, float]:
+        """A checkpoint without Πμ (portopt 0.1): the product of this rule's mu_1..mu_step."""
+        if "mu_product" in host:
+            return host
+        product = 1.0
+        for k in range(1, step + 1):
             product = product * self._mu(k)
-        self._product = (t, product)
-        return product
+        return {**host, "mu_product": product}
+
+    def advance_host_state(self, steps_taken, host, xp, grads, params):
+        """``prod mu`` times this step's mu_t, kept in ``state.host`` (as torch keeps
+        ``mu_product``): O(1) per step, and a changed beta1 enters from its step on."""
+        t = steps_taken + 1
+        lr = evaluate("lr", self.lr, steps_taken)
+        mu, mu_next = self._mu(t), self._mu(t + 1)
+        product = host["mu_product"] * mu
+        steps = {"gradient_step": lr * (1.0 - mu) / (1.0 - product),
+                 "momentum_step": lr * mu_next / (1.0 - product * mu_next)}
+        return steps, {"mu_product": product}
 
     def host_scalars(self, steps_taken: int) -> NAdamScalars:
         lr = evaluate("lr", self.lr, steps_taken)
         weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         beta1, beta2 = self.betas
         t = steps_taken + 1
-        product = self._mu_product(t)
-        product_next = product * self._mu(t + 1)
         return NAdamScalars(
             maximize=self.maximize, coupled_decay=weight_decay != 0 and not self.decoupled_weight_decay,
             decoupled_decay=weight_decay != 0 and self.decoupled_weight_decay, weight_decay=weight_decay,
             decay_factor=1.0 - lr * weight_decay, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
             one_minus_beta2=1.0 - beta2, bias_correction2=1.0 - power(beta2, t),
-            gradient_step=lr * (1.0 - self._mu(t)) / (1.0 - product),
-            momentum_step=lr * self._mu(t + 1) / (1.0 - product_next),
+            gradient_step=0.0, momentum_step=0.0,  # from Πμ in the state: advance_host_state
             eps=evaluate("eps", self.eps, steps_taken),
         )
 

@@ -1,0 +1,5 @@
+"""A namespace that changes nothing: it must pass the whole suite."""
+
+from ._core import make_namespace
+
+globals().update(make_namespace(__name__))

@@ -1,0 +1,7 @@
+"""x * y one ulp too high."""
+
+import numpy as np
+
+from ._core import make_namespace, one_ulp_up
+
+globals().update(make_namespace(__name__, multiply=one_ulp_up(np.multiply)))
