@@ -23,7 +23,7 @@ BYTES_PER_PARAMETER = 16  # float32 param + grad + exp_avg + exp_avg_sq
 
 
 def measure(rank: int, ranks: int, params: int, steps: int, threads: int) -> dict:
-    """Runs on every rank (see portopt.local_ranks)."""
+    """Runs on every rank (see portopt.conformance.ranks)."""
     import resource
 
     import torch
@@ -74,7 +74,7 @@ def measure(rank: int, ranks: int, params: int, steps: int, threads: int) -> dic
 
 def run(params: int, steps: int, threads: int) -> dict:
     from portopt.conformance.report import machine_description
-    from portopt.local_ranks import run_ranks
+    from portopt.conformance.ranks import run_ranks
 
     return {"machine": machine_description(), "params": params, "steps": steps,
             "runs": {ranks: run_ranks(measure, ranks, params, steps, threads, timeout=600, threads=threads)

@@ -16,7 +16,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
-from portopt.backends.targets import find_targets
+from portopt.conformance.targets import find_targets
 
 import portopt
 from portopt.reductions import matmul, pairwise_sum_last_axis

@@ -6,19 +6,7 @@ array-API namespace. See README.md for the numerics contract.
 
 from __future__ import annotations
 
-import os as _os
-
-# In a source checkout the adapters and the suite sit beside this folder (backends/,
-# conformance/); an installed package has them inside it as portopt.backends and
-# portopt.conformance (pyproject's package-dir). Make both layouts import the same way.
-_here = _os.path.dirname(_os.path.abspath(__file__))
-_parent = _os.path.dirname(_here)
-if not _os.path.isdir(_os.path.join(_here, "backends")) and _os.path.isfile(
-    _os.path.join(_parent, "backends", "__init__.py")
-):
-    __path__.append(_parent)  # noqa: F821 - the package's own search path
-
-from .advice import DivergenceWarning  # noqa: E402
+from .divergence import DivergenceWarning  # noqa: E402
 from .checkpoint import CheckpointError, load, save  # noqa: E402
 from .clipping import Clipped, clip_by_global_norm, global_norm  # noqa: E402
 from .fast import fast_path  # noqa: E402

@@ -54,7 +54,7 @@ def run(target: Any, rule: portopt.Rule, steps: int, size: int, dtype: str) -> d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from portopt.backends.targets import find_targets
+    from portopt.conformance.targets import find_targets
 
     parser = argparse.ArgumentParser(prog="portopt demo", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)

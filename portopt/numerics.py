@@ -1,7 +1,7 @@
 """The numerics contract in code: compute dtypes, host scalars, and the namespace rules see.
 
 Rules compute with ``+ - * /``, a correctly rounded ``sqrt``, ``maximum``/``minimum``,
-``where`` and comparisons, in one fixed order (see ../shared/NUMERICS.md). This module
+``where`` and comparisons, in one fixed order (docs/numerics.md states the contract). This module
 hands them a namespace in which every one of those is correctly rounded on every backend,
 and turns host-side Python floats into 0-d arrays of the compute dtype exactly once.
 """
@@ -23,7 +23,7 @@ __all__ = [
     "HALF_PRECISION_DTYPE_NAMES",
 ]
 
-# Parameters of these dtypes are updated in float32 and rounded once (NUMERICS.md rule 3).
+# Parameters of these dtypes are updated in float32 and rounded once (docs/numerics.md).
 HALF_PRECISION_DTYPE_NAMES = ("float16", "bfloat16")
 
 

@@ -34,7 +34,7 @@ from portopt.backends import Adapter, adapter_for
 
 from . import fast
 from .checks import Leaves, check_grads, check_params, check_state
-from .fast import compiled
+from .kernels import cpu as compiled
 from .fast.blocked import numpy_namespace, run_blocked
 from .numerics import RuleNamespace, compute_dtype, dtype_name, flags_of, materialise, scalar_fields
 from .state import State

@@ -1,7 +1,7 @@
 """A fixed-order reduction written with elementwise operations only.
 
 Library reductions (``sum``, ``vector_norm``) choose their own order, which differs between
-backends (NUMERICS.md: NumPy and torch agreed on ``sum`` in 6 of 10 seeds, on
+backends (docs/numerics.md: NumPy and torch agreed on ``sum`` in 6 of 10 seeds, on
 ``vector_norm`` in none). Here the order is part of the definition, so every backend
 whose ``+`` is correctly rounded gets the same bits:
 

@@ -2,8 +2,8 @@
 
 Each returns a callable ``f(steps_taken) -> float`` for any schedulable hyperparameter
 (``lr=...``): a frozen dataclass, so it prints its arguments, compares by value and
-pickles (torch.save and torch.distributed.checkpoint store param groups holding one). Values use only IEEE ``+ - * /``, :func:`portopt.host.power` and the decimal
-:func:`portopt.host.cosine` (not the C library's ``pow``/``cos``), so every platform and
+pickles (torch.save and torch.distributed.checkpoint store param groups holding one). Values use only IEEE ``+ - * /``, :func:`portopt.host_arithmetic.power` and the decimal
+:func:`portopt.host_arithmetic.cosine` (not the C library's ``pow``/``cos``), so every platform and
 backend sees the same numbers.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .host import PI, cosine, power
+from .host_arithmetic import PI, cosine, power
 from .hyperparams import check_number
 
 __all__ = ["constant", "linear_warmup", "exponential_decay", "step_decay", "cosine_decay", "warmup_cosine", "join"]

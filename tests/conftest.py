@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from portopt.backends.targets import TARGET_NAMES, find_targets
+from portopt.conformance.targets import TARGET_NAMES, find_targets
 
 import portopt
 

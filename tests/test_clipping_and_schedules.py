@@ -13,7 +13,7 @@ from helpers import same_bits
 
 import portopt
 from portopt import schedules
-from portopt.fast import compiled
+from portopt.kernels import cpu as compiled
 from portopt.reductions import pairwise_sum
 
 

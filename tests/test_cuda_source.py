@@ -1,5 +1,5 @@
 """The generated CUDA kernels compile (nvcc, no GPU needed) with CuPy's flags and contain no FMA
-and no flush-to-zero instruction. Running them on a GPU is left to the accelerator (issue 8)."""
+and no flush-to-zero instruction. Running them needs a GPU (docs/gpu.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from helpers import VARIANTS, make_rule
 
-from portopt.gpu.cuda_source import cuda_source
+from portopt.kernels.cuda import cuda_source
 
 NVCC = shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc (the CUDA compiler) is not installed here")

@@ -143,7 +143,8 @@ def test_two_ranks_give_the_one_process_bits(two_rank_findings, check):
 
 @pytest.mark.long
 def test_two_ranks_give_the_one_process_bits_under_every_fast_path():
-    from portopt.fast import MODES, compiled
+    from portopt.fast import MODES
+    from portopt.kernels import cpu as compiled
 
     modes = [m for m in MODES if m != "compiled" or compiled.available()]
     findings = distributed.run(ranks=2, steps=4, modes=modes, timeout=900)
@@ -152,7 +153,7 @@ def test_two_ranks_give_the_one_process_bits_under_every_fast_path():
 
 
 def test_skip_nonfinite_agrees_across_ranks_and_other_layouts_are_refused():
-    from portopt.local_ranks import run_ranks
+    from portopt.conformance.ranks import run_ranks
 
     results = run_ranks(skip_on_one_rank, 2, timeout=120)
     assert [r[:2] for r in results] == [(1, True), (1, True)]
@@ -162,7 +163,7 @@ def test_skip_nonfinite_agrees_across_ranks_and_other_layouts_are_refused():
 
 @pytest.mark.parametrize("agree", [True, False], ids=["skip_group", "no_group"])
 def test_zero_ranks_skip_together_when_given_a_skip_group(agree):
-    from portopt.local_ranks import run_ranks
+    from portopt.conformance.ranks import run_ranks
 
     results = run_ranks(zero_skip_on_one_rank, 2, agree, timeout=120)
     if agree:
@@ -177,7 +178,7 @@ def test_skip_group_is_checked():
 
 
 def test_a_failing_rank_is_reported_with_its_traceback():
-    from portopt.local_ranks import RanksFailed, run_ranks
+    from portopt.conformance.ranks import RanksFailed, run_ranks
 
     with pytest.raises(RanksFailed, match="rank 1 of 2 failed(.|\n)*on purpose"):
         run_ranks(raise_on_rank_one, 2, timeout=120)

@@ -11,8 +11,9 @@ from conftest import TARGETS
 from helpers import VARIANTS, make_rule, same_bits, same_bits_any_nan, variant_id
 
 import portopt
-from portopt.fast import blocked, compiled
-from portopt.trace import trace
+from portopt.fast import blocked
+from portopt.kernels import cpu as compiled
+from portopt.kernels.trace import trace
 
 SIZE = 1000 + 17  # with the small blocks below: several blocks, chunks and threads, a ragged end
 MODES = [pytest.param("blocked"),

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portopt.host import power
+from portopt.host_arithmetic import power
 from portopt.trees import flatten, leaf_paths, tree_map, unflatten
 
 

@@ -20,7 +20,7 @@ import contextvars
 import os
 from typing import Iterator
 
-from . import compiled
+from ..kernels import cpu as compiled
 
 __all__ = ["MODES", "get_mode", "set_mode", "fast_path"]
 

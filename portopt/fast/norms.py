@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import compiled
+from ..kernels import cpu as compiled
 
 __all__ = ["sums_of_squares", "pairwise_sum", "sum_of_squares"]
 
@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import carray
 
-from portopt.fast.pointers import {dtype}_pointer as pointer
+from portopt.kernels.pointers import {dtype}_pointer as pointer
 
 BLOCK_LEVELS = 10  # aligned blocks of 1024 elements are whole subtrees, summed level by level
 

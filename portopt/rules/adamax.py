@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..advice import warn_if_beta1_too_large
-from ..host import power
+from ..divergence import warn_if_beta1_too_large
+from ..host_arithmetic import power
 from ..hyperparams import Hyperparameter, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient

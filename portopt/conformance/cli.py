@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from portopt.backends.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, TargetError, find_targets
+from portopt.conformance.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, TargetError, find_targets
 
 import portopt
 

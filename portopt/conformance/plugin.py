@@ -10,7 +10,7 @@ or ``pytest_plugins = ["portopt.conformance.plugin"]`` in a conftest.py and
 from __future__ import annotations
 
 import pytest
-from portopt.backends.targets import TARGET_NAMES, find_targets, namespace_target
+from portopt.conformance.targets import TARGET_NAMES, find_targets, namespace_target
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

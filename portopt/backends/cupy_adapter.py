@@ -1,7 +1,7 @@
 """CuPy (GPU): arrays through array-api-compat; host copies through ``.get()``.
 
-Not yet verified on a GPU (issue 7): CuPy compiles every kernel with ``-ftz=true``, so its
-float32 ufuncs flush subnormals that NumPy keeps. Until the flush-free primitives of issue 7
+Not yet verified on a GPU (docs/gpu.md): CuPy compiles every kernel with ``-ftz=true``, so its
+float32 ufuncs flush subnormals that NumPy keeps. Until flush-free primitives
 land, the conformance suite names that defect instead of hiding it.
 """
 

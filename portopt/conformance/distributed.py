@@ -14,7 +14,7 @@ and an unsharded copy in the same process, then compares every parameter's bits:
 
 Variants come from cases.toml (those with a drop-in); a ``clip_norm`` variant clips with
 :func:`portopt.torch.clip_grad_norm_` before each step. ``run`` starts the ranks itself
-(``portopt.local_ranks``: gloo on loopback). Same data on every rank makes the averaged
+(``portopt.conformance.ranks``: gloo on loopback). Same data on every rank makes the averaged
 gradient exactly the one-process gradient (g/2 + g/2 = g for normal numbers).
 """
 
@@ -274,8 +274,9 @@ def run(ranks: int = 2, checks: Iterable[str] = CHECKS, variant_names: list | No
         modes: Iterable[str] | None = None, timeout: float = 300.0) -> list[Finding]:
     """Every check on ``ranks`` local gloo ranks; the findings of every rank."""
     import portopt
-    from portopt.fast import MODES, compiled
-    from portopt.local_ranks import run_ranks
+    from portopt.fast import MODES
+    from portopt.kernels import cpu as compiled
+    from portopt.conformance.ranks import run_ranks
 
     unknown = set(checks) - set(CHECKS)
     if unknown:

@@ -190,7 +190,7 @@ def _base_from_view(leaf: Leaf, view: np.ndarray) -> np.ndarray:
 def _locate(case: Case, target: Any, api: str, start: int, arrays: dict[str, np.ndarray], host: dict[str, float],
             end: int, mismatch: Mismatch) -> None:
     """Replay steps ``start+1 .. end`` on ``target`` and on NumPy from the matching snapshot."""
-    from portopt.backends.targets import find_targets
+    from portopt.conformance.targets import find_targets
 
     reference = find_targets(("numpy",))[0]["numpy"]
     rule = case.make_rule()

@@ -1,6 +1,6 @@
 """torch (CPU and CUDA): writes without autograd, and a correctly rounded sqrt on the CPU.
 
-``torch.sqrt`` on the CPU is not correctly rounded (NUMERICS.md: 1 ulp off on ~0.65% of
+``torch.sqrt`` on the CPU is not correctly rounded (measured: 1 ulp off on ~0.65% of
 elements through MKL VML, sometimes far worse on the first call in a process), so CPU
 tensors take NumPy's sqrt, which is, on the same memory.
 """

@@ -35,7 +35,7 @@ class TargetSpec:
     include_backends: bool = True  # False: only the namespaces
 
     def build(self) -> tuple[dict[str, Any], dict[str, str]]:
-        from portopt.backends.targets import find_targets, namespace_target
+        from portopt.conformance.targets import find_targets, namespace_target
 
         targets, missing = find_targets(self.backends) if self.include_backends else ({}, {})
         for module in self.namespaces:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .numerics import scalar_fields
+from ..numerics import scalar_fields
 
 __all__ = ["Node", "Graph", "trace"]
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import array_api_compat
 import numpy as np
 
-from . import adapter_for
+from portopt.backends import adapter_for
 
 __all__ = ["Target", "TargetError", "find_targets", "namespace_target", "TARGET_NAMES", "OPTIONAL_TARGET_NAMES"]
 

@@ -1,1 +1,0 @@
-"""GPU fused kernels generated from the traced rule kernels (CUDA source; see cuda_source.py)."""
