@@ -53,7 +53,7 @@ def bandwidth(nbytes: int = 400_000_000, repeats: int = 7) -> dict[str, float]:
     rates = {}
     with ThreadPoolExecutor(workers) as pool:
         for name, (operation, moved) in operations.items():
-            def once() -> None:
+            def once(operation=operation) -> None:
                 list(pool.map(lambda bound: operation(*bound), bounds))
             once()
             times = []
@@ -187,9 +187,8 @@ def clipping_implementations(workload: Workload) -> list[Implementation]:
         implementations.append(Implementation(f"portopt clip_by_global_norm numpy, {label}",
                                               lambda m=max_norm: portopt.clip_by_global_norm(grads, m)))
     try:
-        import torch
-
         import portopt.torch as drop_ins
+        import torch
     except ImportError:
         return implementations
     for label, max_norm in (("scales", half), ("within max_norm", 1e30)):

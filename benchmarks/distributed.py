@@ -26,11 +26,11 @@ def measure(rank: int, ranks: int, params: int, steps: int, threads: int) -> dic
     """Runs on every rank (see portopt.conformance.ranks)."""
     import resource
 
-    import torch
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
     import portopt.torch as pt
+    import torch
     from portopt import torch_sharding
 
     try:
@@ -73,8 +73,8 @@ def measure(rank: int, ranks: int, params: int, steps: int, threads: int) -> dic
 
 
 def run(params: int, steps: int, threads: int) -> dict:
-    from portopt.conformance.report import machine_description
     from portopt.conformance.ranks import run_ranks
+    from portopt.conformance.report import machine_description
 
     return {"machine": machine_description(), "params": params, "steps": steps,
             "runs": {ranks: run_ranks(measure, ranks, params, steps, threads, timeout=600, threads=threads)

@@ -8,7 +8,7 @@ for the small-problem rows, not a reference: their bits are not portopt's promis
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

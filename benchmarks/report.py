@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def add_output_options(parser: argparse.ArgumentParser, default_json: str, block: str) -> None:

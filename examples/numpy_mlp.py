@@ -16,9 +16,9 @@ import hashlib
 from typing import Any
 
 import numpy as np
-from portopt.conformance.targets import find_targets
 
 import portopt
+from portopt.conformance.targets import find_targets
 from portopt.reductions import matmul, pairwise_sum_last_axis
 
 RULES = {

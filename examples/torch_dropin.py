@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import portopt.torch as pt
+import torch
 
 
 def train(optimizer_class, steps: int) -> list[float]:

@@ -6,9 +6,9 @@ array-API namespace. See README.md for the numerics contract.
 
 from __future__ import annotations
 
-from .divergence import DivergenceWarning  # noqa: E402
 from .checkpoint import CheckpointError, load, save  # noqa: E402
 from .clipping import Clipped, clip_by_global_norm, global_norm  # noqa: E402
+from .divergence import DivergenceWarning  # noqa: E402
 from .fast import fast_path  # noqa: E402
 from .fast import get_mode as get_fast_path
 from .fast import set_mode as set_fast_path

@@ -67,7 +67,7 @@ def _digest(array: np.ndarray) -> str:
 
 def json_hyperparameters(hyperparameters: dict) -> dict:
     """Hyperparameters as JSON; a schedule (a callable) is recorded by name only."""
-    plain = {}
+    plain: dict[str, Any] = {}
     for name, value in hyperparameters.items():
         if callable(value):
             plain[name] = {"schedule": getattr(value, "__qualname__", repr(value))}
@@ -112,7 +112,7 @@ def save(path: str | os.PathLike, state_dict: dict) -> None:
                                              dir=path.parent or ".")
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle first
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

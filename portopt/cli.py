@@ -1,11 +1,12 @@
-"""The ``portopt`` command: ``portopt conformance ...``, ``portopt peers ...``, ``portopt demo``."""
+"""The ``portopt`` command (also ``python -m portopt``): ``portopt conformance ...``,
+``portopt peers ...``, ``portopt demo``, ``portopt --version``."""
 
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-USAGE = """usage: portopt COMMAND [options]
+USAGE = """usage: portopt COMMAND [options]   (or: python -m portopt COMMAND ...)
 
 commands:
   conformance   check that every backend found reproduces the golden vectors bit for bit
@@ -13,7 +14,7 @@ commands:
   peers         compare portopt with torch.optim's own paths (a report, not a pass/fail)
   demo          a short optimisation on every backend found, with the digests of the result
 
-'portopt COMMAND --help' for a command's options."""
+'portopt COMMAND --help' for a command's options; 'portopt --version' for the version."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from portopt import __version__
+
+        print(f"portopt {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "conformance":
         from portopt.conformance.cli import main as conformance_main

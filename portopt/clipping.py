@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 
 from .checks import check_params
-from .hyperparams import check_number
+from .fast.norms import sum_of_squares
+from .hyperparams import check_real
 from .numerics import compute_dtype
 from .optimizer import PreparedStep, Rule
-from .fast.norms import sum_of_squares
 from .state import State
 from .trees import unflatten
 
@@ -38,8 +38,8 @@ def clip_by_global_norm(grads: Any, max_norm: float, eps: float = 1e-6) -> tuple
     :func:`global_norm`, so every backend clips by the same factor. The factor is computed
     in the norm's dtype and applied to each leaf in its compute dtype.
     """
-    max_norm = check_number("max_norm", max_norm)
-    eps = check_number("eps", eps)
+    max_norm = check_real("max_norm", max_norm)
+    eps = check_real("eps", eps)
     checked = check_params(grads)
     norm = global_norm(grads)
     factor = clip_factor(checked.xp, norm, max_norm, eps, checked.device)
@@ -101,7 +101,7 @@ class Clipped(Rule):
         if not isinstance(rule, Rule):
             raise TypeError(f"rule must be a portopt rule, got {type(rule).__name__}")
         self.rule = rule
-        self.max_norm = check_number("max_norm", max_norm)
+        self.max_norm = check_real("max_norm", max_norm)
         self.name = rule.name
         self.skip_nonfinite = rule.skip_nonfinite
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import array_api_compat
 import numpy as np
 
 import portopt
 
-DEFAULT_OPTIONS = {
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "Adam": {"lr": 0.01},
     "AdamW": {"lr": 0.01, "weight_decay": 0.001},
     "AMSGrad": {"lr": 0.01},

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Union
+from collections.abc import Callable
 
-__all__ = ["Schedule", "Hyperparameter", "check_number", "check_betas", "check_flag", "evaluate", "STANDARD"]
+__all__ = ["Schedule", "Hyperparameter", "check_number", "check_schedule", "check_real", "check_betas", "check_flag",
+           "evaluate"]
 
 Schedule = Callable[[int], float]
-Hyperparameter = Union[float, Schedule]
+Hyperparameter = float | Schedule
 
 
 def _check_range(name: str, value: float, low: float, high: float | None, *, closed_high: bool) -> float:
@@ -47,14 +48,25 @@ def check_number(
     return _check_range(name, float(value), low, high, closed_high=closed_high)
 
 
+def check_schedule(name: str, value: object) -> Hyperparameter:
+    """A schedulable hyperparameter (``lr``, ``eps``, ``weight_decay``): a number >= 0, or a
+    callable of the steps taken whose values are checked at each step."""
+    return check_number(name, value, schedulable=True)
+
+
 def check_betas(betas: object) -> tuple[float, float]:
     """``betas`` is a pair of numbers in [0, 1)."""
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     return (
-        check_number("betas[0]", betas[0], high=1.0),
-        check_number("betas[1]", betas[1], high=1.0),
+        _number(check_number("betas[0]", betas[0], high=1.0)),
+        _number(check_number("betas[1]", betas[1], high=1.0)),
     )
+
+
+def _number(value: Hyperparameter) -> float:
+    assert not callable(value)  # check_number without schedulable gives a float
+    return value
 
 
 def evaluate(name: str, value: Hyperparameter, steps_taken: int, *, low: float = 0.0) -> float:
@@ -69,21 +81,14 @@ def evaluate(name: str, value: Hyperparameter, steps_taken: int, *, low: float =
     return _check_range(f"{name} (schedule value at step {steps_taken})", float(result), low, None, closed_high=False)
 
 
+def check_real(name: str, value: object, *, low: float = 0.0, high: float | None = None,
+               closed_high: bool = False) -> float:
+    """A real hyperparameter that cannot be a schedule (``momentum``, ``rho``, ...), as a float."""
+    return _number(check_number(name, value, low=low, high=high, closed_high=closed_high))
+
+
 def check_flag(name: str, value: object) -> bool:
     """A boolean option (``amsgrad``, ``maximize``, ...): a real bool, not 1 or "yes"."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
-
-
-# Hyperparameters spelled the same way by every rule that has them, and their checks.
-STANDARD = {
-    "lr": lambda name, value: check_number(name, value, schedulable=True),
-    "eps": lambda name, value: check_number(name, value, schedulable=True),
-    "weight_decay": lambda name, value: check_number(name, value, schedulable=True),
-    "betas": lambda name, value: check_betas(value),
-    "momentum": lambda name, value: check_number(name, value),
-    "amsgrad": check_flag,
-    "maximize": check_flag,
-    "skip_nonfinite": check_flag,
-}

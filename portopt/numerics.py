@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import operator
 import typing
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 __all__ = [
     "RuleNamespace",
@@ -66,9 +67,9 @@ class RuleNamespace:
     underneath; ``overridden`` names what was replaced, for reports.
     """
 
-    def __init__(self, raw: Any, overrides: Mapping[str, Callable[..., Any]] = ()) -> None:
+    def __init__(self, raw: Any, overrides: Mapping[str, Callable[..., Any]] | None = None) -> None:
         self.raw = raw
-        self._overrides = dict(overrides)
+        self._overrides = dict(overrides or {})
         self._overrides.setdefault("maximum", lambda x, y: ieee_maximum(raw, x, y))
         self._overrides.setdefault("minimum", lambda x, y: ieee_minimum(raw, x, y))
 

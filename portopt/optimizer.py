@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import array_api_compat
 import numpy as np
@@ -21,7 +22,7 @@ from portopt.backends import adapter_for
 
 from .checkpoint import STATE_FORMAT, CheckpointError, tree_from_json, tree_to_json
 from .checks import check_params
-from .hyperparams import STANDARD, evaluate
+from .hyperparams import check_flag, evaluate
 from .numerics import compute_dtype, dtype_name
 from .plan import Plan, ScalarCache, interrupts_deferred, plan_for, run_group
 from .state import State
@@ -39,8 +40,9 @@ class Rule:
     training is a schedule (``lr=``, ``eps=``, ``weight_decay=`` take callables).
     """
 
-    name: ClassVar[str]
+    name: str  # set by each rule class (Clipped takes its rule's)
     kernel: ClassVar[Callable[..., tuple]]
+    maximize: bool = False
     skip_nonfinite: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -50,7 +52,7 @@ class Rule:
             return
 
         @functools.wraps(init)
-        def constructing(self: "Rule", *args: Any, **kwargs: Any) -> None:
+        def constructing(self: Rule, *args: Any, **kwargs: Any) -> None:
             depth = self.__dict__.get("_constructing", 0)
             self.__dict__["_constructing"] = depth + 1
             try:
@@ -58,7 +60,7 @@ class Rule:
             finally:
                 self.__dict__["_constructing"] = depth
 
-        cls.__init__ = constructing  # type: ignore[method-assign]
+        cls.__init__ = constructing  # type: ignore[assignment,method-assign]
 
     def __setattr__(self, name: str, value: Any) -> None:
         if not self.__dict__.get("_constructing"):
@@ -90,10 +92,10 @@ class Rule:
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
         return {name: getattr(self, name) for name in names}
 
-    def _set_standard(self, **values: Any) -> None:
-        """Check and store the hyperparameters every rule spells the same way (see STANDARD)."""
-        for name, value in values.items():
-            setattr(self, name, STANDARD[name](name, value))
+    def _set_common(self, maximize: bool, skip_nonfinite: bool) -> None:
+        """Check and store the two options every rule has."""
+        self.maximize = check_flag("maximize", maximize)
+        self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
 
     def gradient_scalars(self, steps_taken: int) -> dict[str, Any]:
         """Host scalars of :func:`portopt.rules.common.effective_gradient`: maximize and coupled decay."""
@@ -145,7 +147,7 @@ class Rule:
         """
         self.plan_step(params, grads, state).apply()
 
-    def plan_step(self, params: Any, grads: Any, state: State) -> "PreparedStep":
+    def plan_step(self, params: Any, grads: Any, state: State) -> PreparedStep:
         """Check an in-place step and evaluate its scalars; ``.apply()`` then writes it.
 
         Lets a caller with several groups (the torch drop-in) check them all before
@@ -239,7 +241,7 @@ class Rule:
                     raise CheckpointError(f"state_dict slot {name!r}{path} is {array.dtype.name}{tuple(array.shape)}, "
                                           f"like{path} needs {want}{tuple(p.shape)}")
         _warn_about_other_hyperparameters(self, state_dict.get("hyperparameters"))
-        adapter = adapter_for(checked.xp) if checked.xp is not None else None
+        adapter = adapter_for(checked.xp)
         slots = {
             name: unflatten(checked.treedef, [adapter.from_numpy(a, checked.device) for a in state_dict["slots"][name]])
             for name in names
@@ -293,8 +295,12 @@ class PreparedStep:
             return
         plan, kernel, cache = self.plan, type(self.rule).kernel, self._cache()
         remembered: dict = {}
-        writes = [run_group(plan, group, kernel, self.scalars, cache, self.p_leaves, self.g_leaves, self.slot_leaves,
-                            None, remembered) for group in plan.groups]
+        writes = []
+        for group in plan.groups:
+            write = run_group(plan, group, kernel, self.scalars, cache, self.p_leaves, self.g_leaves,
+                              self.slot_leaves, None, remembered)
+            assert write is not None  # in place, every group hands back its writes
+            writes.append(write)
         atomic = len(plan.groups) == 1 and plan.groups[0].executor == "compiled"  # one loop: all or nothing
         with interrupts_deferred(not atomic):
             done = 0

@@ -26,7 +26,8 @@ import math
 import operator
 import signal
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,8 +35,8 @@ from portopt.backends import Adapter, adapter_for
 
 from . import fast
 from .checks import Leaves, check_grads, check_params, check_state
-from .kernels import cpu as compiled
 from .fast.blocked import numpy_namespace, run_blocked
+from .kernels import cpu as compiled
 from .numerics import RuleNamespace, compute_dtype, dtype_name, flags_of, materialise, scalar_fields
 from .state import State
 from .trees import builder, collector
@@ -64,14 +65,20 @@ class Group:
         flags = flags_of(scalars)
         loops = self.loops_by_flags.get(flags)
         if loops is None:
+            assert self.host_dtype is not None  # a compiled group has one
             loops = self.loops_by_flags[flags] = compiled.loops_for(kernel, scalars, slot_count, self.host_dtype)
         return loops
+
+    @property
+    def compiled_table(self) -> compiled.Table:
+        assert self.table is not None, "only a compiled group has a table"
+        return self.table
 
 
 class Plan:
     """Everything the full checks established about one signature of (params, grads, state)."""
 
-    def __init__(self, rule: "Rule", params: Any, grads: Any, state: State, writing: bool) -> None:
+    def __init__(self, rule: Rule, params: Any, grads: Any, state: State, writing: bool) -> None:
         self.rule_name = rule.name
         self.slot_names = rule.slot_names()
         self.host_names = set(rule.initial_host_state())
@@ -82,19 +89,18 @@ class Plan:
         slots = check_state(state, rule.name, self.slot_names, checked, tuple(self.host_names))
         self.treedef, self.paths, self.xp, self.device = checked.treedef, checked.paths, checked.xp, checked.device
         self.collect, self.build = collector(self.treedef), builder(self.treedef)
-        self.adapter: Adapter | None = adapter_for(self.xp) if self.xp is not None else None
+        self.adapter: Adapter = adapter_for(self.xp)  # the plain adapter for an empty tree (no namespace)
         if writing:
             _check_writeable(self.adapter, checked, slots)
             _check_no_shared_memory(self.adapter, checked, slots)
-        self.namespace: RuleNamespace | None = (
-            self.adapter.rule_namespace(self.device) if self.adapter is not None else None)
+        self.namespace: RuleNamespace = self.adapter.rule_namespace(self.device)
         arrays = [*checked.leaves, *grad_leaves, *(x for name in self.slot_names for x in slots[name])]
-        self.signatures = [self.adapter.signature(x) for x in arrays] if self.adapter else []
+        self.signatures = [self.adapter.signature(x) for x in arrays]
         self.groups = self._groups(checked.leaves, grad_leaves, slots)
         # NumPy: addresses of the arrays the last step wrote, by array (a NumPy array's
         # memory cannot move while this plan holds it: NumPy refuses to resize a referenced
         # array). Looking an address up costs more than a whole small step.
-        self.remembers = self.adapter is not None and self.adapter.name == "numpy"
+        self.remembers = self.adapter.name == "numpy"
         self.known: dict[int, tuple[Any, int]] = {}
 
     # --- executors ---------------------------------------------------------------------
@@ -112,7 +118,7 @@ class Plan:
 
     def _executor(self, p: Any, arrays: list) -> str:
         adapter, mode = self.adapter, self.mode
-        if mode == "off" or adapter is None:
+        if mode == "off":
             return "reference"
         dtype = compute_dtype(self.xp, p.dtype)
         compiled_here = (mode in ("auto", "compiled") and compiled.available() and p.dtype == dtype
@@ -144,22 +150,19 @@ class Plan:
             if leaves is None:
                 return None
             slot_leaves.append(leaves)
-        if self.adapter is not None:
-            signature = self.adapter.signature
-            expected = iter(self.signatures)
-            for leaves in (p_leaves, g_leaves, *slot_leaves):
-                for x in leaves:
-                    wanted = next(expected)
-                    if type(x) is not wanted[0] or signature(x) != wanted:  # the type first: another
-                        return None                                          # backend's array
+        signature = self.adapter.signature
+        expected = iter(self.signatures)
+        for leaves in (p_leaves, g_leaves, *slot_leaves):
+            for x in leaves:
+                wanted = next(expected)
+                if type(x) is not wanted[0] or signature(x) != wanted:  # the type first: another
+                    return None                                          # backend's array
         return p_leaves, g_leaves, slot_leaves
 
     def unshared_grads(self, p_leaves: list, g_leaves: list, slot_leaves: list[list]) -> list:
         """``g_leaves`` with a copy in place of any gradient that shares memory with a param or
         slot this in-place step writes (so the step reads the gradient ``update`` would)."""
         adapter = self.adapter
-        if adapter is None:
-            return g_leaves
         written = (*p_leaves, *(x for leaves in slot_leaves for x in leaves))
         cached = self.__dict__.get("_written")
         if cached is None or len(cached[0]) != len(written) or not all(map(operator.is_, written, cached[0])):
@@ -174,18 +177,12 @@ class Plan:
 
     def address(self, x: Any, remembered: dict[int, tuple[Any, int]] | None) -> int:
         """The address of ``x`` (planned to have one); kept in ``remembered`` for the next step."""
-        if self.remembers:
-            known = self.known.get(id(x))
-            if known is not None and known[0] is x:
-                address = known[1]
-            else:
-                address = self.adapter.address(x)
-            if remembered is not None:
-                remembered[id(x)] = (x, address)
-        else:
-            address = self.adapter.address(x)
+        known = self.known.get(id(x)) if self.remembers else None
+        address = known[1] if known is not None and known[0] is x else self.adapter.address(x)
         if address is None:  # the signature promised one
             raise RuntimeError("portopt internal error: a planned array has no address")
+        if self.remembers and remembered is not None:
+            remembered[id(x)] = (x, address)
         return address
 
 
@@ -225,9 +222,7 @@ def _size(x: Any) -> int:
     return size
 
 
-def _check_writeable(adapter: Adapter | None, params: Leaves, slots: dict[str, list]) -> None:
-    if adapter is None:
-        return
+def _check_writeable(adapter: Adapter, params: Leaves, slots: dict[str, list]) -> None:
     for path, p in zip(params.paths, params.leaves):
         if not adapter.is_writeable(p):
             raise TypeError(f"params{path} is read-only ({adapter.label(params.device)}); "
@@ -238,11 +233,9 @@ def _check_writeable(adapter: Adapter | None, params: Leaves, slots: dict[str, l
                 raise TypeError(f"state.slots[{name!r}]{path} is read-only; use update()")
 
 
-def _check_no_shared_memory(adapter: Adapter | None, params: Leaves, slots: dict[str, list]) -> None:
+def _check_no_shared_memory(adapter: Adapter, params: Leaves, slots: dict[str, list]) -> None:
     """An in-place step writes each param and slot element once: none may share memory with
     itself (a zero stride) or with another written array (the same array twice in a tree)."""
-    if adapter is None:
-        return
     written = [(f"params{path}", p) for path, p in zip(params.paths, params.leaves)]
     written += [(f"state.slots[{name!r}]{path}", x) for name, leaves in slots.items()
                 for path, x in zip(params.paths, leaves)]
@@ -251,7 +244,7 @@ def _check_no_shared_memory(adapter: Adapter | None, params: Leaves, slots: dict
             raise ValueError(f"{name} has elements that share memory (a zero or overlapping stride, e.g. from "
                              "broadcast_to or expand); it cannot be updated in place: pass a copy, or use update()")
     spans = []
-    for position, (name, x) in enumerate(written):
+    for position, (_, x) in enumerate(written):
         bounds = adapter.memory_bounds(x)
         spans.append((bounds if bounds is not None else (0, 0), position))
     by_identity: dict[int, int] = {}
@@ -274,7 +267,7 @@ def _shared(first: str, second: str) -> None:
                      "arrays (the same array twice in a tree is refused; torch warns about it in a param group)")
 
 
-def plan_for(rule: "Rule", params: Any, grads: Any, state: State, writing: bool) -> tuple[Plan, tuple]:
+def plan_for(rule: Rule, params: Any, grads: Any, state: State, writing: bool) -> tuple[Plan, tuple]:
     """The rule's cached plan for this step and the step's leaves; a new plan (every check
     run again) when anything differs from the cached one."""
     plans = rule.__dict__.setdefault("_plans", {})
@@ -349,18 +342,24 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
         else:
             read, write = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, outputs)
         values = loops.scalars(scalars)
+        table = group.compiled_table
         if in_place:
-            return lambda: loops.run(group.table, read, None, values)
-        loops.run(group.table, read, write, values)
+            return lambda: loops.run(table, read, None, values)
+        loops.run(table, read, write, values)
         return None
     if executor == "blocked":
         adapter = plan.adapter
         host_dtype = group.host_dtype
+        assert host_dtype is not None
+
+        def view(x: Any, writeable: bool) -> np.ndarray:
+            flat = adapter.flat_host_view(x, writeable)
+            assert flat is not None, "planned for the blocked path, which needs a host view"
+            return flat
+
         s = cache.materialise(numpy_namespace().raw, scalars, host_dtype, "cpu")
-        views = [(adapter.flat_host_view(p_leaves[index], writeable=True),
-                  adapter.flat_host_view(g_leaves[index], writeable=False),
-                  [adapter.flat_host_view(leaves[index], writeable=True) for leaves in slot_leaves])
-                 for index in group.indexes]
+        views = [(view(p_leaves[index], True), view(g_leaves[index], False),
+                  [view(leaves[index], True) for leaves in slot_leaves]) for index in group.indexes]
 
         def blocked_writes() -> None:
             for p, g, slots in views:
@@ -383,17 +382,18 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
         if in_place:
             computed.append((p0, new_p, slots, new_slots))
         else:
+            assert outputs is not None
             inputs = (p0, g_leaves[index], *slots)
             outputs.append((index, _fresh(xp, new_p, inputs), [_fresh(xp, x, inputs) for x in new_slots]))
     if not in_place:
         return None
-    write = plan.adapter.write
+    write_into = plan.adapter.write
 
     def reference_writes() -> None:
         for p0, new_p, slots, new_slots in computed:
-            write(p0, new_p)
+            write_into(p0, new_p)
             for x, value in zip(slots, new_slots):
-                write(x, value)
+                write_into(x, value)
 
     return reference_writes
 
@@ -425,7 +425,7 @@ def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, sl
             remembered: dict, outputs: list | None) -> tuple[np.ndarray, np.ndarray]:
     """The address tables of one compiled call: ``read`` (p, g, slots) and ``write`` (p and
     the slots in place; for update, fresh arrays, appended to ``outputs``)."""
-    table = group.table
+    table = group.compiled_table
     read = table.read.copy()
     write = table.write.copy()
     in_place = outputs is None
@@ -442,7 +442,9 @@ def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, sl
         else:
             new = [empty(p.shape, p.dtype, device), *(empty(x.shape, x.dtype, device) for x in slots)]
             for k, x in enumerate(new):
-                address = write[k, column] = address_of(x)
+                address = address_of(x)
+                assert address is not None  # a fresh array of a backend with addresses
+                write[k, column] = address
                 if plan.remembers:
                     remembered[id(x)] = (x, address)
             assert outputs is not None

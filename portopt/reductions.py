@@ -19,7 +19,8 @@ contiguous split, even or not, because it is the same tree.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 __all__ = ["pairwise_sum", "pairwise_sum_of_squares", "pairwise_sum_last_axis", "matmul", "pairwise_frontier",
            "combine_frontiers", "Frontier"]
@@ -85,7 +86,7 @@ class Frontier(NamedTuple):
     """What one rank hands on: the elements it covers, and its nodes of the tree."""
 
     offset: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field named as tuple's method: kept, it is the format's word
     nodes: list[Node]
 
 

@@ -9,11 +9,11 @@ backend sees the same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .host_arithmetic import PI, cosine, power
-from .hyperparams import check_number
+from .hyperparams import check_real
 
 __all__ = ["constant", "linear_warmup", "exponential_decay", "step_decay", "cosine_decay", "warmup_cosine", "join"]
 
@@ -22,17 +22,17 @@ Schedule = Callable[[int], float]
 
 def constant(value: float) -> Schedule:
     """``f(t) = value``."""
-    return Constant(check_number("value", value))
+    return Constant(check_real("value", value))
 
 
 def linear_warmup(peak: float, warmup_steps: int) -> Schedule:
     """``f(t) = peak * (t + 1) / warmup_steps`` while ``t + 1 < warmup_steps``, then ``peak``."""
-    return LinearWarmup(check_number("peak", peak), _positive_int("warmup_steps", warmup_steps))
+    return LinearWarmup(check_real("peak", peak), _positive_int("warmup_steps", warmup_steps))
 
 
 def exponential_decay(initial: float, rate: float, every: int = 1) -> Schedule:
     """``f(t) = initial * rate ** (t // every)`` (staircase when ``every > 1``)."""
-    return ExponentialDecay(check_number("initial", initial), check_number("rate", rate, high=1.0, closed_high=True),
+    return ExponentialDecay(check_real("initial", initial), check_real("rate", rate, high=1.0, closed_high=True),
                             _positive_int("every", every))
 
 
@@ -52,8 +52,8 @@ def step_decay(initial: float, gamma: float, step_size: int) -> Schedule:
 def cosine_decay(initial: float, decay_steps: int, final: float = 0.0) -> Schedule:
     """``f(t) = final + (initial - final) * (1 + cos(pi * t / decay_steps)) / 2`` for
     ``t <= decay_steps``, then ``final`` (torch's ``CosineAnnealingLR`` for its first period)."""
-    return CosineDecay(check_number("initial", initial), _positive_int("decay_steps", decay_steps),
-                       check_number("final", final))
+    return CosineDecay(check_real("initial", initial), _positive_int("decay_steps", decay_steps),
+                       check_real("final", final))
 
 
 def warmup_cosine(peak: float, warmup_steps: int, decay_steps: int, final: float = 0.0) -> Schedule:

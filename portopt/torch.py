@@ -17,18 +17,19 @@ is the skip decision of ``skip_nonfinite=True`` under FSDP2 (all ranks skip toge
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
-import torch
 
+import torch
 from portopt.backends import adapter_for
 
 from . import rules, torch_sharding
 from .checks import check_params
 from .clipping import clip_factor, norm_dtype, scale_by
 from .fast.norms import sum_of_squares
-from .hyperparams import check_number
+from .hyperparams import check_real
 from .optimizer import Rule
 from .plan import interrupts_deferred
 from .reductions import combine_frontiers, pairwise_frontier, pairwise_sum
@@ -122,9 +123,9 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise TypeError(f"{type(self).__name__} does not support sparse gradients")
                 if not self.state.get(p):
-                    fresh = rule.init(torch_sharding.local(p))
-                    new_states[p] = {"step": 0, **{k: torch_sharding.like(v, p) for k, v in fresh.slots.items()},
-                                     **fresh.host}
+                    initial = rule.init(torch_sharding.local(p))
+                    new_states[p] = {"step": 0, **{k: torch_sharding.like(v, p) for k, v in initial.slots.items()},
+                                     **initial.host}
                 by_steps.setdefault(self._param_state(p, new_states)["step"], []).append(p)
             host_names = tuple(rule.initial_host_state())
             for steps_taken, params in by_steps.items():
@@ -133,10 +134,10 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 first = self._param_state(params[0], new_states)  # NAdam's Πμ: one per parameter, as torch
                 host = rule.restore_host_state(steps_taken, {name: float(first[name]) for name in host_names
                                                              if name in first})
-                state = State(rule=rule.name, step=steps_taken, slots=slots, host=host)
+                group_state = State(rule=rule.name, step=steps_taken, slots=slots, host=host)
                 local_params = [torch_sharding.local(p) for p in params]
                 local_grads = [torch_sharding.local(p.grad) for p in params]
-                plans.append((params, rule.plan_step(local_params, local_grads, state)))
+                plans.append((params, rule.plan_step(local_params, local_grads, group_state)))
         skip = any(plan.skip for _, plan in plans)
         agreeing = torch_sharding.group_of(stepped) or torch_sharding.world_if_named(self.skip_group)
         if agreeing is not None and any(group.get("skip_nonfinite") for group in self.param_groups):
@@ -219,8 +220,8 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm:
     and return the norm, as ``torch.nn.utils.clip_grad_norm_`` (L2 norm) does, with the
     norm of :func:`global_grad_norm` and the factor of :func:`portopt.clip_by_global_norm`:
     the same bits as ``portopt.Clipped`` on one process."""
-    max_norm = check_number("max_norm", max_norm)
-    eps = check_number("eps", eps)
+    max_norm = check_real("max_norm", max_norm)
+    eps = check_real("eps", eps)
     parameters = list(parameters) if not isinstance(parameters, torch.Tensor) else [parameters]
     norm = global_grad_norm(parameters)
     import array_api_compat.torch as xp

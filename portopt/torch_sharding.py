@@ -9,7 +9,8 @@ communication: every element's update depends on that element only.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -17,8 +18,8 @@ try:  # torch without distributed support has no DTensor; nothing here is sharde
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Replicate, Shard
 except ImportError:  # pragma: no cover - every torch build in CI has torch.distributed
-    dist = None
-    DTensor = None
+    dist = None  # type: ignore[assignment]
+    DTensor = None  # type: ignore[assignment,misc]
 
 __all__ = ["is_sharded", "local", "like", "flat_range", "group_of", "world_if_named", "any_across", "gather_across"]
 
@@ -73,7 +74,7 @@ def flat_range(x: Any, name: str = "tensor") -> tuple[int, int]:
 
 def group_of(tensors: Sequence[Any], name: str = "parameters") -> Any:
     """The process group of the DTensors among ``tensors`` (one mesh for all), or None."""
-    meshes = []
+    meshes: list[Any] = []
     for t in tensors:
         if is_sharded(t) and not any(t.device_mesh == mesh for mesh in meshes):
             meshes.append(t.device_mesh)

@@ -7,8 +7,9 @@ visited in insertion order, so two trees built the same way flatten the same way
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = ["TreeDef", "flatten", "unflatten", "tree_map", "leaf_paths", "collector", "builder"]
 
@@ -19,7 +20,7 @@ class TreeDef:
 
     kind: str
     keys: tuple = ()
-    children: tuple["TreeDef", ...] = ()
+    children: tuple[TreeDef, ...] = ()
 
     def __hash__(self) -> int:  # kept: trees key caches that are looked up on every step
         value = self.__dict__.get("_hash")

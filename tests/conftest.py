@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from portopt.conformance.targets import TARGET_NAMES, find_targets
 
 import portopt
+from portopt.conformance.targets import TARGET_NAMES, find_targets
 
 pytest_plugins = ["portopt.conformance.plugin"]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 
-import torch
-
 import portopt.torch as pt
+import torch
 from portopt.conformance import distributed
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from portopt.conformance.cases import build_rule, load_matrix
 
 import portopt
+from portopt.conformance.cases import build_rule, load_matrix
 
 VARIANTS = load_matrix().config["variants"]
 

@@ -13,10 +13,10 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import TARGETS
-from helpers import VARIANTS, make_rule, variant_id
 
 import portopt
+from conftest import TARGETS
+from helpers import VARIANTS, make_rule, variant_id
 from portopt.backends.numpy_adapter import NumpyAdapter
 from portopt.cli import main as portopt_main
 
@@ -210,9 +210,8 @@ def test_grads_that_share_memory_with_params_are_copied_so_step_equals_update(mo
 
 @pytest.mark.skipif("torch-cpu" not in TARGETS, reason="torch is not installed")
 def test_a_drop_in_group_holding_one_parameter_twice_warns_and_is_refused():
-    import torch
-
     import portopt.torch as drop_ins
+    import torch
 
     p = torch.ones(3, requires_grad=True)
     with pytest.warns(UserWarning, match="duplicate parameters"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import VARIANTS, make_rule, random_arrays, same_bits, variant_id
 
 import portopt
+from helpers import VARIANTS, make_rule, random_arrays, same_bits, variant_id
 
 
 def _tree(target, seed, dtype="float32"):

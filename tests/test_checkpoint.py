@@ -7,10 +7,10 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import MISSING, TARGETS
-from helpers import VARIANTS, make_rule, random_arrays, same_bits, variant_id
 
 import portopt
+from conftest import MISSING, TARGETS
+from helpers import VARIANTS, make_rule, random_arrays, same_bits, variant_id
 from portopt.checkpoint import CheckpointError
 
 PAIRS = [("numpy", "torch-cpu"), ("torch-cpu", "array_api_strict"), ("array_api_strict", "numpy")]

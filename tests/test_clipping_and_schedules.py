@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from conftest import TARGETS
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers import same_bits
 
 import portopt
+from conftest import TARGETS
+from helpers import same_bits
 from portopt import schedules
 from portopt.kernels import cpu as compiled
 from portopt.reductions import pairwise_sum

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import MISSING, TARGETS
 
+from conftest import MISSING, TARGETS
 from portopt.cli import main as portopt_main
 
 SMALL = ["--rules", "AdaGrad", "--variants", "defaults", "--shapes", "one", "prime", "--no-progress", "--jobs", "1"]

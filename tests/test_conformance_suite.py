@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TARGETS
 
 import portopt
+from conftest import TARGETS
 from portopt.conformance.cases import load_matrix
 from portopt.conformance.golden import load_golden
 from portopt.conformance.runner import run_case

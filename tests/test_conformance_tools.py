@@ -10,17 +10,17 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import MISSING, TARGETS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import portopt
+from conftest import MISSING, TARGETS
 from portopt.conformance import exact, generator
 from portopt.conformance.cases import load_matrix
 from portopt.conformance.cli import main as conformance_main
 from portopt.conformance.digests import digest, ulp_distance
 from portopt.conformance.golden import load_golden
 from portopt.conformance.runner import run_case
-
-import portopt
 
 finite64 = st.floats(allow_nan=False, allow_infinity=False)
 F64 = exact.FORMATS["float64"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from conftest import bitwise_targets
 from helpers import VARIANTS, advance, make_rule, random_arrays, same_bits, variant_id
 

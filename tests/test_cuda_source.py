@@ -8,8 +8,8 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import VARIANTS, make_rule
 
+from helpers import VARIANTS, make_rule
 from portopt.kernels.cuda import cuda_source
 
 NVCC = shutil.which("nvcc")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers import VARIANTS, make_rule, random_arrays, same_bits, variant_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import portopt
+from helpers import VARIANTS, make_rule, random_arrays, same_bits, variant_id
 
 da = pytest.importorskip("dask.array", reason="dask is not installed (pip install 'portopt[dask]')")
 dask = pytest.importorskip("dask")

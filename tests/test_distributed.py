@@ -18,11 +18,11 @@ if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("this torch build has no gloo backend", allow_module_level=True)
 
 import portopt.torch as pt  # noqa: E402
-from portopt.conformance import distributed  # noqa: E402
 
 # Functions run by spawned ranks must live in a module the ranks can import by name
 # (tests/ is on sys.path; this test module, imported by pytest's importlib mode, is not).
 from distributed_ranks import raise_on_rank_one, skip_on_one_rank, zero_skip_on_one_rank  # noqa: E402
+from portopt.conformance import distributed  # noqa: E402
 
 
 def _split_sum(values: np.ndarray, cuts: list[int]) -> np.generic:

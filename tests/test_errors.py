@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import same_bits
 
 import portopt
+from helpers import same_bits
 
 CONSTRUCTOR_ERRORS = [
     (portopt.Adam, {"lr": -1e-3}, ValueError, r"lr must be >= 0"),

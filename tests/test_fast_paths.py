@@ -7,10 +7,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import TARGETS
-from helpers import VARIANTS, make_rule, same_bits, same_bits_any_nan, variant_id
 
 import portopt
+from conftest import TARGETS
+from helpers import VARIANTS, make_rule, same_bits, same_bits_any_nan, variant_id
 from portopt.fast import blocked
 from portopt.kernels import cpu as compiled
 from portopt.kernels.trace import trace

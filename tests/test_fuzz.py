@@ -10,13 +10,13 @@ import inspect
 
 import numpy as np
 import pytest
-from conftest import bitwise_targets
-from helpers import advance
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import portopt
+from conftest import bitwise_targets
+from helpers import advance
 
 # Edge values include beta1 >= sqrt(beta2), which is allowed and warns (tested elsewhere).
 pytestmark = pytest.mark.filterwarnings("ignore::portopt.DivergenceWarning")

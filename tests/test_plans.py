@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TARGETS
 
 import portopt
+from conftest import TARGETS
 
 
 def _setup(rule, make):

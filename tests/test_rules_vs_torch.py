@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from helpers import VARIANTS, make_rule, random_arrays, variant_id
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
@@ -30,7 +31,7 @@ STEPS = 200
 TOLERANCE = 1e-9
 
 
-def _torch_optimizer(variant: dict, param: "torch.Tensor"):
+def _torch_optimizer(variant: dict, param: torch.Tensor):
     cls, extra = TORCH_CLASSES[variant["rule"]]
     options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in variant["options"].items()}
     schedule = None

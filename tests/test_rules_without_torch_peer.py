@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from helpers import random_arrays
 
 import portopt
+from helpers import random_arrays
 
 STEPS = 100
 

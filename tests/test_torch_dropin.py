@@ -6,9 +6,9 @@ import copy
 
 import numpy as np
 import pytest
-from helpers import VARIANTS, make_rule, variant_id
 
 import portopt
+from helpers import VARIANTS, make_rule, variant_id
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 import portopt.torch as pt  # noqa: E402

@@ -22,7 +22,9 @@ ADAPTERS: tuple[type[Adapter], ...] = (NumpyAdapter, TorchAdapter, CupyAdapter, 
 
 
 def adapter_for(xp: Any) -> Adapter:
-    """The adapter for the (array_api_compat) namespace ``xp``."""
+    """The adapter for the (array_api_compat) namespace ``xp`` (the plain one for None: an empty tree)."""
+    if xp is None:
+        return Adapter(xp)
     for adapter_class in ADAPTERS:
         if adapter_class.handles(xp):
             return adapter_class(xp)

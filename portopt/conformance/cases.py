@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-import tomllib
 
 import portopt
 from portopt import schedules
@@ -27,7 +28,7 @@ def build_schedule(spec: dict) -> schedules.Schedule:
     kind = spec.pop("schedule")
     if kind == "join":
         return schedules.join(build_schedule(spec["first"]), build_schedule(spec["second"]), spec["boundary"])
-    factories = {
+    factories: dict[str, Callable[..., schedules.Schedule]] = {
         "constant": schedules.constant,
         "linear_warmup": schedules.linear_warmup,
         "exponential_decay": schedules.exponential_decay,
@@ -124,7 +125,7 @@ class Case:
         return unflatten(self.treedef, [target.asarray(g) for g in host])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gradient(seed: int, leaf: int, step: int, shape: tuple[int, ...], dtype: str, schedule: tuple) -> np.ndarray:
     """One generated gradient, kept: the 27 variants of a dtype and shape step on the same ones."""
     array = generator.gradient(seed, leaf, step, shape, dtype, dict(schedule))

@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-from portopt.conformance.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, TargetError, find_targets
 
 import portopt
+from portopt.conformance.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, TargetError, find_targets
 
 from . import golden
 from .cases import load_matrix
@@ -175,7 +176,7 @@ def markdown_summary(targets, missing, primitive_results, results) -> str:
         by_name.setdefault((r.target, r.operation, r.dtype), {})[r.namespace] = r
     for (target, operation, dtype), found in sorted(by_name.items()):
         raw, ours = found.get("raw"), found.get("portopt")
-        total = (raw or ours).total
+        total = (raw or ours or found[next(iter(found))]).total
         lines.append(f"- {target} `{operation}` {dtype}: {raw.wrong if raw else 0} → {ours.wrong if ours else 0} "
                      f"of {total}" + (f"; e.g. {raw.example}" if raw else ""))
     return "\n".join(lines)

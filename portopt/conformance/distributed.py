@@ -21,8 +21,9 @@ gradient exactly the one-process gradient (g/2 + g/2 = g for normal numbers).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -203,8 +204,9 @@ def check_checkpoint(kind: str, rank: int, variant_names: list | None, steps: in
 def _save(kind: str, rank: int, module: Any, optimizer: Any, path: str) -> None:
     """FSDP2: torch.distributed.checkpoint, every rank its shards. ZeRO: the state
     consolidated on rank 0 and written with torch.save."""
-    import torch
     import torch.distributed as dist
+
+    import torch
 
     if kind == "fsdp2":
         import torch.distributed.checkpoint as dcp
@@ -227,7 +229,7 @@ def _load(kind: str, module: Any, optimizer: Any, path: str) -> None:
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         model_state, optimizer_state = get_state_dict(module, optimizer)
-        loaded = {"model": model_state, "optimizer": optimizer_state}
+        loaded: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
         dcp.load(loaded, checkpoint_id=path)
         set_state_dict(module, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
         return
@@ -242,12 +244,12 @@ NORM_SHAPES = ((6, 5), (7, 3), (3, 2), (1, 4), (0, 3), (1000, 33), (2**12, 8), (
 def check_norm(rank: int, ranks: int, seeds: int) -> list[Finding]:
     """Sharded global norms of random gradients (even, uneven, empty and single-row shards,
     float32 and float64, plain and sharded leaves mixed) against the unsharded norm."""
-    import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
     import portopt
     import portopt.torch as pt
+    import torch
 
     mesh = init_device_mesh("cpu", (ranks,))
     findings = []
@@ -274,9 +276,9 @@ def run(ranks: int = 2, checks: Iterable[str] = CHECKS, variant_names: list | No
         modes: Iterable[str] | None = None, timeout: float = 300.0) -> list[Finding]:
     """Every check on ``ranks`` local gloo ranks; the findings of every rank."""
     import portopt
+    from portopt.conformance.ranks import run_ranks
     from portopt.fast import MODES
     from portopt.kernels import cpu as compiled
-    from portopt.conformance.ranks import run_ranks
 
     unknown = set(checks) - set(CHECKS)
     if unknown:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from .cases import Case
 
@@ -14,7 +13,7 @@ __all__ = ["known_exception", "known_primitive_exception", "EXCEPTIONS_FILE"]
 EXCEPTIONS_FILE = Path(__file__).with_name("known_exceptions.toml")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _entries() -> tuple[dict, ...]:
     with open(EXCEPTIONS_FILE, "rb") as handle:
         return tuple(tomllib.load(handle).get("exceptions", []))

@@ -7,6 +7,8 @@ float64 value per element rounded once (round to nearest even) to the case's dty
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["GENERATOR_VERSION", "splitmix64", "initial_params", "gradient", "special_values"]
@@ -18,7 +20,7 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: Any) -> np.ndarray:
     """SplitMix64's output function of ``x + golden gamma`` (all arithmetic modulo 2**64)."""
     with np.errstate(over="ignore"):
         z = np.asarray(x, dtype=np.uint64) + _GOLDEN_GAMMA

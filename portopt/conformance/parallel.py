@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def _run_unit(positions: Sequence[int], api: str, record: bool) -> list[tuple[in
 
 def _run_positions(cases: list[Case], positions: Iterable[int], targets: dict, golden_dir: Path, cache: dict,
                    api: str, record: bool) -> list[tuple[int, dict[str, CaseResult], Any]]:
-    out = []
+    out: list[tuple[int, dict[str, CaseResult], Any]] = []
     with np.errstate(all="ignore"):
         for position in positions:
             case = cases[position]

@@ -10,6 +10,7 @@ or ``pytest_plugins = ["portopt.conformance.plugin"]`` in a conftest.py and
 from __future__ import annotations
 
 import pytest
+
 from portopt.conformance.targets import TARGET_NAMES, find_targets, namespace_target
 
 

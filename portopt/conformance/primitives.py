@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
 from portopt.backends import adapter_for
 
 from . import exact
@@ -85,7 +87,7 @@ def _random_values(dtype: str, count: int, stream: int) -> np.ndarray:
     return np.concatenate([specials, random])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _inputs(dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """Operand pairs: every pair of specials, random pairs, and pairs a few ulps apart."""
     xs = _random_values(dtype, RANDOM_COUNT, 1)
@@ -98,7 +100,7 @@ def _inputs(dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _addends(dtype: str) -> np.ndarray:
     """The third operands of ``x * y + z``: half random, half minus the rounded product, where
     two roundings give exactly 0 and a fused multiply-add gives the product's rounding error."""
@@ -114,7 +116,7 @@ def _operands(arity: int, dtype: str) -> tuple[np.ndarray, ...]:
     return ((x,), (x, y), (x, y, _addends(dtype)))[arity - 1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _expected(operation: str, dtype: str) -> np.ndarray:
     arity, reference, _ = OPERATIONS[operation]
     fmt = exact.FORMATS[dtype]
@@ -124,7 +126,7 @@ def _expected(operation: str, dtype: str) -> np.ndarray:
     return np.array(values, dtype=result_dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _expected_cast(source: str, destination: str) -> tuple[np.ndarray, np.ndarray]:
     x, _ = _inputs(source)
     fmt = exact.FORMATS[destination]
@@ -197,7 +199,7 @@ def print_primitive_table(results: list[PrimitiveResult], out=None) -> None:
             cells = []
             for dtype in DTYPES:
                 raw, ours = by_key.get((target, operation, dtype, "raw")), by_key.get((target, operation, dtype, "portopt"))
-                if raw is None:
+                if raw is None or ours is None:
                     continue
                 cells.append(f"{dtype} {raw.wrong}/{ours.wrong}")
             if cells:

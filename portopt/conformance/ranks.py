@@ -12,7 +12,8 @@ import queue
 import socket
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["run_ranks", "RanksFailed"]
 
@@ -78,8 +79,9 @@ def _free_port() -> int:
 def _rank_main(function: Callable[..., Any], rank: int, ranks: int, port: int, threads: int, args: tuple,
                results: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME=_loopback_name())
-    import torch
     import torch.distributed as dist
+
+    import torch
 
     torch.set_num_threads(threads)
     try:

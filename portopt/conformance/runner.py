@@ -8,8 +8,9 @@ NumPy reference, one step at a time, to name the first differing step, array and
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class Mismatch:
         if self.step is None:
             return f"digest differs at checkpoint {self.checkpoint}: {', '.join(self.arrays)}"
         return (
-            f"first differs at step {self.step}, {self.array}{list(self.index)}: expected "
+            f"first differs at step {self.step}, {self.array}{list(self.index or ())}: expected "
             f"{self.expected!r} (0x{self.expected_hex}), got {self.got!r} (0x{self.got_hex}), "
             f"{self.ulps} ulp"
         )
@@ -126,7 +127,7 @@ def run_case(case: Case, targets: dict[str, Any], golden: dict | None, api: str 
         raise ValueError(f"no golden vectors for {case.id}; run `portopt conformance regenerate`")
     # (step, arrays, host state) at each target's last matching checkpoint
     snapshots = {label: (0, run.host_arrays(), dict(run.state.host)) for label, run in runs.items()}
-    recorded = {"checkpoints": {}, "values": {}} if record else None
+    recorded: dict[str, dict] | None = {"checkpoints": {}, "values": {}} if record else None
     checkpoints = set(case.checkpoints)
     for step in range(1, case.steps + 1):
         if not runs:
@@ -143,7 +144,10 @@ def run_case(case: Case, targets: dict[str, Any], golden: dict | None, api: str 
                 recorded["checkpoints"][str(step)] = digests
                 if small:
                     recorded["values"][str(step)] = small
-            expected = golden["checkpoints"].get(str(step)) if golden else recorded["checkpoints"][str(step)]
+            source = golden if golden else recorded
+            assert source is not None
+            expected = source["checkpoints"].get(str(step)) if golden else source["checkpoints"][str(step)]
+            expected = expected if expected is not None else {}
             different = sorted(name for name in digests if digests[name] != expected.get(name))
             if different or set(digests) != set(expected):
                 different = different or sorted(set(digests) ^ set(expected))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..kernels import cpu as compiled
 

@@ -82,7 +82,7 @@ def pairwise_sums(addresses, sizes, out, square):
 '''
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loop(dtype: str) -> Any:
     return compiled.load_module(_SOURCE.format(dtype=dtype), f"norm_{dtype}").pairwise_sums
 
@@ -138,8 +138,9 @@ def sum_of_squares(xp: Any, leaves: list, dtype: Any) -> Any:
         adapter = adapter_for(xp)
         host = np.dtype(dtype_name(xp, dtype))
         if host in (np.float32, np.float64) and all(leaf.dtype == dtype for leaf in leaves):
-            addresses = [adapter.address(leaf) for leaf in leaves]
-            if all(address is not None for address in addresses):
+            found = [adapter.address(leaf) for leaf in leaves]
+            addresses = [address for address in found if address is not None]
+            if len(addresses) == len(found):
                 sizes = [math.prod(leaf.shape) for leaf in leaves]
                 total = pairwise_sum(sums_of_squares(addresses, sizes, host))
                 import array_api_compat

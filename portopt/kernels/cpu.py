@@ -23,9 +23,10 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def _statement(node: Node, name: Callable[[Node], str]) -> str:
 
 def _outputs(graph: Graph) -> list[tuple[str, Node]]:
     """(written array, value) for each output: params, then the slots, in the kernel's order."""
-    inputs = [node.name for node in graph.arrays]
+    inputs = [str(node.name) for node in graph.arrays]
     return list(zip(inputs[:1] + inputs[2:], graph.outputs))
 
 
@@ -164,12 +165,12 @@ def _module_text(source: str, dtype: str) -> str:
 _load_lock = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(source: str, dtype: str) -> Any:
     return load_module(_module_text(source, dtype), "loop")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_module(text: str, tag: str) -> Any:
     """The module of generated source ``text``, written once into the cache folder and
     imported from there (numba caches compiled code only for functions that live in a file)."""
@@ -191,7 +192,7 @@ def load_module(text: str, tag: str) -> Any:
     return module
 
 
-def uncached_module(loops: "Loops") -> Any:
+def uncached_module(loops: Loops) -> Any:
     """The loops of ``loops`` compiled afresh in memory (not from the disk cache), so their
     machine code can be inspected (tests/test_fast_paths.py looks for FMA instructions)."""
     namespace: dict[str, Any] = {}
@@ -223,7 +224,7 @@ class Loops:
         """The numbers this loop reads, in its order, as values of its dtype."""
         return np.array(self._take(values), dtype=self.dtype)
 
-    def run(self, table: "Table", read: np.ndarray, write: np.ndarray | None, scalars: np.ndarray) -> None:
+    def run(self, table: Table, read: np.ndarray, write: np.ndarray | None, scalars: np.ndarray) -> None:
         """Every leaf of ``table``: ``read`` holds the addresses of p, g and the slots of each
         leaf (one column per leaf), ``write`` those of p and the slots to write (None: in place)."""
         if write is None:
@@ -274,8 +275,8 @@ def loops_for(kernel: Callable, scalars: tuple, slot_count: int, dtype: np.dtype
     return _loops(kernel, type(scalars), flags_of(scalars), slot_count, np.dtype(dtype))
 
 
-@functools.lru_cache(maxsize=None)
-def _loops(kernel: Callable, scalars_type: type, flags: tuple, slot_count: int, dtype: np.dtype) -> Loops:
+@functools.cache
+def _loops(kernel: Callable, scalars_type: Any, flags: tuple, slot_count: int, dtype: np.dtype) -> Loops:
     from ..numerics import scalar_fields
 
     flag_positions, _ = scalar_fields(scalars_type)

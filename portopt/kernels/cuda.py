@@ -13,7 +13,7 @@ and ``.ftz``); launching it from CuPy or torch needs a GPU and is not verified y
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .trace import ARITHMETIC, COMPARISONS, Graph, Node, trace
 

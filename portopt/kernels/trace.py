@@ -8,8 +8,9 @@ scalars) are fixed at trace time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..numerics import scalar_fields
 
@@ -28,7 +29,7 @@ class Node:
         self.op, self.args, self.name = op, args, name
         self.index = -1
 
-    def _binary(self, op: str, other: Any, reflected: bool = False) -> "Node":
+    def _binary(self, op: str, other: Any, reflected: bool = False) -> Node:
         if not isinstance(other, Node):
             raise TypeError(
                 f"a kernel mixed a bare {type(other).__name__} with an array; host scalars must come from `s`"
@@ -47,8 +48,8 @@ class Node:
     def __le__(self, o): return self._binary("le", o)
     def __gt__(self, o): return self._binary("gt", o)
     def __ge__(self, o): return self._binary("ge", o)
-    def __eq__(self, o): return self._binary("eq", o)  # type: ignore[override]
-    def __ne__(self, o): return self._binary("ne", o)  # type: ignore[override]
+    def __eq__(self, o): return self._binary("eq", o)
+    def __ne__(self, o): return self._binary("ne", o)
     def __and__(self, o): return self._binary("and", o)
     def __or__(self, o): return self._binary("or", o)
     def __neg__(self): return Node("neg", (self,))
@@ -98,7 +99,7 @@ class Graph:
         return list(self.scalars)
 
 
-def trace(kernel: Callable[..., tuple], scalars: tuple, slot_count: int) -> Graph:
+def trace(kernel: Callable[..., tuple], scalars: Any, slot_count: int) -> Graph:
     """Record ``kernel(xp, s, p, g, *slots)`` for the flags of ``scalars`` (a rule's
     host-scalars NamedTuple; its numbers only name inputs); nodes are numbered in
     evaluation order. A kernel reading a scalar the NamedTuple lacks fails here, naming it."""
@@ -122,7 +123,7 @@ def trace(kernel: Callable[..., tuple], scalars: tuple, slot_count: int) -> Grap
             visit(argument)
         node.index = len(graph.nodes)
         graph.nodes.append(node)
-        if node.op == "scalar":
+        if node.op == "scalar" and node.name is not None:
             graph.scalars[node.name] = node
 
     for output in outputs:

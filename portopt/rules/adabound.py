@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from ..divergence import warn_if_beta1_too_large
 from ..host_arithmetic import power
-from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_betas, check_flag, check_real, check_schedule, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
@@ -75,12 +75,14 @@ class AdaBound(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
-        )
+        self.lr = check_schedule("lr", lr)
+        self.betas = check_betas(betas)
+        self.eps = check_schedule("eps", eps)
+        self.weight_decay = check_schedule("weight_decay", weight_decay)
+        self._set_common(maximize, skip_nonfinite)
         warn_if_beta1_too_large(self.betas)
-        self.final_lr = check_number("final_lr", final_lr)
-        self.gamma = check_number("gamma", gamma, high=1.0)
+        self.final_lr = check_real("final_lr", final_lr)
+        self.gamma = check_real("gamma", gamma, high=1.0)
         if self.gamma == 0:
             raise ValueError("gamma must be > 0, got 0.0")
         self.amsbound = check_flag("amsbound", amsbound)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..hyperparams import Hyperparameter, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_real, check_schedule, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
@@ -52,8 +52,11 @@ class AdaDelta(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(lr=lr, eps=eps, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite)
-        self.rho = check_number("rho", rho, high=1.0, closed_high=True)
+        self.lr = check_schedule("lr", lr)
+        self.eps = check_schedule("eps", eps)
+        self.weight_decay = check_schedule("weight_decay", weight_decay)
+        self._set_common(maximize, skip_nonfinite)
+        self.rho = check_real("rho", rho, high=1.0, closed_high=True)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("square_avg", "acc_delta")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..hyperparams import Hyperparameter, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_real, check_schedule, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
@@ -54,9 +54,12 @@ class AdaGrad(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(lr=lr, weight_decay=weight_decay, eps=eps, maximize=maximize, skip_nonfinite=skip_nonfinite)
-        self.lr_decay = check_number("lr_decay", lr_decay)
-        self.initial_accumulator_value = check_number("initial_accumulator_value", initial_accumulator_value)
+        self.lr = check_schedule("lr", lr)
+        self.weight_decay = check_schedule("weight_decay", weight_decay)
+        self.eps = check_schedule("eps", eps)
+        self._set_common(maximize, skip_nonfinite)
+        self.lr_decay = check_real("lr_decay", lr_decay)
+        self.initial_accumulator_value = check_real("initial_accumulator_value", initial_accumulator_value)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("sum",)

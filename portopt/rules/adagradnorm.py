@@ -6,10 +6,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..hyperparams import Hyperparameter, check_number, evaluate
+from ..fast.norms import sum_of_squares
+from ..hyperparams import Hyperparameter, check_real, check_schedule, evaluate
 from ..numerics import compute_dtype, dtype_name
 from ..optimizer import Rule
-from ..fast.norms import sum_of_squares
 
 __all__ = ["AdaGradNorm", "AdaGradNormScalars", "adagradnorm_kernel"]
 
@@ -51,9 +51,10 @@ class AdaGradNorm(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(lr=lr, maximize=maximize, skip_nonfinite=skip_nonfinite)
-        self.initial_accumulator_value = check_number("initial_accumulator_value", initial_accumulator_value)
-        self.eps = check_number("eps", eps)
+        self.lr = check_schedule("lr", lr)
+        self._set_common(maximize, skip_nonfinite)
+        self.initial_accumulator_value = check_real("initial_accumulator_value", initial_accumulator_value)
+        self.eps = check_real("eps", eps)
 
     def slot_names(self) -> tuple[str, ...]:
         return ()

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from ..divergence import warn_if_beta1_too_large
 from ..host_arithmetic import power
-from ..hyperparams import Hyperparameter, evaluate
+from ..hyperparams import Hyperparameter, check_betas, check_schedule, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
@@ -53,9 +53,11 @@ class Adamax(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
-        )
+        self.lr = check_schedule("lr", lr)
+        self.betas = check_betas(betas)
+        self.eps = check_schedule("eps", eps)
+        self.weight_decay = check_schedule("weight_decay", weight_decay)
+        self._set_common(maximize, skip_nonfinite)
         warn_if_beta1_too_large(self.betas)
 
     def slot_names(self) -> tuple[str, ...]:

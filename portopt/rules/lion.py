@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..hyperparams import Hyperparameter, evaluate
+from ..hyperparams import Hyperparameter, check_betas, check_schedule, evaluate
 from ..optimizer import Rule
 from .common import SIGN_SCALARS, sign
 
@@ -54,9 +54,10 @@ class Lion(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(
-            lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
-        )
+        self.lr = check_schedule("lr", lr)
+        self.betas = check_betas(betas)
+        self.weight_decay = check_schedule("weight_decay", weight_decay)
+        self._set_common(maximize, skip_nonfinite)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg",)

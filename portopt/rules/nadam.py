@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from ..divergence import warn_if_beta1_too_large
 from ..host_arithmetic import power, real_power
-from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_betas, check_flag, check_real, check_schedule, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
@@ -66,11 +66,13 @@ class NAdam(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
-        )
+        self.lr = check_schedule("lr", lr)
+        self.betas = check_betas(betas)
+        self.eps = check_schedule("eps", eps)
+        self.weight_decay = check_schedule("weight_decay", weight_decay)
+        self._set_common(maximize, skip_nonfinite)
         warn_if_beta1_too_large(self.betas)
-        self.momentum_decay = check_number("momentum_decay", momentum_decay)
+        self.momentum_decay = check_real("momentum_decay", momentum_decay)
         self.decoupled_weight_decay = check_flag("decoupled_weight_decay", decoupled_weight_decay)
 
     def slot_names(self) -> tuple[str, ...]:

@@ -5,9 +5,9 @@ Tieleman & Hinton (2012), centered form from Graves (2013); as torch.optim.RMSpr
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_flag, check_real, check_schedule, evaluate
 from ..optimizer import Rule
 from .common import effective_gradient
 
@@ -40,17 +40,19 @@ def rmsprop_kernel(xp, s: RMSPropScalars, p, g, square_avg, *optional):
 
     ``optional`` holds ``momentum_buffer`` (if momentum) then ``grad_avg`` (if centered).
     """
-    buffer = optional[0] if s.use_momentum else None
+    buffer = optional[0] if s.use_momentum else None  # (None: not read without the flag)
     grad_avg = optional[-1] if s.centered else None
+    buffer_: Any = buffer
+    grad_avg_: Any = grad_avg
     g = effective_gradient(s, p, g)
     square_avg = s.alpha * square_avg + s.one_minus_alpha * (g * g)
     if s.centered:
-        grad_avg = s.alpha * grad_avg + s.one_minus_alpha * g
+        grad_avg = s.alpha * grad_avg_ + s.one_minus_alpha * g
         avg = xp.sqrt(square_avg - grad_avg * grad_avg) + s.eps
     else:
         avg = xp.sqrt(square_avg) + s.eps
     if s.use_momentum:
-        buffer = s.momentum * buffer + g / avg
+        buffer = s.momentum * buffer_ + g / avg
         p = p - s.lr * buffer
     else:
         p = p - s.lr * (g / avg)
@@ -77,10 +79,12 @@ class RMSProp(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(
-            lr=lr, eps=eps, weight_decay=weight_decay, momentum=momentum, maximize=maximize, skip_nonfinite=skip_nonfinite,
-        )
-        self.alpha = check_number("alpha", alpha, high=1.0)
+        self.lr = check_schedule("lr", lr)
+        self.eps = check_schedule("eps", eps)
+        self.weight_decay = check_schedule("weight_decay", weight_decay)
+        self.momentum = check_real("momentum", momentum)
+        self._set_common(maximize, skip_nonfinite)
+        self.alpha = check_real("alpha", alpha, high=1.0)
         self.centered = check_flag("centered", centered)
 
     def slot_names(self) -> tuple[str, ...]:

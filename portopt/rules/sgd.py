@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..hyperparams import Hyperparameter, check_flag, check_number, evaluate
+from ..hyperparams import Hyperparameter, check_flag, check_real, check_schedule, evaluate
 from ..optimizer import Rule
-from .common import SIGN_SCALARS, effective_gradient, sign
+from .common import effective_gradient, sign
 
 __all__ = ["SGD", "SignSGD", "SGDScalars", "SignSGDScalars", "sgd_kernel", "signsgd_kernel"]
 
@@ -72,10 +72,11 @@ class SGD(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite,
-        )
-        self.dampening = check_number("dampening", dampening, high=1.0, closed_high=True)
+        self.lr = check_schedule("lr", lr)
+        self.momentum = check_real("momentum", momentum)
+        self.weight_decay = check_schedule("weight_decay", weight_decay)
+        self._set_common(maximize, skip_nonfinite)
+        self.dampening = check_real("dampening", dampening, high=1.0, closed_high=True)
         self.nesterov = check_flag("nesterov", nesterov)
         if nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov requires momentum > 0 and dampening = 0")
@@ -123,8 +124,10 @@ class SignSGD(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        self._set_standard(lr=lr, weight_decay=weight_decay, maximize=maximize, skip_nonfinite=skip_nonfinite)
-        self.momentum = check_number("momentum", momentum, high=1.0)
+        self.lr = check_schedule("lr", lr)
+        self.weight_decay = check_schedule("weight_decay", weight_decay)
+        self._set_common(maximize, skip_nonfinite)
+        self.momentum = check_real("momentum", momentum, high=1.0)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self.momentum != 0 else ()
@@ -133,5 +136,5 @@ class SignSGD(Rule):
         return SignSGDScalars(
             **self.gradient_scalars(steps_taken), use_momentum=self.momentum != 0, momentum=self.momentum,
             one_minus_momentum=1.0 - self.momentum,
-            lr=evaluate("lr", self.lr, steps_taken), **SIGN_SCALARS,
+            lr=evaluate("lr", self.lr, steps_taken), zero=0.0, one=1.0,
         )

@@ -8,7 +8,8 @@ function of the same name, so a replaced ``multiply`` is what ``a * b`` computes
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def make_namespace(module_name: str, **replacements: Callable[..., np.ndarray]) 
         T = property(lambda self: Array(self._data.T))
         mT = property(lambda self: Array(np.swapaxes(self._data, -1, -2)))
 
-        def to_device(self, device: Any, stream: Any = None) -> "Array":
+        def to_device(self, device: Any, stream: Any = None) -> Array:
             return self
 
         def __dlpack__(self, **kwargs: Any) -> Any:
@@ -43,7 +44,7 @@ def make_namespace(module_name: str, **replacements: Callable[..., np.ndarray]) 
         def __dlpack_device__(self) -> Any:
             return self._data.__dlpack_device__()
 
-        def __getitem__(self, key: Any) -> "Array":
+        def __getitem__(self, key: Any) -> Array:
             return Array(self._data[_raw(key)])
 
         def __setitem__(self, key: Any, value: Any) -> None:
