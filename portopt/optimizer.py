@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import array_api_compat
@@ -28,7 +29,16 @@ from .plan import Plan, ScalarCache, interrupts_deferred, plan_for, run_group
 from .state import State
 from .trees import flatten, unflatten
 
-__all__ = ["Rule"]
+__all__ = ["Rule", "TorchPeer", "PreparedStep", "CheckpointWarning"]
+
+
+@dataclass(frozen=True)
+class TorchPeer:
+    """The torch.optim class a rule computes the same math as, and the options that select it
+    (AMSGrad is ``torch.optim.Adam(amsgrad=True)``)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Rule:
@@ -44,6 +54,11 @@ class Rule:
     kernel: ClassVar[Callable[..., tuple]]
     maximize: bool = False
     skip_nonfinite: bool = False
+    # hyperparameters that may be schedules (callables of the steps taken), read at every step
+    schedulable: ClassVar[tuple[str, ...]] = ("lr", "eps", "weight_decay")
+    # the registry: what the exports, the drop-ins, the peers report and the tests read
+    torch_peer: ClassVar[TorchPeer | None] = None  # the torch.optim peer, if torch has this rule
+    paper: ClassVar[str] = ""  # where the math comes from
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -14,19 +14,13 @@ import pytest
 
 from helpers import VARIANTS, make_rule, random_arrays, variant_id
 
+import portopt
+
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
-TORCH_CLASSES = {
-    "Adam": (torch.optim.Adam, {}),
-    "AdamW": (torch.optim.AdamW, {}),
-    "AMSGrad": (torch.optim.Adam, {"amsgrad": True}),
-    "AdaGrad": (torch.optim.Adagrad, {}),
-    "RMSProp": (torch.optim.RMSprop, {}),
-    "SGD": (torch.optim.SGD, {}),
-    "NAdam": (torch.optim.NAdam, {}),
-    "AdaDelta": (torch.optim.Adadelta, {}),
-    "Adamax": (torch.optim.Adamax, {}),
-}
+# From the registry: every rule with a torch.optim peer, and the options that select it.
+TORCH_CLASSES = {name: (getattr(torch.optim, rule.torch_peer.name), dict(rule.torch_peer.options))
+                 for name, rule in portopt.RULES.items() if rule.torch_peer is not None}
 STEPS = 200
 TOLERANCE = 1e-9
 

@@ -61,6 +61,7 @@ class AdaBound(Rule):
     ``[final_lr(1 - 1/(γt+1)), final_lr(1 + 1/(γt))]``; AMSBound with ``amsbound=True``."""
 
     name = "AdaBound"
+    paper = "Luo, Xiong, Liu & Sun (2019), Adaptive Gradient Methods with Dynamic Bound of Learning Rate"
     kernel = staticmethod(adabound_kernel)
 
     def __init__(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..hyperparams import Hyperparameter, check_real, check_schedule, evaluate
-from ..optimizer import Rule
+from ..optimizer import Rule, TorchPeer
 from .common import effective_gradient
 
 __all__ = ["AdaDelta", "AdaDeltaScalars", "adadelta_kernel"]
@@ -41,6 +41,8 @@ class AdaDelta(Rule):
     """``sq = ρ sq + (1-ρ) g²``, ``Δ = √(acc+eps)/√(sq+eps) · g``, ``acc = ρ acc + (1-ρ) Δ²``, ``p -= lr Δ``."""
 
     name = "AdaDelta"
+    torch_peer = TorchPeer("Adadelta")
+    paper = "Zeiler (2012), ADADELTA: An Adaptive Learning Rate Method"
     kernel = staticmethod(adadelta_kernel)
 
     def __init__(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..hyperparams import Hyperparameter, check_real, check_schedule, evaluate
-from ..optimizer import Rule
+from ..optimizer import Rule, TorchPeer
 from .common import effective_gradient
 
 __all__ = ["AdaGrad", "AdaGradScalars", "adagrad_kernel"]
@@ -42,6 +42,8 @@ class AdaGrad(Rule):
     """
 
     name = "AdaGrad"
+    torch_peer = TorchPeer("Adagrad")
+    paper = "Duchi, Hazan & Singer (2011), Adaptive Subgradient Methods"
     kernel = staticmethod(adagrad_kernel)
 
     def __init__(

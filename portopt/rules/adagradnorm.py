@@ -41,6 +41,7 @@ class AdaGradNorm(Rule):
     """
 
     name = "AdaGradNorm"
+    paper = "Ward, Wu & Bottou (2018), AdaGrad stepsizes: sharp convergence over nonconvex landscapes"
     kernel = staticmethod(adagradnorm_kernel)
 
     def __init__(

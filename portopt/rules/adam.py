@@ -12,7 +12,7 @@ from typing import NamedTuple
 from ..divergence import warn_if_beta1_too_large
 from ..host_arithmetic import power
 from ..hyperparams import Hyperparameter, check_betas, check_flag, check_schedule, evaluate
-from ..optimizer import Rule
+from ..optimizer import Rule, TorchPeer
 from .common import effective_gradient
 
 __all__ = ["Adam", "AdamW", "AMSGrad", "AdamScalars", "adam_kernel"]
@@ -70,7 +70,8 @@ class Adam(Rule):
 
     name = "Adam"
     kernel = staticmethod(adam_kernel)
-    decoupled = False
+    torch_peer = TorchPeer("Adam")
+    paper = "Kingma & Ba (2015), Adam: A Method for Stochastic Optimization"
 
     def __init__(
         self,
@@ -81,12 +82,15 @@ class Adam(Rule):
         amsgrad: bool = False,
         maximize: bool = False,
         skip_nonfinite: bool = False,
+        decoupled_weight_decay: bool = False,
     ) -> None:
+        """``decoupled_weight_decay=True`` is AdamW's decay (as torch.optim.Adam's option)."""
         self.lr = check_schedule("lr", lr)
         self.betas = check_betas(betas)
         self.eps = check_schedule("eps", eps)
         self.weight_decay = check_schedule("weight_decay", weight_decay)
         self.amsgrad = check_flag("amsgrad", amsgrad)
+        self.decoupled_weight_decay = check_flag("decoupled_weight_decay", decoupled_weight_decay)
         self._set_common(maximize, skip_nonfinite)
         warn_if_beta1_too_large(self.betas)
 
@@ -101,8 +105,8 @@ class Adam(Rule):
         return AdamScalars(
             maximize=self.maximize,
             amsgrad=self.amsgrad,
-            coupled_decay=weight_decay != 0 and not self.decoupled,
-            decoupled_decay=weight_decay != 0 and self.decoupled,
+            coupled_decay=weight_decay != 0 and not self.decoupled_weight_decay,
+            decoupled_decay=weight_decay != 0 and self.decoupled_weight_decay,
             weight_decay=weight_decay,
             decay_factor=1.0 - lr * weight_decay,
             beta1=beta1,
@@ -122,7 +126,8 @@ class AdamW(Adam):
     """
 
     name = "AdamW"
-    decoupled = True
+    torch_peer = TorchPeer("AdamW")
+    paper = "Loshchilov & Hutter (2019), Decoupled Weight Decay Regularization"
 
     def __init__(
         self,
@@ -134,7 +139,7 @@ class AdamW(Adam):
         maximize: bool = False,
         skip_nonfinite: bool = False,
     ) -> None:
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, skip_nonfinite)
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, skip_nonfinite, True)
 
 
 class AMSGrad(Adam):
@@ -144,6 +149,8 @@ class AMSGrad(Adam):
     """
 
     name = "AMSGrad"
+    torch_peer = TorchPeer("Adam", {"amsgrad": True})
+    paper = "Reddi, Kale & Kumar (2018), On the Convergence of Adam and Beyond"
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ from typing import NamedTuple
 from ..divergence import warn_if_beta1_too_large
 from ..host_arithmetic import power
 from ..hyperparams import Hyperparameter, check_betas, check_schedule, evaluate
-from ..optimizer import Rule
+from ..optimizer import Rule, TorchPeer
 from .common import effective_gradient
 
 __all__ = ["Adamax", "AdamaxScalars", "adamax_kernel"]
@@ -42,6 +42,8 @@ class Adamax(Rule):
     """``m = β1 m + (1-β1) g``, ``u = max(β2 u, |g| + eps)``, ``p -= lr/(1-β1^t) · m/u``."""
 
     name = "Adamax"
+    torch_peer = TorchPeer("Adamax")
+    paper = "Kingma & Ba (2015), section 7.1"
     kernel = staticmethod(adamax_kernel)
 
     def __init__(

@@ -44,6 +44,7 @@ class Lion(Rule):
     """``p -= lr·sign(β1 m + (1-β1) g)`` after ``p *= 1 - lr·wd``; ``m = β2 m + (1-β2) g``."""
 
     name = "Lion"
+    paper = "Chen et al. (2023), Symbolic Discovery of Optimization Algorithms"
     kernel = staticmethod(lion_kernel)
 
     def __init__(

@@ -7,7 +7,7 @@ from typing import NamedTuple
 from ..divergence import warn_if_beta1_too_large
 from ..host_arithmetic import power, real_power
 from ..hyperparams import Hyperparameter, check_betas, check_flag, check_real, check_schedule, evaluate
-from ..optimizer import Rule
+from ..optimizer import Rule, TorchPeer
 from .common import effective_gradient
 
 __all__ = ["NAdam", "NAdamScalars", "nadam_kernel"]
@@ -53,6 +53,8 @@ class NAdam(Rule):
     """Nesterov-accelerated Adam with torch's momentum schedule ``μ_t = β1 (1 - 0.96^(t·ψ)/2)``."""
 
     name = "NAdam"
+    torch_peer = TorchPeer("NAdam")
+    paper = "Dozat (2016), Incorporating Nesterov Momentum into Adam"
     kernel = staticmethod(nadam_kernel)
 
     def __init__(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..hyperparams import Hyperparameter, check_flag, check_real, check_schedule, evaluate
-from ..optimizer import Rule
+from ..optimizer import Rule, TorchPeer
 from .common import effective_gradient
 
 __all__ = ["RMSProp", "RMSPropScalars", "rmsprop_kernel"]
@@ -66,6 +66,8 @@ class RMSProp(Rule):
     """
 
     name = "RMSProp"
+    torch_peer = TorchPeer("RMSprop")
+    paper = "Tieleman & Hinton (2012), Lecture 6.5 (Coursera); centered: Graves (2013)"
     kernel = staticmethod(rmsprop_kernel)
 
     def __init__(

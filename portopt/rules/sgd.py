@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..hyperparams import Hyperparameter, check_flag, check_real, check_schedule, evaluate
-from ..optimizer import Rule
+from ..optimizer import Rule, TorchPeer
 from .common import effective_gradient, sign
 
 __all__ = ["SGD", "SignSGD", "SGDScalars", "SignSGDScalars", "sgd_kernel", "signsgd_kernel"]
@@ -60,6 +60,8 @@ class SGD(Rule):
     ``p -= lr·buf`` (Nesterov: ``p -= lr·(g + μ buf)``). As torch.optim.SGD."""
 
     name = "SGD"
+    torch_peer = TorchPeer("SGD")
+    paper = "Polyak (1964); Nesterov (1983); Sutskever et al. (2013)"
     kernel = staticmethod(sgd_kernel)
 
     def __init__(
@@ -114,6 +116,7 @@ class SignSGD(Rule):
     """
 
     name = "SignSGD"
+    paper = "Bernstein, Wang, Azizzadenesheli & Anandkumar (2018), signSGD"
     kernel = staticmethod(signsgd_kernel)
 
     def __init__(
