@@ -1,10 +1,20 @@
-"""torch.optim drop-ins: ``from portopt.torch import Adam`` and the loop stays as it was.
+"""torch.optim drop-ins: change ``torch.optim`` to ``portopt.torch`` and nothing else.
 
-Each class is a ``torch.optim.Optimizer`` whose step runs the portopt rule of the same
-name, so a torch model gets the bits NumPy would compute. Param groups, ``.grad``,
-``zero_grad``, ``state_dict``/``load_state_dict`` and LR schedulers that edit
-``group['lr']`` work as with torch.optim. State keys are torch.optim's (``exp_avg``, ...)
-plus ``step`` (an int). For float16/bfloat16 params the state is float32.
+Every rule torch.optim has is here under torch's name and signature — ``Adam, AdamW,
+Adagrad, RMSprop, SGD, NAdam, Adadelta, Adamax, RAdam, Rprop, ASGD`` — with positional
+arguments in torch's order and torch's switches accepted: ``foreach`` and ``fused`` choose
+nothing (portopt takes its own bit-identical fast path) and are kept in the param groups as
+torch keeps them; ``capturable=True`` and ``differentiable=True`` are refused with the
+reason. portopt's own options are keyword-only: ``skip_nonfinite``, ``skip_group``. The
+rules torch lacks keep portopt's names (``AMSGrad, Lion, AdaBound, SignSGD``), and
+portopt's spellings ``AdaGrad, RMSProp, AdaDelta`` are kept as other names of the same classes.
+
+Each class is a ``torch.optim.Optimizer`` whose step runs the portopt rule, so a torch model
+gets the bits NumPy would compute. Param groups, ``.grad``, ``zero_grad``, closures, LR
+schedulers that edit ``group['lr']`` (or ``betas``, ``momentum``), ``state_dict`` /
+``load_state_dict`` in torch's own format (a torch.optim state dict loads into a drop-in and
+the other way round), ``copy.deepcopy``, pickle and ``torch.save`` work as with torch.optim.
+For float16/bfloat16 params the state is float32.
 
 Under torch.distributed they work unchanged: with FSDP2 (DTensor params) each rank steps
 its local shard, with no communication, and keeps its state as DTensors of the same layout
@@ -17,45 +27,46 @@ is the skip decision of ``skip_nonfinite=True`` under FSDP2 (all ranks skip toge
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
-
-import numpy as np
+from typing import Any, ClassVar
 
 import torch
-from portopt.backends import adapter_for
 
-from . import rules, torch_sharding
-from .checks import check_params
-from .clipping import clip_factor, norm_dtype, scale_by
-from .fast.norms import sum_of_squares
-from .hyperparams import check_real
+from . import torch_sharding
 from .optimizer import Rule
 from .plan import interrupts_deferred
-from .reductions import combine_frontiers, pairwise_frontier, pairwise_sum
+from .rules import RULES
 from .state import State
+from .torch_clipping import clip_grad_norm_, global_grad_norm
 
-__all__ = ["Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp", "SGD", "NAdam", "AdaDelta", "Adamax", "Lion",
-           "AdaBound", "SignSGD", "global_grad_norm", "clip_grad_norm_"]
+# torch.optim's implementation switches: accepted, kept in the groups, and (where they ask for
+# what a portopt step cannot be) refused when true, with what to use instead.
+_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
+_REFUSED = {
+    "capturable": "capturable=True (a step recorded in a CUDA graph) is not supported: portopt computes each "
+                  "step's scalars on the host, which a graph replay would not redo; step outside the graph, or use "
+                  "torch.optim's capturable step",
+    "differentiable": "differentiable=True (gradients through the step) is not supported: portopt steps under "
+                      "no_grad with its own kernels; use torch.optim's differentiable step for that",
+}
+# portopt's options, keyword-only in every drop-in
+_OWN = (inspect.Parameter("skip_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False),
+        inspect.Parameter("skip_group", inspect.Parameter.KEYWORD_ONLY, default=None))
 
 
 def _host_value(value: Any) -> Any:
-    """Group values as the rule takes them: a 0-d tensor lr becomes a float."""
+    """Group values as the rule takes them: a 0-d tensor (lr, betas) becomes a float."""
     if isinstance(value, torch.Tensor):
         return value.item()
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return tuple(_host_value(v) for v in value)
     return value
 
 
-# Hyperparameters a rule accepts as schedules: the drop-ins read them from the group at every
-# step (LR schedulers edit group['lr'] between steps), so the group's rule need not be rebuilt.
-_SCHEDULABLE = ("lr", "eps", "weight_decay")
-
-
 class _GroupValue:
     """The current ``group[name]`` as a schedule (a callable of the steps taken); a schedule
-    put in the group is evaluated."""
+    put in the group is evaluated. LR schedulers edit groups between steps."""
 
     __slots__ = ("group", "name")
 
@@ -70,34 +81,106 @@ class _GroupValue:
 class PortoptOptimizer(torch.optim.Optimizer):
     """A torch.optim.Optimizer running ``rule_class`` on each param group."""
 
-    rule_class: type[Rule]
-    hyperparameter_names: tuple[str, ...]  # the rule's constructor arguments
+    rule_class: ClassVar[type[Rule]]
+    torch_class: ClassVar[type[torch.optim.Optimizer] | None]  # the torch.optim class of this name, if any
+    hyperparameter_names: ClassVar[tuple[str, ...]]  # the rule's constructor arguments
+    __signature__: ClassVar[inspect.Signature]
 
-    def __init__(self, params: Iterable[Any], skip_group: Any = None, **hyperparameters: Any) -> None:
-        """``skip_group``: the ranks that must skip together under ``skip_nonfinite=True``
-        where the optimizer cannot see them: ``"world"`` (every rank; picklable, so ZeRO's
-        state dict, which keeps it in its param groups, still saves) or a process group.
-        Under ZeRO pass ``skip_group="world"``; FSDP2's DTensors bring their own group."""
+    def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
+        """Arguments as the torch.optim class of this name takes them (see ``__signature__``),
+        then keyword-only ``skip_nonfinite`` and ``skip_group``. ``skip_group``: the ranks that
+        must skip together under ``skip_nonfinite=True`` where the optimizer cannot see them:
+        ``"world"`` (every rank; picklable, so ZeRO's state dict, which keeps it, still saves)
+        or a process group. Under ZeRO pass ``skip_group="world"``; FSDP2's DTensors bring
+        their own group."""
+        try:
+            bound = type(self).__signature__.bind(params, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{type(self).__name__}(): {error}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        params = arguments.pop("params")
+        skip_group = arguments.pop("skip_group")
+        torch_class = type(self).torch_class
+        if torch_class is not None:
+            # torch's own checks of the same arguments, so bad ones raise what torch raises
+            # (a portopt schedule in place of a number is checked at its value for the first step)
+            torch_class([torch.zeros(1, requires_grad=True)],
+                        **{name: value(0) if callable(value) and name in self.rule_class.schedulable else value
+                           for name, value in arguments.items() if name != "skip_nonfinite"})
         if skip_group is not None and skip_group != "world" and not _is_process_group(skip_group):
             raise TypeError(f"skip_group must be 'world' or a torch.distributed ProcessGroup, got {skip_group!r}")
-        defaults = self.rule_class(**hyperparameters).hyperparameters()
+        for switch, reason in _REFUSED.items():
+            if arguments.get(switch):
+                raise ValueError(f"{type(self).__name__}: {reason}")
+        hyperparameters = {name: _as_torch_takes_it(self.rule_class, name, arguments[name])
+                           for name in self.hyperparameter_names if name in arguments}
+        self.rule_class(**{name: _host_value(value) for name, value in hyperparameters.items()})  # portopt's checks
+        defaults = {**hyperparameters, **{name: arguments[name] for name in _SWITCHES if name in arguments}}
         super().__init__(params, defaults)
         self.skip_group = skip_group
         self.skipped_steps = 0  # steps skipped for non-finite gradients (skip_nonfinite=True)
 
+    # --- pickling, copying and torch's state dicts --------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # torch keeps defaults, state and param_groups only
+        state["skip_group"] = self.__dict__.get("skip_group") if self.__dict__.get("skip_group") in (None, "world") \
+            else None  # a process group does not travel; "world" does
+        state["skipped_steps"] = self.__dict__.get("skipped_steps", 0)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("skip_group", None)
+        self.__dict__.setdefault("skipped_steps", 0)
+        for group in self.param_groups:  # a state dict from torch.optim or an older portopt
+            for name, value in self.defaults.items():
+                group.setdefault(name, value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's format: ``step`` as a 0-d tensor, NAdam's ``mu_product`` and ASGD's
+        ``eta``/``mu`` as torch keeps them, so torch.optim's class of the same name loads it."""
+        exported = super().state_dict()
+        for saved, group in zip(exported["param_groups"], self.param_groups):
+            rule = self._group_rule(group)
+            for index in saved["params"]:
+                if index in exported["state"]:
+                    exported["state"][index] = _export_param_state(rule, exported["state"][index])
+        return exported
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A drop-in's or torch.optim's state dict (torch >= 2.1 layouts; missing newer group
+        keys take this optimizer's defaults, as torch's ``__setstate__`` does). float32 state of
+        float16/bfloat16 params stays float32."""
+        saved = copy.deepcopy(state_dict)
+        super().load_state_dict(state_dict)
+        saved_ids = [i for group in saved["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            for key, value in saved["state"].get(saved_id, {}).items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    self.state[p][key] = value.to(device=p.device)
+        for group in self.param_groups:
+            for name, value in self.defaults.items():
+                group.setdefault(name, value)
+        self.__dict__.pop("_rules", None)
+        self.__dict__.pop("_torn", None)
+
+    # --- the step -----------------------------------------------------------------------------
     def _group_rule(self, group: dict) -> Rule:
         """The group's rule: kept while the group's other hyperparameters stay the same (its
-        checked step plans with it); ``lr``, ``eps`` and ``weight_decay`` are read at each step."""
-        names = self.hyperparameter_names
-        fixed = tuple((name, _host_value(group[name])) for name in names if name not in _SCHEDULABLE)
+        checked step plans with it); schedulable ones (``lr``, ``eps``, ``weight_decay``) are
+        read from the group at each step."""
+        names, schedulable = self.hyperparameter_names, self.rule_class.schedulable
+        values = {name: _host_value(_as_torch_takes_it(self.rule_class, name, group[name])) for name in names}
+        fixed = tuple((name, values[name]) for name in names if name not in schedulable)
         cache = self.__dict__.setdefault("_rules", {})
         cached = cache.get(id(group))
         if cached is not None and cached[0] is group and cached[1] == fixed:
             return cached[2]
-        values = {name: _host_value(group[name]) for name in names}
-        self.rule_class(**values)  # the group's values checked as numbers, with the usual messages
+        self.rule_class(**values)  # the group's values checked as numbers, with portopt's messages
         rule = self.rule_class(**{**dict(fixed), **{name: _GroupValue(group, name) for name in names
-                                                      if name in _SCHEDULABLE}})
+                                                      if name in schedulable}})
         cache[id(group)] = (group, fixed, rule)
         return rule
 
@@ -116,18 +199,19 @@ class PortoptOptimizer(torch.optim.Optimizer):
         stepped = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         for group in self.param_groups:
             rule = self._group_rule(group)
+            host_names = tuple(rule.initial_host_state())
             by_steps: dict[int, list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise TypeError(f"{type(self).__name__} does not support sparse gradients")
-                if not self.state.get(p):
-                    initial = rule.init(torch_sharding.local(p))
-                    new_states[p] = {"step": 0, **{k: torch_sharding.like(v, p) for k, v in initial.slots.items()},
-                                     **initial.host}
+                param_state = self.state.get(p)
+                if not param_state or any(param_state.get(name) is None for name in rule.slot_names()):
+                    new_states[p] = _fresh_param_state(rule, p, param_state)
+                else:
+                    _import_param_state(rule, param_state)
                 by_steps.setdefault(self._param_state(p, new_states)["step"], []).append(p)
-            host_names = tuple(rule.initial_host_state())
             for steps_taken, params in by_steps.items():
                 slots = {name: [torch_sharding.local(self._param_state(p, new_states)[name]) for p in params]
                          for name in rule.slot_names()}
@@ -165,109 +249,117 @@ class PortoptOptimizer(torch.optim.Optimizer):
     def _param_state(self, p: torch.Tensor, new_states: dict) -> dict:
         return new_states[p] if p in new_states else self.state[p]
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        """As torch.optim, but float32 state of float16/bfloat16 params stays float32."""
-        saved = copy.deepcopy(state_dict)
-        super().load_state_dict(state_dict)
-        saved_ids = [i for group in saved["param_groups"] for i in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for saved_id, p in zip(saved_ids, params):
-            for key, value in saved["state"].get(saved_id, {}).items():
-                if isinstance(value, torch.Tensor):
-                    self.state[p][key] = value.to(device=p.device)
+
+def _as_torch_takes_it(rule_class: type[Rule], name: str, value: Any) -> Any:
+    """A flag as torch reads it (``amsgrad=1`` is true there); other values as given."""
+    return bool(value) if name in _flags(rule_class) and not isinstance(value, bool) else value
 
 
-def global_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-    """:func:`portopt.global_norm` of the ``.grad`` of ``parameters``, sharded or not.
-
-    Plain tensors are whole on every rank (DDP, ZeRO) and need no communication. For FSDP2's
-    DTensors each rank computes the nodes of the fixed pairwise tree that lie in its shard
-    and the ranks exchange those (O(log n) numbers per tensor), so the norm has the bits of
-    the unsharded :func:`portopt.global_norm` on every rank, for even and uneven shards.
-    """
-    grads = _grads_of(parameters)
-    if not grads:
-        raise ValueError("parameters have no gradients; their norm is undefined")
-    locals_ = [torch_sharding.local(g) for g in grads]
-    xp = check_params(locals_).xp
-    dtype = norm_dtype(xp, locals_)
-    if not any(torch_sharding.is_sharded(g) for g in grads):  # whole tensors: no frontiers to exchange
-        total = sum_of_squares(xp, locals_, dtype)
-        return adapter_for(xp).rule_namespace(total.device).sqrt(total)
-    frontiers = []  # per tensor: the frontier of every rank holding part of it
-    for index, (g, g_local) in enumerate(zip(grads, locals_)):
-        offset, total = torch_sharding.flat_range(g, f"parameters[{index}].grad")
-        squares = xp.reshape(xp.astype(g_local, dtype), (-1,))
-        frontiers.append((total, [pairwise_frontier(xp, squares * squares, offset, total)]))
-    group = torch_sharding.group_of(grads, "gradients")
-    if group is not None:
-        sharded = [i for i, g in enumerate(grads) if torch_sharding.is_sharded(g)]
-        everyone = torch_sharding.gather_across([frontiers[i][1][0] for i in sharded], group)
-        for position, i in enumerate(sharded):
-            frontiers[i] = (frontiers[i][0], [rank[position] for rank in everyone])
-    host_dtype = _numpy_dtype(dtype)
-    sums = [np.asarray([combine_frontiers(parts, total, host_dtype)]) for total, parts in frontiers]
-    import array_api_compat.numpy as host
-
-    norm = np.sqrt(np.asarray(pairwise_sum(host, sums, host_dtype)))
-    return torch.from_numpy(np.array(norm)).to(locals_[0].device)
+def _flags(rule_class: type[Rule]) -> frozenset[str]:
+    flags = _FLAGS.get(rule_class)
+    if flags is None:
+        flags = _FLAGS[rule_class] = frozenset(name for name, p in inspect.signature(rule_class).parameters.items()
+                                               if isinstance(p.default, bool))
+    return flags
 
 
-@torch.no_grad()
-def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: float,
-                    eps: float = 1e-6) -> torch.Tensor:
-    """Scale the ``.grad`` of ``parameters`` in place by ``min(1, max_norm / (norm + eps))``
-    and return the norm, as ``torch.nn.utils.clip_grad_norm_`` (L2 norm) does, with the
-    norm of :func:`global_grad_norm` and the factor of :func:`portopt.clip_by_global_norm`:
-    the same bits as ``portopt.Clipped`` on one process."""
-    max_norm = check_real("max_norm", max_norm)
-    eps = check_real("eps", eps)
-    parameters = list(parameters) if not isinstance(parameters, torch.Tensor) else [parameters]
-    norm = global_grad_norm(parameters)
-    import array_api_compat.torch as xp
+_FLAGS: dict[type, frozenset[str]] = {}
 
-    factor = clip_factor(xp, norm, max_norm, eps, norm.device)
-    if float(factor) == 1.0:
-        return norm  # g * 1 is g, bit for bit: nothing to write
-    for g in _grads_of(parameters):
-        g_local = torch_sharding.local(g)
-        if g_local.dtype == factor.dtype:
-            g_local.mul_(factor)  # one correctly rounded product per element, as scale_by
-        else:
-            g_local.copy_(scale_by(xp, g_local, factor))
-    return norm
+
+def _fresh_param_state(rule: Rule, p: torch.Tensor, previous: dict | None) -> dict:
+    """A parameter's first state; a slot torch left empty (SGD without a buffer yet) is made."""
+    initial = rule.init(torch_sharding.local(p))
+    state = {"step": 0, **{k: torch_sharding.like(v, p) for k, v in initial.slots.items()}, **initial.host}
+    for key, value in (previous or {}).items():
+        if value is not None and key in state and key != "step":
+            state[key] = value
+    if previous and "step" in previous:
+        state["step"] = int(_host_value(previous["step"]))
+    return state
+
+
+def _import_param_state(rule: Rule, state: dict) -> None:
+    """torch's per-parameter state as the drop-in keeps it: ``step`` an int (torch: a 0-d
+    tensor; SGD: none, then the buffer says a step was taken), host state as floats."""
+    step = state.get("step")
+    if step is None:
+        state["step"] = 1 if rule.slot_names() else 0
+    elif not isinstance(step, int):
+        state["step"] = int(_host_value(step))
+    for name in rule.initial_host_state():
+        if isinstance(state.get(name), torch.Tensor):
+            state[name] = float(state[name].item())
+
+
+def _export_param_state(rule: Rule, state: dict) -> dict:
+    """The drop-in's per-parameter state in torch.optim's format (a new dict)."""
+    state = dict(state)
+    step = state.get("step", 0)
+    state["step"] = torch.tensor(float(step), dtype=torch.float32)
+    for name in rule.initial_host_state():  # NAdam's mu_product, ASGD's eta and mu: tensors in torch
+        if name in state and not isinstance(state[name], torch.Tensor):
+            state[name] = torch.tensor(state[name], dtype=torch.get_default_dtype())
+    return state
 
 
 def _is_process_group(value: Any) -> bool:
     return torch_sharding.dist is not None and isinstance(value, torch_sharding.dist.ProcessGroup)
 
 
-def _grads_of(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list:
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
-    return [p.grad for p in parameters if p.grad is not None]
+def _signature(rule_class: type[Rule], torch_class: type | None) -> inspect.Signature:
+    """torch's signature for a rule torch has (positional order, switches); else the rule's.
+    Defaults are the rule's (torch's, by design); portopt's own options come last, keyword-only."""
+    rule_parameters = {name: p for name, p in inspect.signature(rule_class).parameters.items()
+                       if name != "skip_nonfinite"}
+    parameters = [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if torch_class is None:
+        parameters += [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in rule_parameters.values()]
+    else:
+        for name, p in inspect.signature(torch_class).parameters.items():
+            if name == "params":
+                continue
+            if name in rule_parameters:
+                parameters.append(p.replace(default=rule_parameters[name].default, annotation=inspect.Parameter.empty))
+            elif name in _SWITCHES:
+                parameters.append(p.replace(annotation=inspect.Parameter.empty))
+    ordered = [p for p in parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    ordered += [p for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return inspect.Signature([*ordered, *_OWN])
 
 
-def _numpy_dtype(dtype: torch.dtype) -> Any:
-    return {torch.float32: np.float32, torch.float64: np.float64}[dtype]
-
-
-def _drop_in(rule_class: type[Rule]) -> type[PortoptOptimizer]:
+def _drop_in(rule_class: type[Rule], name: str) -> type[PortoptOptimizer]:
+    peer = rule_class.torch_peer
+    torch_class = getattr(torch.optim, peer.name, None) if peer is not None and not peer.options else None
     doc = f"torch.optim drop-in running :class:`portopt.{rule_class.__name__}`.\n\n{rule_class.__doc__}"
-    names = tuple(rule_class().hyperparameters())
-    return type(rule_class.__name__, (PortoptOptimizer,),
-                {"rule_class": rule_class, "hyperparameter_names": names, "__doc__": doc})
+    signature = _signature(rule_class, torch_class)
+    names = tuple(inspect.signature(rule_class).parameters)
+    return type(name, (PortoptOptimizer,), {"rule_class": rule_class, "torch_class": torch_class,
+                                            "hyperparameter_names": names,
+                                            "__doc__": doc, "__signature__": signature,
+                                            "__module__": __name__})
 
 
-Adam = _drop_in(rules.Adam)
-AdamW = _drop_in(rules.AdamW)
-AMSGrad = _drop_in(rules.AMSGrad)
-AdaGrad = _drop_in(rules.AdaGrad)
-RMSProp = _drop_in(rules.RMSProp)
-SGD = _drop_in(rules.SGD)
-NAdam = _drop_in(rules.NAdam)
-AdaDelta = _drop_in(rules.AdaDelta)
-Adamax = _drop_in(rules.Adamax)
-Lion = _drop_in(rules.Lion)
-AdaBound = _drop_in(rules.AdaBound)
-SignSGD = _drop_in(rules.SignSGD)
+def _drop_in_names() -> dict[str, type[Rule]]:
+    """Every rule whose state is per parameter: under torch's name if torch has the rule as a
+    class of its own, else under portopt's. (AdaGrad-Norm keeps one number for the whole tree,
+    which torch.optim's per-parameter state has no place for.)"""
+    names: dict[str, type[Rule]] = {}
+    for rule_class in RULES.values():
+        if rule_class.name == "AdaGradNorm":
+            continue
+        peer = rule_class.torch_peer
+        names[peer.name if peer is not None and not peer.options else rule_class.name] = rule_class
+    return names
+
+
+DROP_INS: dict[str, type[PortoptOptimizer]] = {name: _drop_in(rule, name) for name, rule in _drop_in_names().items()}
+# portopt's spellings of torch's names, the same classes
+ALIASES = {"AdaGrad": "Adagrad", "RMSProp": "RMSprop", "AdaDelta": "Adadelta"}
+globals().update(DROP_INS)
+globals().update({alias: DROP_INS[name] for alias, name in ALIASES.items()})
+
+__all__ = [*DROP_INS, *ALIASES, "PortoptOptimizer", "global_grad_norm", "clip_grad_norm_"]
+
+
+def __getattr__(name: str) -> type[PortoptOptimizer]:  # for type checkers: the drop-ins are made above
+    raise AttributeError(f"module 'portopt.torch' has no attribute {name!r}")

@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import VARIANTS, make_rule, random_arrays, variant_id
-
 import portopt
+from helpers import VARIANTS, make_rule, random_arrays, variant_id
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 

@@ -151,11 +151,17 @@ def test_params_without_grad_are_left_alone_and_closure_is_called():
     assert model[0].weight not in optimizer.state
 
 
-def test_drop_in_validates_like_the_rule():
-    with pytest.raises(ValueError, match=r"lr must be >= 0"):
+def test_drop_in_validates_as_torch_then_as_the_rule():
+    """A drop-in of a torch class raises torch's error for what torch refuses; a portopt-only
+    drop-in, and what portopt refuses beyond torch, the rule's."""
+    with pytest.raises(ValueError, match=r"Invalid learning rate: -1.0"):
         pt.Adam(_model().parameters(), lr=-1.0)
-    with pytest.raises(ValueError, match=r"betas\[0\] must be in"):
+    with pytest.raises(ValueError, match=r"Invalid beta parameter at index 0"):
         pt.AdamW(_model().parameters(), betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match=r"lr must be >= 0"):
+        pt.Lion(_model().parameters(), lr=-1.0)
+    with pytest.raises(ValueError, match=r"lr must be finite"):
+        pt.SGD(_model().parameters(), lr=float("inf"))
 
 
 def test_drop_in_is_a_torch_optimizer_with_torch_state_keys():

@@ -70,18 +70,31 @@ class ASGD(Rule):
     def slot_names(self) -> tuple[str, ...]:
         return ("ax",)
 
-    def eta(self, steps_taken: int) -> float:
-        """``eta`` of the step after ``steps_taken`` steps (torch computes it after the step before)."""
-        lr = evaluate("lr", self.lr, steps_taken)
-        if steps_taken == 0:
-            return lr
-        return lr / real_power(1.0 + self.lambd * lr * steps_taken, self.alpha)
+    def initial_host_state(self) -> dict[str, float]:
+        return {"eta": evaluate("lr", self.lr, 0), "mu": 1.0}
 
-    def mu(self, steps_taken: int) -> float:
-        return 1.0 if steps_taken == 0 else 1.0 / max(1.0, steps_taken - self.t0)
+    def restore_host_state(self, step: int, host: dict[str, float]) -> dict[str, float]:
+        """A checkpoint without eta and mu: those of ``step`` steps at this rule's lr."""
+        if "eta" in host and "mu" in host:
+            return host
+        lr = evaluate("lr", self.lr, step)
+        eta = lr if step == 0 else lr / real_power(1.0 + self.lambd * lr * step, self.alpha)
+        return {**host, "eta": eta, "mu": 1.0 if step == 0 else 1.0 / max(1.0, step - self.t0)}
+
+    def advance_host_state(self, steps_taken, host, xp, grads, params):
+        """This step's ``eta`` and ``mu`` come from the state (as torch keeps them per parameter);
+        the next step's are made with this step's lr: a scheduler's new lr enters one step later,
+        as in torch.optim.ASGD."""
+        t = steps_taken + 1
+        lr = evaluate("lr", self.lr, steps_taken)
+        eta, mu = host["eta"], host["mu"]
+        scalars = {"eta": eta, "mu": mu, "decay_factor": 1.0 - self.lambd * eta, "averaging": mu != 1.0}
+        following = {"eta": lr / real_power(1.0 + self.lambd * lr * t, self.alpha), "mu": 1.0 / max(1.0, t - self.t0)}
+        return scalars, following
 
     def host_scalars(self, steps_taken: int) -> ASGDScalars:
+        """``eta``, ``mu`` and ``decay_factor`` are placeholders here: the step takes them from the
+        state (:meth:`advance_host_state`); ``averaging`` is set from the state's ``mu`` too."""
         weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
-        eta, mu = self.eta(steps_taken), self.mu(steps_taken)
-        return ASGDScalars(maximize=self.maximize, coupled_decay=weight_decay != 0, averaging=mu != 1.0,
-                           weight_decay=weight_decay, decay_factor=1.0 - self.lambd * eta, eta=eta, mu=mu)
+        return ASGDScalars(maximize=self.maximize, coupled_decay=weight_decay != 0, averaging=False,
+                           weight_decay=weight_decay, decay_factor=1.0, eta=0.0, mu=1.0)
