@@ -30,8 +30,10 @@ from portopt.conformance.report import machine_description
 from .report import add_output_options, report
 from .workloads import WORKLOADS, Workload
 
-TORCH_PEERS = {"Adam": ("Adam", {}), "AdamW": ("AdamW", {}), "AMSGrad": ("Adam", {"amsgrad": True}),
-               "AdaGrad": ("Adagrad", {}), "RMSProp": ("RMSprop", {})}
+# the benchmarked rules; their torch.optim peers come from the rules' registry entries
+BENCHMARKED = ("Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp")
+TORCH_PEERS = {name: (portopt.RULES[name].torch_peer.name, dict(portopt.RULES[name].torch_peer.options))
+               for name in BENCHMARKED}
 
 
 def bandwidth(nbytes: int = 400_000_000, repeats: int = 7) -> dict[str, float]:
@@ -329,7 +331,7 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--rules", nargs="+", default=list(TORCH_PEERS), choices=list(TORCH_PEERS))
+    parser.add_argument("--rules", nargs="+", default=list(BENCHMARKED), choices=list(TORCH_PEERS))
     parser.add_argument("--rounds", type=int, default=15)
     add_output_options(parser, "benchmarks/results.json", "performance")
     args = parser.parse_args(argv)

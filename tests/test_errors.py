@@ -139,3 +139,37 @@ def test_bad_last_leaf_leaves_earlier_leaves_unwritten():
         rule.step(params, grads, state)
     assert all(same_bits(p, np.ones(3)) for p in params)
     assert all(same_bits(b, np.zeros(3)) for b in state.slots["momentum_buffer"])
+
+
+def _generic_constructor_errors():
+    """From the registry: every argument of every rule, with a value of the wrong type and (for
+    numbers) one out of range; each must be refused naming the argument."""
+    import inspect
+
+    cases = []
+    for name, rule in sorted(portopt.RULES.items()):
+        for argument, parameter in inspect.signature(rule).parameters.items():
+            default = parameter.default
+            if isinstance(default, bool):
+                cases.append((rule, {argument: 1}, TypeError, rf"{argument} must be a bool"))
+            elif isinstance(default, float):
+                cases.append((rule, {argument: -1.0}, ValueError, rf"{argument}.* must be (>=|in|> )"))
+                cases.append((rule, {argument: float("nan")}, ValueError, rf"{argument}.* must be finite"))
+                cases.append((rule, {argument: "0.1"}, TypeError, rf"{argument}.* must be"))
+            elif isinstance(default, tuple):
+                cases.append((rule, {argument: 0.5}, TypeError, rf"{argument} must be a pair"))
+    return cases
+
+
+GENERIC = _generic_constructor_errors()
+
+
+@pytest.mark.parametrize("rule, kwargs, error, pattern", GENERIC,
+                         ids=[f"{r.__name__}-{next(iter(k))}-{e.__name__}" for r, k, e, _ in GENERIC])
+def test_every_rule_refuses_bad_arguments_naming_them(rule, kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        rule(**kwargs)
+
+
+def test_every_rule_is_covered_by_the_generic_errors():
+    assert {r.__name__ for r, _, _, _ in GENERIC} == {r.__name__ for r in portopt.RULES.values()}

@@ -22,13 +22,11 @@ from .report import machine_description, replace_block
 
 STEPS_REPORTED = (1, 100, 1000)
 
-TORCH_PEERS = {  # portopt rule -> (torch.optim class name, extra options)
-    "Adam": ("Adam", {}),
-    "AdamW": ("AdamW", {}),
-    "AMSGrad": ("Adam", {"amsgrad": True}),
-    "AdaGrad": ("Adagrad", {}),
-    "RMSProp": ("RMSprop", {}),
-}
+# portopt rule -> (torch.optim class name, extra options), from the rules' registry entries
+TORCH_PEERS = {name: (rule.torch_peer.name, dict(rule.torch_peer.options))
+               for name, rule in portopt.RULES.items() if rule.torch_peer is not None}
+# the rules the report shows by default (every peer: --rules)
+DEFAULT_RULES = ("Adam", "AdamW", "AMSGrad", "AdaGrad", "RMSProp")
 
 
 def _torch_paths(torch, rule: str, param):
@@ -103,7 +101,7 @@ def markdown(rows: list[dict], size: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="portopt peers", description=__doc__.splitlines()[0])
-    parser.add_argument("--rules", nargs="+", default=list(TORCH_PEERS), choices=list(TORCH_PEERS))
+    parser.add_argument("--rules", nargs="+", default=list(DEFAULT_RULES), choices=list(TORCH_PEERS))
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--readme", metavar="PATH", help="also write the table into PATH between the peers markers")
