@@ -147,7 +147,7 @@ def _generic_constructor_errors():
     import inspect
 
     cases = []
-    for name, rule in sorted(portopt.RULES.items()):
+    for _name, rule in sorted(portopt.RULES.items()):
         for argument, parameter in inspect.signature(rule).parameters.items():
             default = parameter.default
             if isinstance(default, bool):

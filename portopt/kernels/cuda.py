@@ -5,10 +5,14 @@ Every floating-point operation is inline PTX with explicit round-to-nearest and 
 without ``.ftz``, and the ``.f64`` forms), so neither ``--fmad=true`` (NVRTC's and nvcc's
 default contraction into FMA) nor ``-ftz=true`` (which CuPy passes to every compile) can
 change a bit. float16 parameters are loaded and stored with explicit ``cvt`` and computed in
-float32. One thread per element in a grid-stride loop.
+float32. Two kernels: one array in a grid-stride loop (:func:`cuda_source`), and every leaf of
+a group in one launch from a table of addresses (:func:`cuda_table_source`).
 
-Status: the source compiles with nvcc (tests/test_cuda_source.py inspects the PTX for FMA
-and ``.ftz``); launching it from CuPy or torch needs a GPU and is not verified yet (docs/gpu.md).
+Status: every kernel compiles with NVRTC under CuPy's flags on any machine (no GPU needed:
+:mod:`portopt.kernels.nvrtc`; tests/test_cuda_source.py inspects the PTX for FMA, ``.ftz`` and
+``.approx``), and the same source, its helpers made IEEE C++ (``target="host"``), runs on the
+CPU with NumPy's bits (:mod:`portopt.kernels.host_shim`). Launching it from CuPy or torch needs a
+GPU and is not verified yet (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from collections.abc import Callable
 
 from .trace import ARITHMETIC, COMPARISONS, Graph, Node, trace
 
-__all__ = ["cuda_source", "KERNEL_NAME"]
+__all__ = ["cuda_source", "cuda_table_source", "KERNEL_NAME", "TABLE_KERNEL_NAME"]
 
 KERNEL_NAME = "portopt_step"
+TABLE_KERNEL_NAME = "portopt_table_step"
 
 _PTX_OP = {"add": "add.rn", "sub": "sub.rn", "mul": "mul.rn", "div": "div.rn"}
 _SETP = {"lt": "lt", "le": "le", "gt": "gt", "ge": "ge", "eq": "eq", "ne": "neu"}  # ne is true for NaN
@@ -90,50 +95,130 @@ def _is_boolean(node: Node) -> bool:
     return node.op in COMPARISONS or node.op in ("and", "or", "signbit")
 
 
-def cuda_source(kernel: Callable, host_values: tuple, slot_count: int, param_dtype: str,
-                kernel_name: str = KERNEL_NAME) -> str:
-    """The CUDA C source of ``portopt_step(p, g, slots..., scalars..., n)`` for ``param_dtype``.
+class _Types:
+    """C types of one kernel: compute type, its PTX suffix and register letter, storage of p and g."""
 
-    float16 params (and grads) are passed as ``unsigned short`` bit patterns, slots as float32.
-    """
-    compute = {"float16": "float32", "float32": "float32", "float64": "float64"}[param_dtype]
-    ctype, suffix, reg = ("float", "f32", "f") if compute == "float32" else ("double", "f64", "d")
-    graph: Graph = trace(kernel, host_values, slot_count)
-    half = param_dtype == "float16"
-    storage = "unsigned short" if half else ctype
+    def __init__(self, param_dtype: str) -> None:
+        compute = {"float16": "float32", "float32": "float32", "float64": "float64"}[param_dtype]
+        self.ctype, self.suffix, self.reg = ("float", "f32", "f") if compute == "float32" else ("double", "f64", "d")
+        self.half = param_dtype == "float16"
+        self.storage = "unsigned short" if self.half else self.ctype
 
+
+def _body(graph: Graph, types: _Types, read: Callable[[str], str], write: Callable[[str], str],
+          indent: str) -> list[str]:
+    """One element's statements: inputs read with ``read(name)``, outputs assigned to ``write(name)``."""
     def name(node: Node) -> str:
         return f"s_{node.name}" if node.op == "scalar" else f"v{node.index}"
 
-    parameters = [f"{storage}* __restrict__ p", f"const {storage}* __restrict__ g"]
-    parameters += [f"{ctype}* __restrict__ slot{i}" for i in range(slot_count)]
-    parameters += [f"const {ctype} s_{scalar}" for scalar in graph.scalar_names]
-    parameters.append("const long long n")
     body = []
     for node in graph.nodes:
         if node.op == "input":
-            load = f"{node.name}[i]"
-            if half and node.name in ("p", "g"):
+            load = read(str(node.name))
+            if types.half and node.name in ("p", "g"):
                 load = f"load_f16({load})"
-            body.append(f"        const {ctype} v{node.index} = {load};")
+            body.append(f"{indent}const {types.ctype} v{node.index} = {load};")
         elif node.op != "scalar":
-            kind = "bool" if _is_boolean(node) else ctype
-            body.append(f"        const {kind} v{node.index} = {_expression(node, name, suffix)};")
-    targets = ["p"] + [f"slot{i}" for i in range(slot_count)]
+            kind = "bool" if _is_boolean(node) else types.ctype
+            body.append(f"{indent}const {kind} v{node.index} = {_expression(node, name, types.suffix)};")
+    targets = ["p"] + [f"slot{i}" for i in range(len(graph.arrays) - 2)]
     for target, output in zip(targets, graph.outputs):
         value = name(output)
-        if half and target == "p":
+        if types.half and target == "p":
             value = f"store_f16({value})"
-        body.append(f"        {target}[i] = {value};")
-    return "\n".join([
-        "// Generated by portopt.kernels.cuda from the rule's traced kernel. Do not edit.",
-        _helpers(ctype, suffix, reg),
-        _HALF if half else "",
-        f'extern "C" __global__ void {kernel_name}({", ".join(parameters)}) {{',
-        "    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;",
-        "         i += (long long)blockDim.x * gridDim.x) {",
-        *body,
-        "    }",
-        "}",
-        "",
-    ])
+        body.append(f"{indent}{write(target)} = {value};")
+    return body
+
+
+def _prelude(types: _Types, target: str) -> list[str]:
+    helpers = _helpers(types.ctype, types.suffix, types.reg) if target == "device" else \
+        _host_helpers(types.ctype, types.suffix)
+    half = (_HALF if target == "device" else _HOST_HALF) if types.half else ""
+    return ["// Generated by portopt.kernels.cuda from the rule's traced kernel. Do not edit.", helpers, half]
+
+
+def cuda_source(kernel: Callable, host_values: tuple, slot_count: int, param_dtype: str,
+                kernel_name: str = KERNEL_NAME, target: str = "device") -> str:
+    """The CUDA C source of ``portopt_step(p, g, slots..., scalars..., n)`` for ``param_dtype``.
+
+    float16 params (and grads) are passed as ``unsigned short`` bit patterns, slots as float32.
+    ``target="host"``: the same statements as C++ for the CPU (:func:`host_shim`), each PTX
+    helper an IEEE C++ operation, to run the generated source where there is no GPU.
+    """
+    types = _Types(param_dtype)
+    graph: Graph = trace(kernel, host_values, slot_count)
+    parameters = [f"{types.storage}* __restrict__ p", f"const {types.storage}* __restrict__ g"]
+    parameters += [f"{types.ctype}* __restrict__ slot{i}" for i in range(slot_count)]
+    parameters += [f"const {types.ctype} s_{scalar}" for scalar in graph.scalar_names]
+    parameters.append("const long long n")
+    body = _body(graph, types, lambda name: f"{name}[i]", lambda name: f"{name}[i]", "        ")
+    loop = ("    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;\n"
+            "         i += (long long)blockDim.x * gridDim.x) {") if target == "device" else \
+        "    for (long long i = 0; i < n; ++i) {"
+    qualifier = "__global__ " if target == "device" else ""
+    return "\n".join([*_prelude(types, target), f'extern "C" {qualifier}void {kernel_name}({", ".join(parameters)}) {{',
+                      loop, *body, "    }", "}", ""])
+
+
+def cuda_table_source(kernel: Callable, host_values: tuple, slot_count: int, param_dtype: str,
+                      kernel_name: str = TABLE_KERNEL_NAME, in_place: bool = True, target: str = "device") -> str:
+    """The multi-tensor kernel: one launch for every leaf of a group, as the CPU table loop.
+
+    ``portopt_table_step(read, write, chunk_leaf, chunk_start, chunk_stop, chunks, leaves,
+    scalars)``: ``read`` holds the addresses of p, g and the slots of each leaf (row-major,
+    ``(2 + slots) x leaves``), ``write`` those of p and the slots to write (unused in place:
+    the outputs go where they were read); the chunks cut the leaves into pieces; one block per
+    chunk (a grid-stride loop over chunks), its threads over the chunk's elements; the scalars
+    are one array, in the trace's order.
+    """
+    types = _Types(param_dtype)
+    graph: Graph = trace(kernel, host_values, slot_count)
+    inputs = [str(node.name) for node in graph.arrays]
+    outputs = inputs[:1] + inputs[2:]
+    qualifier = "__global__ " if target == "device" else ""
+    parameters = ["const long long* __restrict__ read", "const long long* __restrict__ write",
+                  "const long long* __restrict__ chunk_leaf", "const long long* __restrict__ chunk_start",
+                  "const long long* __restrict__ chunk_stop", "const long long chunks", "const long long leaves",
+                  f"const {types.ctype}* __restrict__ scalars"]
+    lines = [*_prelude(types, target), f'extern "C" {qualifier}void {kernel_name}({", ".join(parameters)}) {{']
+    lines += [f"    const {types.ctype} s_{scalar} = scalars[{k}];" for k, scalar in enumerate(graph.scalar_names)]
+    if target == "device":
+        lines += ["    for (long long c = blockIdx.x; c < chunks; c += gridDim.x) {"]
+    else:
+        lines += ["    for (long long c = 0; c < chunks; ++c) {"]
+    lines += ["        const long long j = chunk_leaf[c];"]
+    for k, name in enumerate(inputs):
+        kind = types.storage if name in ("p", "g") else types.ctype
+        lines.append(f"        {'const ' if name == 'g' else ''}{kind}* r_{name} = ({kind}*)read[{k} * leaves + j];")
+    for k, name in enumerate(outputs):
+        kind = types.storage if name == "p" else types.ctype
+        source = f"r_{name}" if in_place else f"({kind}*)write[{k} * leaves + j]"
+        lines.append(f"        {kind}* w_{name} = {source};")
+    if target == "device":
+        lines += ["        for (long long i = chunk_start[c] + threadIdx.x; i < chunk_stop[c]; i += blockDim.x) {"]
+    else:
+        lines += ["        for (long long i = chunk_start[c]; i < chunk_stop[c]; ++i) {"]
+    lines += _body(graph, types, lambda name: f"r_{name}[i]", lambda name: f"w_{name}[i]", "            ")
+    lines += ["        }", "    }", "}", ""]
+    return "\n".join(lines)
+
+
+def _host_helpers(ctype: str, suffix: str) -> str:
+    """The PTX helpers as C++ on the host: each one IEEE operation (compile with -ffp-contract=off)."""
+    lines = []  # compiler builtins, no headers: the source may sit inside a namespace
+    for op, symbol in (("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/")):
+        lines.append(f"static inline {ctype} {op}_{suffix}({ctype} a, {ctype} b) {{ return a {symbol} b; }}")
+    root, absolute = ("__builtin_sqrtf", "__builtin_fabsf") if ctype == "float" else ("__builtin_sqrt", "__builtin_fabs")
+    lines.append(f"static inline {ctype} sqrt_{suffix}({ctype} a) {{ return {root}(a); }}")
+    lines.append(f"static inline {ctype} neg_{suffix}({ctype} a) {{ return -a; }}")
+    lines.append(f"static inline {ctype} abs_{suffix}({ctype} a) {{ return {absolute}(a); }}")
+    for op, symbol in (("lt", "<"), ("le", "<="), ("gt", ">"), ("ge", ">="), ("eq", "=="), ("ne", "!=")):
+        lines.append(f"static inline bool {op}_{suffix}({ctype} a, {ctype} b) {{ return a {symbol} b; }}")
+    lines.append(f"static inline bool signbit_{suffix}({ctype} a) {{ return __builtin_signbit(a) != 0; }}")
+    return "\n".join(lines)
+
+
+_HOST_HALF = """
+static inline float load_f16(unsigned short h) { _Float16 x; __builtin_memcpy(&x, &h, 2); return (float)x; }
+static inline unsigned short store_f16(float f) { _Float16 x = (_Float16)f; unsigned short h; __builtin_memcpy(&h, &x, 2); return h; }
+"""
