@@ -69,9 +69,9 @@ def _statement(node: Node, name: Callable[[Node], str]) -> str:
     if op in COMPARISONS:
         return f"{a[0]} {COMPARISONS[op]} {a[1]}"
     if op == "and":
-        return f"{a[0]} and {a[1]}"
+        return f"{a[0]} & {a[1]}"  # bitwise on booleans: no branch, so the loop stays vectorisable
     if op == "or":
-        return f"{a[0]} or {a[1]}"
+        return f"{a[0]} | {a[1]}"
     if op == "neg":
         return f"-{a[0]}"
     if op == "abs":
@@ -83,11 +83,11 @@ def _statement(node: Node, name: Callable[[Node], str]) -> str:
     if op == "where":
         return f"{a[1]} if {a[0]} else {a[2]}"
     if op == "maximum":  # IEEE 754-2019: NaN propagates, +0 > -0 (as portopt.numerics.ieee_maximum)
-        return (f"{a[0]} if ({a[0]} > {a[1]} or {a[0]} != {a[0]} or "
-                f"({a[0]} == {a[1]} and math.copysign(1.0, {a[1]}) < 0.0)) else {a[1]}")
+        return (f"{a[0]} if (({a[0]} > {a[1]}) | ({a[0]} != {a[0]}) | "
+                f"(({a[0]} == {a[1]}) & (math.copysign(1.0, {a[1]}) < 0.0))) else {a[1]}")
     if op == "minimum":
-        return (f"{a[0]} if ({a[0]} < {a[1]} or {a[0]} != {a[0]} or "
-                f"({a[0]} == {a[1]} and math.copysign(1.0, {a[0]}) < 0.0)) else {a[1]}")
+        return (f"{a[0]} if (({a[0]} < {a[1]}) | ({a[0]} != {a[0]}) | "
+                f"(({a[0]} == {a[1]}) & (math.copysign(1.0, {a[0]}) < 0.0))) else {a[1]}")
     raise TypeError(f"no code for traced operation {op!r}")
 
 
@@ -103,12 +103,11 @@ def _body(graph: Graph, indent: str) -> list[str]:
     def name(node: Node) -> str:
         return f"s_{node.name}" if node.op == "scalar" else f"v{node.index}"
 
-    lines = []
-    for node in graph.nodes:
-        if node.op == "input":
-            lines.append(f"{indent}v{node.index} = r_{node.name}[i]")
-        elif node.op != "scalar":
-            lines.append(f"{indent}v{node.index} = {_statement(node, name)}")
+    # Every element is read before anything is computed: a load after a select (a branch in
+    # numba's IR) keeps LLVM from vectorising the in-place loop (Rprop's did not).
+    lines = [f"{indent}v{node.index} = r_{node.name}[i]" for node in graph.nodes if node.op == "input"]
+    lines += [f"{indent}v{node.index} = {_statement(node, name)}" for node in graph.nodes
+              if node.op not in ("input", "scalar")]
     for target, output in _outputs(graph):
         lines.append(f"{indent}w_{target}[i] = {name(output)}")
     return lines
