@@ -7,7 +7,7 @@ for-loop), with ``foreach=True`` and with ``fused=True`` where torch has it on t
 Small problems add portopt's ``update``, the torch drop-in and a hand-written NumPy loop
 (benchmarks/hand.py). The bound is the bytes a step must move (read params, grads and
 state; write params and state) divided by the bandwidth measured in the same run. Prints
-tables, writes JSON, and with ``--readme`` rewrites README.md's performance section.
+tables, writes JSON, and with ``--readme docs/performance.md`` rewrites its performance section.
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def table(results: dict) -> str:
         f"{m['cpu']}; bandwidth {results['bandwidth_GBps']['in_place']:.1f} GB/s in place "
         f"(`a += b`, the bound's basis), {results['bandwidth_GBps']['copy']:.1f} GB/s by copy; "
         f"NumPy {m['numpy']}, torch {m.get('torch', '-')}, fast path {m['fast_path']}. "
-        "Regenerate: `python -m benchmarks --readme README.md`.",
+        "Regenerate: `python -m benchmarks --readme docs/performance.md`.",
     ]
 
     def ratio(value):

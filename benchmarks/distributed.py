@@ -7,7 +7,7 @@ cores. Per rank: the median time of ``portopt.torch.Adam.step()`` (and of
 parameters, gradients and optimizer state (counted from the tensors), and the process's
 peak resident memory. The step does no communication, so per-rank cost should follow the
 shard: the table adds what 16 bytes per parameter (4 param + 4 grad + 8 Adam state) predict
-for 8 ranks. ``--readme README.md`` rewrites the README's scaling block.
+for 8 ranks. ``--readme docs/performance.md`` rewrites its scaling block.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def table(results: dict) -> str:
     predicted = BYTES_PER_PARAMETER * params / 8
     lines.append(f"| 8 (predicted) | {predicted / 2**20:.0f} MiB ({BYTES_PER_PARAMETER / 8:.1f} B/param) | | "
                  f"~{one['portopt_step_ms'] / 8:.1f} ms (1-rank time / 8) | |")
-    lines += ["", "Regenerate: `python -m benchmarks.distributed --readme README.md`."]
+    lines += ["", "Regenerate: `python -m benchmarks.distributed --readme docs/performance.md`."]
     return "\n".join(lines)
 
 

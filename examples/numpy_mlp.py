@@ -1,4 +1,4 @@
-"""A small MLP in plain NumPy with hand-written gradients, trained with every rule; the same run
+"""A small MLP in plain NumPy with hand-written gradients, trained with five rules; the same run
 on torch and array-api-strict gives the same digests.
 
 The model: 2 -> 16 (ReLU) -> 1, squared loss against labels ±1 on two interleaved half moons.

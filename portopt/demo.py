@@ -1,4 +1,4 @@
-"""``portopt demo``: every rule minimises a Rosenbrock valley on every backend found, and the
+"""``portopt demo``: five rules (Adam, AdamW, AMSGrad, AdaGrad, RMSProp) minimise a Rosenbrock valley on every backend found, and the
 final parameters are compared bit for bit.
 
 The gradient is elementwise (pairs ``(x, y)``, ``f = 100 (y - x²)² + (1 - x)²``), so the
@@ -57,7 +57,7 @@ def run(target: Any, rule: portopt.Rule, steps: int, size: int, dtype: str) -> d
 def main(argv: Sequence[str] | None = None) -> int:
     from portopt.conformance.targets import find_targets
 
-    parser = argparse.ArgumentParser(prog="portopt demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="portopt demo", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--size", type=int, default=1000, help="number of (x, y) pairs")
     parser.add_argument("--dtype", default="float32", choices=("float16", "float32", "float64"))

@@ -2,6 +2,8 @@
 
 Independent of the golden vectors: ordinary normal gradients, every backend stepped in
 lockstep and compared with NumPy after the last step (params and every state array).
+array-api-strict (15 µs of checks per operation) runs here in the long tier only; the default
+tier's golden cases cover it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ STEPS = 1000
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=[variant_id(v) for v in VARIANTS])
-def test_backends_agree_bitwise(variant, dtype):
-    targets = bitwise_targets(dtype)
+@pytest.mark.parametrize("strict", [pytest.param(False, id="fast-backends"),
+                                    pytest.param(True, id="with-strict", marks=pytest.mark.long)])
+def test_backends_agree_bitwise(variant, dtype, strict):
+    targets = {name: t for name, t in bitwise_targets(dtype).items() if strict or name != "array_api_strict"}
+    if strict and "array_api_strict" not in targets:
+        pytest.skip("array-api-strict is not installed")
     if len(targets) < 2:
         pytest.skip(f"fewer than two backends here support {dtype}")
     p0 = random_arrays(2, (33,), dtype, 1)[0]

@@ -148,7 +148,7 @@ def markdown_summary(targets, missing, primitive_results, results) -> str:
     table = summarise(results)
     dtypes = ("float16", "float32", "float64")
     lines = [
-        f"`portopt conformance --readme README.md` on {machine_description()}, "
+        f"`portopt conformance --readme docs/conformance.md` on {machine_description()}, "
         f"portopt {portopt.__version__}, NumPy {np.__version__}"
         + "".join(f", {name}" for name in targets if name != "numpy") + ". "
         + (f"Not found there: {', '.join(missing)}." if missing else ""),

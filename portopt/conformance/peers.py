@@ -87,7 +87,7 @@ def markdown(rows: list[dict], size: int) -> str:
     lines = [
         f"Max ulp distance (max relative difference) of the parameters, {size} elements, torch defaults; "
         f"torch {torch.__version__}, NumPy {np.__version__}, {machine_description()}. "
-        "Regenerate: `portopt peers --readme README.md`.",
+        "Regenerate: `portopt peers --readme docs/conformance.md`.",
         "",
         "| rule | dtype | step | " + " | ".join(pairs) + " |",
         "|---|---|---|" + "---|" * len(pairs),

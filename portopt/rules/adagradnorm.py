@@ -43,6 +43,7 @@ class AdaGradNorm(Rule):
     name = "AdaGradNorm"
     paper = "Ward, Wu & Bottou (2018), AdaGrad stepsizes: sharp convergence over nonconvex landscapes"
     kernel = staticmethod(adagradnorm_kernel)
+    schedulable = ("lr",)  # eps enters b + eps on the host once per step from a fixed value
 
     def __init__(
         self,
