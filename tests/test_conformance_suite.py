@@ -2,7 +2,8 @@
 
 Default tier (``pytest``): every golden case on every backend found, except that
 array-api-strict, whose every operation costs about 15 µs of checks, runs every case's 0-d
-shape and, in float32, a strided view and a tree; the primitive tier everywhere.
+shape and, in float32, a strided view (its trees cost 2-6 s a case: the long tier); the
+primitive tier everywhere.
 Long tier (``pytest -m long``; CI runs it too): array-api-strict on the other cases, and
 every case again on NumPy and torch with the fast path off (the reference) and blocked.
 ``portopt conformance`` (the main job) always runs every case on every backend.
@@ -25,7 +26,7 @@ from portopt.conformance.suite import test_primitives_correctly_rounded_in_porto
 
 CASES = load_matrix().cases
 STRICT_SHAPES_BY_DEFAULT = ("scalar",)
-STRICT_FLOAT32_SHAPES_BY_DEFAULT = ("strided", "tree")
+STRICT_FLOAT32_SHAPES_BY_DEFAULT = ("strided",)
 _GOLDEN: dict = {}
 
 
