@@ -46,15 +46,16 @@ if TYPE_CHECKING:
 
 __all__ = ["Plan", "plan_for"]
 
-_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_COMPILED_DTYPE_NAMES = ("float32", "float64")  # the compiled loops compute in these
 
 
 class Group:
     """Leaves of one compute dtype stepped by one executor."""
 
     def __init__(self, executor: str, dtype: Any, host_dtype: np.dtype | None, indexes: list[int],
-                 sizes: list[int], slot_count: int) -> None:
+                 sizes: list[int], slot_count: int, storage: tuple[str, ...] | None = None) -> None:
         self.executor, self.dtype, self.host_dtype, self.indexes = executor, dtype, host_dtype, indexes
+        self.storage = storage  # compiled: the dtype name each array is stored in (p, g, slots)
         self.table = compiled.Table(sizes, slot_count) if executor == "compiled" else None
         self.loops_by_flags: dict[tuple, compiled.Loops] = {}  # flags can change between steps
         # NumPy, in place: the arrays of the last step and their address tables, reused while
@@ -66,7 +67,8 @@ class Group:
         loops = self.loops_by_flags.get(flags)
         if loops is None:
             assert self.host_dtype is not None  # a compiled group has one
-            loops = self.loops_by_flags[flags] = compiled.loops_for(kernel, scalars, slot_count, self.host_dtype)
+            loops = self.loops_by_flags[flags] = compiled.loops_for(kernel, scalars, slot_count, self.host_dtype,
+                                                                     self.storage)
         return loops
 
     @property
@@ -105,24 +107,29 @@ class Plan:
 
     # --- executors ---------------------------------------------------------------------
     def _groups(self, params: list, grads: list, slots: dict[str, list]) -> list[Group]:
-        by_key: dict[tuple[str, Any], list[int]] = {}
+        by_key: dict[tuple[str, Any, tuple[str, ...] | None], list[int]] = {}
         for index, p in enumerate(params):
             arrays = [p, grads[index], *(slots[name][index] for name in self.slot_names)]
-            by_key.setdefault((self._executor(p, arrays), compute_dtype(self.xp, p.dtype)), []).append(index)
+            executor = self._executor(p, arrays)
+            storage = tuple(dtype_name(self.xp, x.dtype) for x in arrays) if executor == "compiled" else None
+            by_key.setdefault((executor, compute_dtype(self.xp, p.dtype), storage), []).append(index)
         groups = []
-        for (executor, dtype), indexes in by_key.items():
+        for (executor, dtype, storage), indexes in by_key.items():
             sizes = [_size(params[i]) for i in indexes]
             host_dtype = np.dtype(dtype_name(self.xp, dtype)) if executor != "reference" else None
-            groups.append(Group(executor, dtype, host_dtype, indexes, sizes, len(self.slot_names)))
+            groups.append(Group(executor, dtype, host_dtype, indexes, sizes, len(self.slot_names), storage))
         return groups
 
     def _executor(self, p: Any, arrays: list) -> str:
         adapter, mode = self.adapter, self.mode
         if mode == "off":
             return "reference"
-        dtype = compute_dtype(self.xp, p.dtype)
-        compiled_here = (mode in ("auto", "compiled") and compiled.available() and p.dtype == dtype
-                         and np.dtype(dtype_name(self.xp, dtype)) in _COMPILED_DTYPES
+        compute = dtype_name(self.xp, compute_dtype(self.xp, p.dtype))
+        # half-precision arrays are converted in the loop, and only to and from float32
+        # (from float64 they would be rounded twice)
+        storable = compiled.STORAGE if compute == "float32" else _COMPILED_DTYPE_NAMES
+        compiled_here = (mode in ("auto", "compiled") and compiled.available() and compute in _COMPILED_DTYPE_NAMES
+                         and all(dtype_name(self.xp, x.dtype) in storable for x in arrays)
                          and all(adapter.address(x) is not None for x in arrays))
         if compiled_here:
             return "compiled"

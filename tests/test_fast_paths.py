@@ -33,7 +33,13 @@ def _tree(dtype, seed):
     """A tree of leaves a model has: a long vector, a matrix, a 0-d array, an empty one, a
     strided view (which takes the reference path inside the same step)."""
     rng = np.random.default_rng(seed)
-    info = np.finfo(dtype)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
+        info = ml_dtypes.finfo(dtype)
+    else:
+        info = np.finfo(dtype)
 
     def values(n):
         x = rng.standard_normal(n) * 2.0 ** rng.integers(-20, 5, n)
@@ -50,24 +56,40 @@ def _params(seed, dtype):
 
 
 def _run(target, rule, dtype, mode, api, steps=12):
-    params = {k: target.asarray(np.ascontiguousarray(v)) for k, v in _params(0, dtype).items()}
-    base = target.asarray(np.repeat(np.asarray(_params(0, dtype)["every_other"]), 2))
+    asarray, to_numpy = target.asarray, target.to_numpy
+    if dtype == "bfloat16":  # torch tensors from ml_dtypes' bits; compared widened to float32 (exact)
+        import torch
+
+        def asarray(x):
+            return torch.from_numpy(np.ascontiguousarray(x).view(np.uint16).copy()).view(torch.bfloat16)
+
+        def to_numpy(x):
+            return x.float().numpy()
+    params = {k: asarray(np.ascontiguousarray(v)) for k, v in _params(0, dtype).items()}
+    base = asarray(np.repeat(np.asarray(_params(0, dtype)["every_other"]), 2))
     params["every_other"] = base[::2]  # a view on the backend
     state = rule.init(params)
     with portopt.fast_path(mode), np.errstate(all="ignore"):
         for step in range(steps):
-            grads = {k: target.asarray(np.ascontiguousarray(v)) for k, v in _tree(dtype, 100 + step).items()}
+            grads = {k: asarray(np.ascontiguousarray(v)) for k, v in _tree(dtype, 100 + step).items()}
             if api == "step":
                 rule.step(params, grads, state)
             else:
                 params, state = rule.update(params, grads, state)
-    flat = lambda tree: [target.to_numpy(tree[k]) for k in sorted(tree)]  # noqa: E731
+    flat = lambda tree: [to_numpy(tree[k]) for k in sorted(tree)]  # noqa: E731
     return flat(params), [flat(state.slots[s]) for s in rule.slot_names()]
 
 
-@pytest.mark.parametrize("backend", [b for b in ("numpy", "torch-cpu") if b in TARGETS])
+def _backend_dtypes():
+    """(backend, dtype): every float dtype each backend has (bfloat16: torch)."""
+    pairs = [(b, d) for b in ("numpy", "torch-cpu") if b in TARGETS for d in ("float16", "float32", "float64")]
+    if "torch-cpu" in TARGETS:
+        pairs.append(("torch-cpu", "bfloat16"))
+    return pairs
+
+
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("backend, dtype", _backend_dtypes())
 @pytest.mark.parametrize("variant", VARIANTS, ids=[variant_id(v) for v in VARIANTS])
 def test_fast_path_gives_the_reference_bits(variant, dtype, mode, backend, small_blocks):
     """``step`` and ``update`` under each fast path give the bits of the reference (``update``

@@ -52,10 +52,12 @@ def available() -> bool:
 
 def cache_dir() -> Path:
     """Where generated loops and numba's compiled code are kept (``PORTOPT_CACHE_DIR``, else
-    the user's cache folder), one subfolder per version of this generator."""
+    the user's cache folder), one subfolder per version of this generator and its helpers."""
     base = os.environ.get("PORTOPT_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "portopt")
-    generator = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    here = Path(__file__).parent  # the generator and what its loops import
+    generator = hashlib.sha256(b"".join((here / name).read_bytes()
+                                        for name in ("cpu.py", "halves.py", "pointers.py"))).hexdigest()[:12]
     import numba
 
     return Path(base) / f"loops-{generator}-numba{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
@@ -97,7 +99,21 @@ def _outputs(graph: Graph) -> list[tuple[str, Node]]:
     return list(zip(inputs[:1] + inputs[2:], graph.outputs))
 
 
-def _body(graph: Graph, indent: str) -> list[str]:
+def _load(storage: str, compute: str, element: str) -> str:
+    """An element read from an array of ``storage`` as a value of ``compute`` (exact)."""
+    if storage in HALVES:
+        return f"{HALVES[storage][0]}({element})"  # widening to float32 is exact
+    return element if storage == compute else f"np.{compute}({element})"
+
+
+def _store(storage: str, compute: str, value: str) -> str:
+    """A value of ``compute`` rounded (to nearest, ties to even) into ``storage``."""
+    if storage in HALVES:
+        return f"{HALVES[storage][1]}({value})"
+    return value if storage == compute else f"np.{storage}({value})"
+
+
+def _body(graph: Graph, indent: str, storage: dict[str, str], compute: str) -> list[str]:
     """The statements of one element ``i``: read inputs ``r_<name>[i]``, write ``w_<name>[i]``."""
 
     def name(node: Node) -> str:
@@ -105,19 +121,28 @@ def _body(graph: Graph, indent: str) -> list[str]:
 
     # Every element is read before anything is computed: a load after a select (a branch in
     # numba's IR) keeps LLVM from vectorising the in-place loop (Rprop's did not).
-    lines = [f"{indent}v{node.index} = r_{node.name}[i]" for node in graph.nodes if node.op == "input"]
+    lines = [f"{indent}v{node.index} = {_load(storage[str(node.name)], compute, f'r_{node.name}[i]')}"
+             for node in graph.nodes if node.op == "input"]
     lines += [f"{indent}v{node.index} = {_statement(node, name)}" for node in graph.nodes
               if node.op not in ("input", "scalar")]
     for target, output in _outputs(graph):
-        lines.append(f"{indent}w_{target}[i] = {name(output)}")
+        lines.append(f"{indent}w_{target}[i] = {_store(storage[target], compute, name(output))}")
     return lines
 
 
-def loop_source(graph: Graph) -> str:
+def loop_source(graph: Graph, compute: str, storage: tuple[str, ...] | None = None) -> str:
     """Python source of ``table_loop`` (writes to ``write``) and ``table_loop_in_place``
-    (writes p and the slots where they are read) for one traced kernel."""
-    inputs = [node.name for node in graph.arrays]
+    (writes p and the slots where they are read) for one traced kernel, computing in
+    ``compute`` (float32/float64) on arrays stored as ``storage`` (one dtype name per array:
+    p, g, then the slots; float16 and bfloat16 only with float32, converted in the loop)."""
+    inputs = [str(node.name) for node in graph.arrays]
     outputs = [target for target, _ in _outputs(graph)]
+    storage = storage or (compute,) * len(inputs)
+    if len(storage) != len(inputs) or any(d not in STORAGE for d in storage):
+        raise ValueError(f"storage must name one of {sorted(STORAGE)} for each of {inputs}, got {storage}")
+    if compute == "float64" and any(d in HALVES for d in storage):
+        raise ValueError("half-precision storage computes in float32 (float64 would round twice)")
+    by_name = dict(zip(inputs, storage))
     functions = []
     for name, in_place in (("table_loop", False), ("table_loop_in_place", True)):
         lines = [f"def {name}(read, write, sizes, chunk_leaf, chunk_start, chunk_stop, scalars):"]
@@ -128,27 +153,37 @@ def loop_source(graph: Graph) -> str:
         # pointer, not two it would have to prove apart at run time.
         lines += ["    for c in range(chunk_leaf.shape[0]):",
                   "        j = chunk_leaf[c]",
-                  "        offset = chunk_start[c] * ITEMSIZE",
-                  "        count = chunk_stop[c] - chunk_start[c]"]
-        lines += [f"        r_{n} = carray(pointer(read[{k}, j] + offset), count)" for k, n in enumerate(inputs)]
+                  "        start = chunk_start[c]",
+                  "        count = chunk_stop[c] - start"]
+        lines += [f"        r_{n} = carray({STORAGE[by_name[n]][0]}(read[{k}, j] + start * {STORAGE[by_name[n]][1]}), count)"
+                  for k, n in enumerate(inputs)]
         if in_place:
             lines += [f"        w_{n} = r_{n}" for n in outputs]
         else:
-            lines += [f"        w_{n} = carray(pointer(write[{k}, j] + offset), count)" for k, n in enumerate(outputs)]
-        lines += ["        for i in range(count):", *_body(graph, "            ")]
+            lines += [f"        w_{n} = carray({STORAGE[by_name[n]][0]}(write[{k}, j] + start * {STORAGE[by_name[n]][1]}), count)"
+                      for k, n in enumerate(outputs)]
+        lines += ["        for i in range(count):", *_body(graph, "            ", by_name, compute)]
         functions.append("\n".join(lines))
     return "\n\n\n".join(functions) + "\n"
 
 
-_HEADER = '''"""Generated by portopt.kernels.cpu from a rule's traced kernel ({dtype}). Do not edit."""
+# storage dtype: (pointer intrinsic, item size); half precision is read and written as uint16
+STORAGE = {"float32": ("float32_pointer", 4), "float64": ("float64_pointer", 8),
+           "float16": ("uint16_pointer", 2), "bfloat16": ("uint16_pointer", 2)}
+# half precision: (widen to float32, narrow from float32) in portopt.kernels.halves
+HALVES = {"float16": ("f16_to_f32", "f32_to_f16"), "bfloat16": ("bf16_to_f32", "f32_to_bf16")}
+
+
+_HEADER = '''"""Generated by portopt.kernels.cpu from a rule's traced kernel (computing in {dtype}). Do not edit."""
 import math
 
 import numba
+import numpy as np
 from numba import carray
 
-from portopt.kernels.pointers import {dtype}_pointer as pointer
-
-ITEMSIZE = {itemsize}
+from portopt.kernels.halves import bf16_to_f32, f32_to_bf16
+{float16_conversions}
+from portopt.kernels.pointers import float32_pointer, float64_pointer, uint16_pointer
 
 
 '''
@@ -158,7 +193,19 @@ def _module_text(source: str, dtype: str) -> str:
     # error_model="numpy": IEEE results for x/0 and sqrt(-x) (the default raises, as Python does).
     footer = "".join(f'{name} = numba.njit(fastmath=False, error_model="numpy", nogil=True, cache=True)({name})\n'
                      for name in ("table_loop", "table_loop_in_place"))
-    return _HEADER.format(dtype=dtype, itemsize=np.dtype(dtype).itemsize) + source + "\n\n" + footer
+    return _HEADER.format(dtype=dtype, float16_conversions=_float16_conversions()) + source + "\n\n" + footer
+
+
+@functools.cache
+def _float16_conversions() -> str:
+    """The float16 conversions the loops import: the CPU's (F16C: vcvtph2ps / vcvtps2ph,
+    exact and round to nearest even) where it has them, else integer arithmetic on the bits
+    (the same results; tests/test_halves.py checks both)."""
+    import llvmlite.binding as llvm
+
+    if llvm.get_host_cpu_features().get("f16c", False):
+        return "from portopt.kernels.halves import f16_to_f32_hardware as f16_to_f32, f32_to_f16_hardware as f32_to_f16"
+    return "from portopt.kernels.halves import f16_to_f32, f32_to_f16"
 
 
 _load_lock = threading.Lock()
@@ -210,6 +257,7 @@ class Loops:
     """The compiled loop of one kernel, flag combination and dtype, with its scalar order."""
 
     def __init__(self, source: str, scalar_names: list[str], scalar_positions: list[int], dtype: np.dtype) -> None:
+        # dtype: the compute dtype (of the scalars); the arrays' storage is in the source
         # every output is written, a slot the kernel returns unchanged too (copied), so the
         # fresh arrays of update are complete
         self.source, self.scalar_names, self.dtype = source, scalar_names, dtype
@@ -267,15 +315,18 @@ def chunks(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return leaf, start, stop
 
 
-def loops_for(kernel: Callable, scalars: tuple, slot_count: int, dtype: np.dtype) -> Loops:
-    """The loops of ``kernel`` for the flags of ``scalars`` and ``dtype`` (float32/float64)."""
+def loops_for(kernel: Callable, scalars: tuple, slot_count: int, dtype: np.dtype,
+              storage: tuple[str, ...] | None = None) -> Loops:
+    """The loops of ``kernel`` for the flags of ``scalars``, computing in ``dtype``
+    (float32/float64) on arrays stored as ``storage`` (default: all ``dtype``)."""
     from ..numerics import flags_of
 
-    return _loops(kernel, type(scalars), flags_of(scalars), slot_count, np.dtype(dtype))
+    return _loops(kernel, type(scalars), flags_of(scalars), slot_count, np.dtype(dtype), storage)
 
 
 @functools.cache
-def _loops(kernel: Callable, scalars_type: Any, flags: tuple, slot_count: int, dtype: np.dtype) -> Loops:
+def _loops(kernel: Callable, scalars_type: Any, flags: tuple, slot_count: int, dtype: np.dtype,
+           storage: tuple[str, ...] | None) -> Loops:
     from ..numerics import scalar_fields
 
     flag_positions, _ = scalar_fields(scalars_type)
@@ -284,4 +335,5 @@ def _loops(kernel: Callable, scalars_type: Any, flags: tuple, slot_count: int, d
         values[position] = flag
     graph = trace(kernel, scalars_type(*values), slot_count)
     names = graph.scalar_names
-    return Loops(loop_source(graph), names, [scalars_type._fields.index(name) for name in names], dtype)
+    return Loops(loop_source(graph, dtype.name, storage), names,
+                 [scalars_type._fields.index(name) for name in names], dtype)

@@ -11,7 +11,7 @@ from typing import Any
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["float32_pointer", "float64_pointer"]
+__all__ = ["float32_pointer", "float64_pointer", "uint16_pointer"]
 
 
 def _pointer_intrinsic(element: Any) -> Any:
@@ -28,3 +28,4 @@ def _pointer_intrinsic(element: Any) -> Any:
 
 float32_pointer = _pointer_intrinsic(types.float32)
 float64_pointer = _pointer_intrinsic(types.float64)
+uint16_pointer = _pointer_intrinsic(types.uint16)  # float16 and bfloat16, as their bits
