@@ -67,9 +67,9 @@ def bandwidth(nbytes: int = 400_000_000, repeats: int = 7) -> dict[str, float]:
     return rates
 
 
-def bytes_per_step(rule: portopt.Rule, sizes: list[int], dtype: str) -> int:
-    item = np.dtype(dtype).itemsize
-    state_item = 4 if dtype == "float16" else item
+def bytes_per_step(rule: portopt.Rule, sizes: list[int], dtype: str, state_dtype: str | None = None) -> int:
+    item = _numpy_dtype(dtype).itemsize
+    state_item = _numpy_dtype(state_dtype).itemsize if state_dtype else 4 if item == 2 else item
     slots = len(rule.slot_names())
     return sum(n * (3 * item + 2 * slots * state_item) for n in sizes)  # p read+write, g read; slots read+write
 
@@ -90,9 +90,32 @@ class Implementation:
             self.step = steps
 
 
+def _numpy_dtype(name: str) -> np.dtype:
+    """NumPy's dtype of ``name`` (bfloat16: ml_dtypes')."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def _host_arrays(shapes, dtype, seed):
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal(math.prod(s), dtype=np.float32).astype(dtype).reshape(s) for s in shapes]
+    return [rng.standard_normal(math.prod(s), dtype=np.float32).astype(_numpy_dtype(dtype)).reshape(s)
+            for s in shapes]
+
+
+def _torch_tensor(array: np.ndarray):
+    import torch
+
+    if array.dtype.name == "bfloat16":  # torch cannot take ml_dtypes' arrays: their bits
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _rule(rule_name: str, workload: Workload) -> portopt.Rule:
+    options = {"state_dtype": workload.state_dtype} if workload.state_dtype else {}
+    return portopt.RULES[rule_name](**options)
 
 
 def _tree(leaves: list, kind: str):
@@ -100,7 +123,7 @@ def _tree(leaves: list, kind: str):
 
 
 def portopt_numpy(rule_name: str, workload: Workload) -> Implementation:
-    rule = portopt.RULES[rule_name]()
+    rule = _rule(rule_name, workload)
     params = _tree(_host_arrays(workload.shapes, workload.dtype, 0), workload.tree)
     grads = _tree(_host_arrays(workload.shapes, workload.dtype, 1), workload.tree)
     state = rule.init(params)
@@ -117,7 +140,7 @@ def portopt_numpy(rule_name: str, workload: Workload) -> Implementation:
 
 
 def portopt_numpy_update(rule_name: str, workload: Workload) -> Implementation:
-    rule = portopt.RULES[rule_name]()
+    rule = _rule(rule_name, workload)
     params = _tree(_host_arrays(workload.shapes, workload.dtype, 0), workload.tree)
     grads = _tree(_host_arrays(workload.shapes, workload.dtype, 1), workload.tree)
     carried = [params, rule.init(params)]
@@ -140,9 +163,9 @@ def hand_numpy(rule_name: str, workload: Workload) -> Implementation:
 def portopt_torch(rule_name: str, workload: Workload) -> Implementation:
     import torch
 
-    rule = portopt.RULES[rule_name]()
-    params = _tree([torch.from_numpy(a) for a in _host_arrays(workload.shapes, workload.dtype, 0)], workload.tree)
-    grads = _tree([torch.from_numpy(a) for a in _host_arrays(workload.shapes, workload.dtype, 1)], workload.tree)
+    rule = _rule(rule_name, workload)
+    params = _tree([_torch_tensor(a) for a in _host_arrays(workload.shapes, workload.dtype, 0)], workload.tree)
+    grads = _tree([_torch_tensor(a) for a in _host_arrays(workload.shapes, workload.dtype, 1)], workload.tree)
     state = rule.init(params)
     return Implementation("portopt torch step", lambda: rule.step(params, grads, state), repeat=workload.repeat)
 
@@ -150,9 +173,9 @@ def portopt_torch(rule_name: str, workload: Workload) -> Implementation:
 def _torch_params(workload: Workload) -> list:
     import torch
 
-    params = [torch.from_numpy(a).requires_grad_(True) for a in _host_arrays(workload.shapes, workload.dtype, 0)]
+    params = [_torch_tensor(a).requires_grad_(True) for a in _host_arrays(workload.shapes, workload.dtype, 0)]
     for p, g in zip(params, _host_arrays(workload.shapes, workload.dtype, 1)):
-        p.grad = torch.from_numpy(g)
+        p.grad = _torch_tensor(g)
     return params
 
 
@@ -226,7 +249,8 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
             _time_clipping(results, workload_name, workload, rounds)
             continue
         for rule_name in rules:
-            implementations = [portopt_numpy(rule_name, workload)]
+            # NumPy has no bfloat16 params of its own (ml_dtypes' are not an array-API dtype)
+            implementations = [portopt_numpy(rule_name, workload)] if workload.dtype != "bfloat16" else []
             if workload.small:
                 implementations += [portopt_numpy_update(rule_name, workload), hand_numpy(rule_name, workload)]
             if torch_modes:
@@ -242,7 +266,8 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
                     start = time.perf_counter()
                     implementation.step()
                     implementation.times.append((time.perf_counter() - start) / implementation.repeat)
-            bound = bytes_per_step(portopt.RULES[rule_name](), sizes, workload.dtype) / rates["in_place"]
+            bound = bytes_per_step(portopt.RULES[rule_name](), sizes, workload.dtype,
+                                   workload.state_dtype) / rates["in_place"]
             medians = {i.name: statistics.median(i.times) for i in implementations}
             fused = medians.get("torch fused")
             hand = medians.get("hand-written numpy")

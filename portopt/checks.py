@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import array_api_compat
@@ -102,8 +102,9 @@ def check_grads(grads: Any, params: Leaves) -> list:
 
 
 def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: Leaves,
-                host_names: Sequence[str] = ()) -> dict[str, list]:
-    """Slot leaves of ``state``, checked to belong to this rule and these params."""
+                host_names: Sequence[str] = (), slot_dtype: Callable[[Any, Any], Any] = compute_dtype) -> dict[str, list]:
+    """Slot leaves of ``state``, checked to belong to this rule and these params (slots of
+    ``slot_dtype(xp, param dtype)``: the rule's)."""
     if not isinstance(state, State):
         raise TypeError(f"state must be a portopt State (from init), got {type(state).__name__}")
     if state.rule != rule_name:
@@ -125,6 +126,6 @@ def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: L
         leaves, treedef = flatten(state.slots[name])
         _check_tree(f"state.slots[{name!r}]", treedef, params)
         for path, x, p in zip(params.paths, leaves, params.leaves):
-            _check_like(f"state.slots[{name!r}]", path, x, p, params, compute_dtype(params.xp, p.dtype))
+            _check_like(f"state.slots[{name!r}]", path, x, p, params, slot_dtype(params.xp, p.dtype))
         slots[name] = leaves
     return slots

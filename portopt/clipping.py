@@ -104,6 +104,7 @@ class Clipped(Rule):
         self.max_norm = check_real("max_norm", max_norm)
         self.name = rule.name
         self.skip_nonfinite = rule.skip_nonfinite
+        self.state_dtype = rule.state_dtype
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**self.rule.hyperparameters(), "max_norm": self.max_norm}
@@ -113,6 +114,9 @@ class Clipped(Rule):
 
     def slot_initial_value(self, slot: str) -> float:
         return self.rule.slot_initial_value(slot)
+
+    def slot_dtype(self, xp: Any, param_dtype: Any) -> Any:
+        return self.rule.slot_dtype(xp, param_dtype)
 
     def host_scalars(self, steps_taken: int) -> Any:
         return self.rule.host_scalars(steps_taken)

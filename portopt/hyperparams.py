@@ -92,3 +92,19 @@ def check_flag(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
+
+
+STATE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_state_dtype(value: object) -> str | None:
+    """``state_dtype``: None (float32 for half-precision params, else the params' dtype) or
+    the name of a floating dtype the state arrays are kept in."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"state_dtype must be None or a dtype name {STATE_DTYPES}, got {type(value).__name__}")
+    if value not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be None or one of {STATE_DTYPES}, got {value!r}")
+    return value
+

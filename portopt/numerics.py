@@ -8,6 +8,8 @@ and turns host-side Python floats into 0-d arrays of the compute dtype exactly o
 
 from __future__ import annotations
 
+import numpy as np
+
 import operator
 import typing
 from collections.abc import Callable, Mapping
@@ -42,6 +44,27 @@ def compute_dtype(xp: Any, dtype: Any) -> Any:
     if dtype_name(xp, dtype) in HALF_PRECISION_DTYPE_NAMES:
         return xp.float32
     return dtype
+
+
+def slot_dtype_for(xp: Any, param_dtype: Any, name: str | None) -> Any:
+    """The dtype of the state arrays of params of ``param_dtype`` under a rule's
+    ``state_dtype`` option ``name`` (None: the compute dtype). NumPy's bfloat16 is ml_dtypes'."""
+    if name is None:
+        return compute_dtype(xp, param_dtype)
+    dtype = getattr(xp, name, None)
+    if dtype is None and name == "bfloat16" and _is_numpy(xp):
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ValueError("state_dtype='bfloat16' on NumPy needs ml_dtypes (pip install ml_dtypes)") from None
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    if dtype is None:
+        raise ValueError(f"state_dtype={name!r}: this array namespace has no {name}")
+    return dtype
+
+
+def _is_numpy(xp: Any) -> bool:
+    return getattr(xp, "__name__", "").split(".")[-1] == "numpy"
 
 
 def ieee_maximum(xp: Any, x: Any, y: Any) -> Any:

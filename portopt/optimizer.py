@@ -23,8 +23,8 @@ from portopt.backends import adapter_for
 
 from .checkpoint import STATE_FORMAT, CheckpointError, tree_from_json, tree_to_json
 from .checks import check_params
-from .hyperparams import check_flag, evaluate
-from .numerics import compute_dtype, dtype_name
+from .hyperparams import check_flag, check_state_dtype, evaluate
+from .numerics import dtype_name, slot_dtype_for
 from .plan import Plan, ScalarCache, interrupts_deferred, plan_for, run_group
 from .state import State
 from .trees import flatten, unflatten
@@ -54,6 +54,7 @@ class Rule:
     kernel: ClassVar[Callable[..., tuple]]
     maximize: bool = False
     skip_nonfinite: bool = False
+    state_dtype: str | None = None  # the state arrays' dtype (None: float32 for half-precision params)
     # hyperparameters that may be schedules (callables of the steps taken), read at every step
     schedulable: ClassVar[tuple[str, ...]] = ("lr", "eps", "weight_decay")
     # the registry: what the exports, the drop-ins, the peers report and the tests read
@@ -107,10 +108,18 @@ class Rule:
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
         return {name: getattr(self, name) for name in names}
 
-    def _set_common(self, maximize: bool, skip_nonfinite: bool) -> None:
-        """Check and store the two options every rule has."""
+    def _set_common(self, maximize: bool, skip_nonfinite: bool, state_dtype: str | None = None) -> None:
+        """Check and store the options every rule has."""
         self.maximize = check_flag("maximize", maximize)
         self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
+        self.state_dtype = check_state_dtype(state_dtype)
+
+    def slot_dtype(self, xp: Any, param_dtype: Any) -> Any:
+        """The dtype of this rule's state arrays for params of ``param_dtype``: ``state_dtype``,
+        else the compute dtype (float32 for float16/bfloat16 params). A step computes in the
+        compute dtype whatever the state's: it reads the state exactly and rounds what it
+        writes back to nearest even."""
+        return slot_dtype_for(xp, param_dtype, self.state_dtype)
 
     def gradient_scalars(self, steps_taken: int) -> dict[str, Any]:
         """Host scalars of :func:`portopt.rules.common.effective_gradient`: maximize and coupled decay."""
@@ -140,7 +149,7 @@ class Rule:
             slots[slot] = unflatten(
                 checked.treedef,
                 [
-                    checked.xp.full(p.shape, value, dtype=compute_dtype(checked.xp, p.dtype), device=checked.device)
+                    checked.xp.full(p.shape, value, dtype=self.slot_dtype(checked.xp, p.dtype), device=checked.device)
                     for p in checked.leaves
                 ],
             )
@@ -193,9 +202,8 @@ class Rule:
         slots = {}
         for name in names:
             leaves = flatten(state.slots[name])[0]
-            slots[name] = [
-                adapter_for(array_api_compat.array_namespace(x)).to_numpy(x) for x in leaves
-            ]
+            slots[name] = [_bfloat16_as_bits(adapter_for(array_api_compat.array_namespace(x)).to_numpy(x))
+                           for x in leaves]
         return {
             "format": STATE_FORMAT, "rule": self.name, "hyperparameters": self.hyperparameters(),
             "step": state.step, "skipped": state.skipped, "host": dict(state.host),
@@ -248,19 +256,24 @@ class Rule:
             if not isinstance(arrays, (list, tuple)) or len(arrays) != len(checked.leaves):
                 raise CheckpointError(f"state_dict slot {name!r} must be a list of {len(checked.leaves)} arrays")
             for path, array, p in zip(checked.paths, arrays, checked.leaves):
-                want = dtype_name(checked.xp, compute_dtype(checked.xp, p.dtype))
+                want = dtype_name(checked.xp, self.slot_dtype(checked.xp, p.dtype))
                 if not isinstance(array, np.ndarray):
                     raise CheckpointError(f"state_dict slot {name!r}{path} is a {type(array).__name__}, not a "
                                           "NumPy array")
-                if tuple(array.shape) != tuple(p.shape) or array.dtype.name != want:
+                stored = "bfloat16" if want == "bfloat16" and array.dtype == np.uint16 else array.dtype.name
+                if tuple(array.shape) != tuple(p.shape) or stored != want:
                     raise CheckpointError(f"state_dict slot {name!r}{path} is {array.dtype.name}{tuple(array.shape)}, "
                                           f"like{path} needs {want}{tuple(p.shape)}")
         _warn_about_other_hyperparameters(self, state_dict.get("hyperparameters"))
         adapter = adapter_for(checked.xp)
-        slots = {
-            name: unflatten(checked.treedef, [adapter.from_numpy(a, checked.device) for a in state_dict["slots"][name]])
-            for name in names
-        }
+        def restored(array: np.ndarray, p: Any) -> Any:
+            if array.dtype == np.uint16:  # bfloat16 bits
+                return adapter.bfloat16_from_bits(array, checked.device)
+            return adapter.from_numpy(array, checked.device)
+
+        slots = {name: unflatten(checked.treedef, [restored(_bfloat16_as_bits(a), p) for a, p in
+                                                   zip(state_dict["slots"][name], checked.leaves)])
+                 for name in names}
         return State(rule=self.name, step=step, slots=slots, skipped=skipped, host=host)
 
     def __repr__(self) -> str:
@@ -387,3 +400,10 @@ def _all_finite(xp: Any, grads: list) -> bool:
 
 def _copy(xp: Any, x: Any) -> Any:
     return xp.asarray(x, copy=True)
+
+
+def _bfloat16_as_bits(array: np.ndarray) -> np.ndarray:
+    """bfloat16 state goes into state dicts and checkpoints as its uint16 bit patterns (the
+    form every backend's host copy can give; NumPy has no bfloat16 of its own)."""
+    return array.view(np.uint16) if array.dtype.name == "bfloat16" else array
+

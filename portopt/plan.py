@@ -88,7 +88,7 @@ class Plan:
         self.mode = fast.get_mode()
         checked: Leaves = check_params(params)
         grad_leaves = check_grads(grads, checked)
-        slots = check_state(state, rule.name, self.slot_names, checked, tuple(self.host_names))
+        slots = check_state(state, rule.name, self.slot_names, checked, tuple(self.host_names), rule.slot_dtype)
         self.treedef, self.paths, self.xp, self.device = checked.treedef, checked.paths, checked.xp, checked.device
         self.collect, self.build = collector(self.treedef), builder(self.treedef)
         self.adapter: Adapter = adapter_for(self.xp)  # the plain adapter for an empty tree (no namespace)
@@ -134,6 +134,7 @@ class Plan:
         if compiled_here:
             return "compiled"
         if mode in ("auto", "blocked") and self.writing and all(
+                dtype_name(self.xp, x.dtype) == compute for x in arrays[2:]) and all(
                 adapter.flat_host_view(x, writeable=x is not arrays[1]) is not None for x in arrays):
             return "blocked"
         return "reference"
@@ -383,9 +384,12 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
         p = p0
         if group.dtype != p0.dtype:
             p, g = xp.astype(p0, group.dtype), xp.astype(g, group.dtype)
-        new_p, *new_slots = kernel(plan.namespace, s, p, g, *slots)
+        # a state_dtype other than the compute dtype: read exactly, written back rounded
+        computing = [x if x.dtype == group.dtype else xp.astype(x, group.dtype) for x in slots]
+        new_p, *new_slots = kernel(plan.namespace, s, p, g, *computing)
         if new_p.dtype != p0.dtype:
             new_p = xp.astype(new_p, p0.dtype)
+        new_slots = [x if x.dtype == old.dtype else xp.astype(x, old.dtype) for x, old in zip(new_slots, slots)]
         if in_place:
             computed.append((p0, new_p, slots, new_slots))
         else:

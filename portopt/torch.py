@@ -5,7 +5,7 @@ Adagrad, RMSprop, SGD, NAdam, Adadelta, Adamax, RAdam, Rprop, ASGD`` — with po
 arguments in torch's order and torch's switches accepted: ``foreach`` and ``fused`` choose
 nothing (portopt takes its own bit-identical fast path) and are kept in the param groups as
 torch keeps them; ``capturable=True`` and ``differentiable=True`` are refused with the
-reason. portopt's own options are keyword-only: ``skip_nonfinite``, ``skip_group``. The
+reason. portopt's own options are keyword-only: ``skip_nonfinite``, ``state_dtype``, ``skip_group``. The
 rules torch lacks keep portopt's names (``AMSGrad, Lion, AdaBound, SignSGD``), and
 portopt's spellings ``AdaGrad, RMSProp, AdaDelta`` are kept as other names of the same classes.
 
@@ -14,7 +14,7 @@ gets the bits NumPy would compute. Param groups, ``.grad``, ``zero_grad``, closu
 schedulers that edit ``group['lr']`` (or ``betas``, ``momentum``), ``state_dict`` /
 ``load_state_dict`` in torch's own format (a torch.optim state dict loads into a drop-in and
 the other way round), ``copy.deepcopy``, pickle and ``torch.save`` work as with torch.optim.
-For float16/bfloat16 params the state is float32.
+For float16/bfloat16 params the state is float32 unless ``state_dtype`` says otherwise.
 
 Under torch.distributed they work unchanged: with FSDP2 (DTensor params) each rank steps
 its local shard, with no communication, and keeps its state as DTensors of the same layout
@@ -52,7 +52,9 @@ _REFUSED = {
 }
 # portopt's options, keyword-only in every drop-in
 _OWN = (inspect.Parameter("skip_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False),
+        inspect.Parameter("state_dtype", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("skip_group", inspect.Parameter.KEYWORD_ONLY, default=None))
+_OWN_NAMES = frozenset(p.name for p in _OWN)
 
 
 def _host_value(value: Any) -> Any:
@@ -88,7 +90,8 @@ class PortoptOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
         """Arguments as the torch.optim class of this name takes them (see ``__signature__``),
-        then keyword-only ``skip_nonfinite`` and ``skip_group``. ``skip_group``: the ranks that
+        then keyword-only ``skip_nonfinite``, ``state_dtype`` (the state's dtype, as the
+        rules take it) and ``skip_group``. ``skip_group``: the ranks that
         must skip together under ``skip_nonfinite=True`` where the optimizer cannot see them:
         ``"world"`` (every rank; picklable, so ZeRO's state dict, which keeps it, still saves)
         or a process group. Under ZeRO pass ``skip_group="world"``; FSDP2's DTensors bring
@@ -107,7 +110,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
             # (a portopt schedule in place of a number is checked at its value for the first step)
             torch_class([torch.zeros(1, requires_grad=True)],
                         **{name: value(0) if callable(value) and name in self.rule_class.schedulable else value
-                           for name, value in arguments.items() if name != "skip_nonfinite"})
+                           for name, value in arguments.items() if name not in _OWN_NAMES})
         if skip_group is not None and skip_group != "world" and not _is_process_group(skip_group):
             raise TypeError(f"skip_group must be 'world' or a torch.distributed ProcessGroup, got {skip_group!r}")
         for switch, reason in _REFUSED.items():
@@ -310,7 +313,7 @@ def _signature(rule_class: type[Rule], torch_class: type | None) -> inspect.Sign
     """torch's signature for a rule torch has (positional order, switches); else the rule's.
     Defaults are the rule's (torch's, by design); portopt's own options come last, keyword-only."""
     rule_parameters = {name: p for name, p in inspect.signature(rule_class).parameters.items()
-                       if name != "skip_nonfinite"}
+                       if name not in _OWN_NAMES}
     parameters = [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     if torch_class is None:
         parameters += [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in rule_parameters.values()]

@@ -108,3 +108,9 @@ class TorchAdapter(Adapter):
         import torch
 
         return torch.from_numpy(np.array(array, copy=True)).to(device=device or "cpu")
+
+    def bfloat16_from_bits(self, bits: np.ndarray, device: Any = None) -> Any:
+        import torch
+
+        return torch.from_numpy(np.array(bits, dtype=np.uint16, copy=True).view(np.int16)).view(
+            torch.bfloat16).to(device=device or "cpu")

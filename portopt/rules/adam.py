@@ -83,6 +83,7 @@ class Adam(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         decoupled_weight_decay: bool = False,
+        state_dtype: str | None = None,
     ) -> None:
         """``decoupled_weight_decay=True`` is AdamW's decay (as torch.optim.Adam's option)."""
         self.lr = check_schedule("lr", lr)
@@ -91,7 +92,7 @@ class Adam(Rule):
         self.weight_decay = check_schedule("weight_decay", weight_decay)
         self.amsgrad = check_flag("amsgrad", amsgrad)
         self.decoupled_weight_decay = check_flag("decoupled_weight_decay", decoupled_weight_decay)
-        self._set_common(maximize, skip_nonfinite)
+        self._set_common(maximize, skip_nonfinite, state_dtype)
         warn_if_beta1_too_large(self.betas)
 
     def slot_names(self) -> tuple[str, ...]:
@@ -138,8 +139,9 @@ class AdamW(Adam):
         amsgrad: bool = False,
         maximize: bool = False,
         skip_nonfinite: bool = False,
+        state_dtype: str | None = None,
     ) -> None:
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, skip_nonfinite, True)
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, skip_nonfinite, True, state_dtype)
 
 
 class AMSGrad(Adam):
@@ -160,6 +162,7 @@ class AMSGrad(Adam):
         weight_decay: Hyperparameter = 0.0,
         maximize: bool = False,
         skip_nonfinite: bool = False,
+        state_dtype: str | None = None,
     ) -> None:
-        super().__init__(lr, betas, eps, weight_decay, True, maximize, skip_nonfinite)
+        super().__init__(lr, betas, eps, weight_decay, True, maximize, skip_nonfinite, state_dtype=state_dtype)
 

@@ -62,6 +62,7 @@ class Rprop(Rule):
         step_sizes: tuple[float, float] = (1e-6, 50.0),
         maximize: bool = False,
         skip_nonfinite: bool = False,
+        state_dtype: str | None = None,
     ) -> None:
         self.lr = check_real("lr", lr)
         self.etas = _pair("etas", etas)
@@ -70,7 +71,7 @@ class Rprop(Rule):
         self.step_sizes = _pair("step_sizes", step_sizes)
         if not self.step_sizes[0] <= self.step_sizes[1]:
             raise ValueError(f"step_sizes must be (minimum, maximum) with minimum <= maximum, got {self.step_sizes}")
-        self._set_common(maximize, skip_nonfinite)
+        self._set_common(maximize, skip_nonfinite, state_dtype)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("prev", "step_size")
