@@ -161,7 +161,6 @@ def hand_numpy(rule_name: str, workload: Workload) -> Implementation:
 
 
 def portopt_torch(rule_name: str, workload: Workload) -> Implementation:
-    import torch
 
     rule = _rule(rule_name, workload)
     params = _tree([_torch_tensor(a) for a in _host_arrays(workload.shapes, workload.dtype, 0)], workload.tree)
@@ -171,7 +170,6 @@ def portopt_torch(rule_name: str, workload: Workload) -> Implementation:
 
 
 def _torch_params(workload: Workload) -> list:
-    import torch
 
     params = [_torch_tensor(a).requires_grad_(True) for a in _host_arrays(workload.shapes, workload.dtype, 0)]
     for p, g in zip(params, _host_arrays(workload.shapes, workload.dtype, 1)):

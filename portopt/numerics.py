@@ -8,12 +8,12 @@ and turns host-side Python floats into 0-d arrays of the compute dtype exactly o
 
 from __future__ import annotations
 
-import numpy as np
-
 import operator
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 __all__ = [
     "RuleNamespace",
