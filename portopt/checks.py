@@ -7,7 +7,7 @@ from typing import Any
 
 import array_api_compat
 
-from .numerics import compute_dtype
+from .numerics import compute_dtype, is_real_floating
 from .state import State
 from .trees import TreeDef, flatten, leaf_paths
 
@@ -62,11 +62,19 @@ def check_params(params: Any) -> Leaves:
                 f"params{path} is on device {array_api_compat.device(p)} but params{paths[0]} "
                 f"is on {device}; all params must be on one device"
             )
-        if xp.isdtype(p.dtype, "complex floating"):
+        if is_real_floating(xp, p.dtype):
+            continue
+        if _is_complex(xp, p.dtype):
             raise TypeError(f"params{path} is complex ({p.dtype}); portopt supports real floating params only")
-        if not xp.isdtype(p.dtype, "real floating"):
-            raise TypeError(f"params{path} has dtype {p.dtype}; params must be real floating arrays")
+        raise TypeError(f"params{path} has dtype {p.dtype}; params must be real floating arrays")
     return Leaves(leaves, treedef, xp, device)
+
+
+def _is_complex(xp: Any, dtype: Any) -> bool:
+    try:
+        return bool(xp.isdtype(dtype, "complex floating"))
+    except TypeError:
+        return False
 
 
 def _check_tree(argument: str, treedef: TreeDef, params: Leaves) -> None:

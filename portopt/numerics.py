@@ -54,13 +54,33 @@ def slot_dtype_for(xp: Any, param_dtype: Any, name: str | None) -> Any:
     dtype = getattr(xp, name, None)
     if dtype is None and name == "bfloat16" and _is_numpy(xp):
         try:
-            import ml_dtypes
-        except ImportError:
+            dtype = host_dtype(name)
+        except TypeError:
             raise ValueError("state_dtype='bfloat16' on NumPy needs ml_dtypes (pip install ml_dtypes)") from None
-        dtype = np.dtype(ml_dtypes.bfloat16)
     if dtype is None:
         raise ValueError(f"state_dtype={name!r}: this array namespace has no {name}")
     return dtype
+
+
+def host_dtype(name: str) -> np.dtype:
+    """NumPy's dtype of ``name``; bfloat16 is ml_dtypes' (NumPy has none of its own)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError("bfloat16 on NumPy needs ml_dtypes (pip install ml_dtypes)") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def is_real_floating(xp: Any, dtype: Any) -> bool:
+    """``xp.isdtype(dtype, "real floating")``, ml_dtypes' bfloat16 included (NumPy's isdtype refuses it)."""
+    if dtype_name(xp, dtype) == "bfloat16":
+        return True
+    try:
+        return bool(xp.isdtype(dtype, "real floating"))
+    except TypeError:  # a dtype the namespace does not know (another ml_dtypes type)
+        return False
 
 
 def _is_numpy(xp: Any) -> bool:

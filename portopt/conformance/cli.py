@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run on this array-API namespace, e.g. mylib.array_api (repeatable; without "
                              "--backends, only the namespaces named run)")
     parser.add_argument("--rules", nargs="+", choices=sorted(portopt.RULES), metavar="RULE")
-    parser.add_argument("--dtypes", nargs="+", choices=("float16", "float32", "float64"), metavar="DTYPE")
+    parser.add_argument("--dtypes", nargs="+", choices=("float16", "float32", "float64", "bfloat16"), metavar="DTYPE")
     parser.add_argument("--shapes", nargs="+", metavar="SHAPE")
     parser.add_argument("--variants", nargs="+", metavar="VARIANT")
     parser.add_argument("--api", choices=("step", "update"), default="step",
@@ -103,7 +103,7 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
         return 2
     primitive_results = []
     if not args.skip_primitives:
-        primitive_results = run_primitives(targets, tuple(args.dtypes or ("float16", "float32", "float64")))
+        primitive_results = run_primitives(targets, tuple(args.dtypes or ("float16", "float32", "float64", "bfloat16")))
         print_primitive_table(primitive_results, out)
     progress = Progress(len(cases), not args.no_progress)
     ran = run_cases(cases, _spec(args), targets, api=args.api, fast_path=portopt.get_fast_path(),
@@ -146,7 +146,7 @@ def print_case_table(results: Sequence[CaseResult], out=None) -> None:
 def markdown_summary(targets, missing, primitive_results, results) -> str:
     """The README's conformance section: cases passed per backend, rule and dtype; primitive defects."""
     table = summarise(results)
-    dtypes = ("float16", "float32", "float64")
+    dtypes = ("float16", "float32", "float64", "bfloat16")
     lines = [
         f"`portopt conformance --readme docs/conformance.md` on {machine_description()}, "
         f"portopt {portopt.__version__}, NumPy {np.__version__}"
@@ -266,7 +266,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         except TargetError as error:
             print(f"portopt conformance: {error}")
             return 2
-        results = run_primitives(targets, tuple(args.dtypes or ("float16", "float32", "float64")))
+        results = run_primitives(targets, tuple(args.dtypes or ("float16", "float32", "float64", "bfloat16")))
         print_primitive_table(results)
         return 1 if any(r.failed_on_portopt for r in results) else 0
     return run_suite(args)

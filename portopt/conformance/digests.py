@@ -6,6 +6,8 @@ import hashlib
 
 import numpy as np
 
+from ..numerics import host_dtype
+
 __all__ = ["canonical", "digest", "hex_bits", "ulp_distance", "from_hex_bits"]
 
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -19,7 +21,7 @@ def canonical(array: np.ndarray) -> np.ndarray:
     hardware: x86 makes negative NaNs, CUDA positive ones); every other bit is.
     """
     array = np.ascontiguousarray(array)
-    if array.dtype.kind == "f":
+    if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
         array = np.where(np.isnan(array), np.array(np.nan, dtype=array.dtype), array)
         array = np.ascontiguousarray(array)
     return array.astype(array.dtype.newbyteorder("<"), copy=False)
@@ -38,7 +40,7 @@ def hex_bits(array: np.ndarray) -> list[str]:
 
 
 def from_hex_bits(words: list[str], dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    np_dtype = np.dtype(dtype)
+    np_dtype = host_dtype(dtype)
     bits = np.array([int(word, 16) for word in words], dtype=_UINT[np_dtype.itemsize])
     return bits.view(np_dtype).reshape(shape)
 

@@ -29,6 +29,7 @@ FORMATS = {
     "float16": Format(11, -14, 15),
     "float32": Format(24, -126, 127),
     "float64": Format(53, -1022, 1023),
+    "bfloat16": Format(8, -126, 127),
 }
 
 

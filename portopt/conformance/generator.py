@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..numerics import host_dtype
+
 __all__ = ["GENERATOR_VERSION", "splitmix64", "initial_params", "gradient", "special_values"]
 
 GENERATOR_VERSION = "splitmix64-v1"
@@ -38,9 +40,17 @@ def _words(seed: int, leaf: int, step: int, count: int) -> tuple[np.ndarray, np.
         return splitmix64(index), splitmix64(index + np.uint64(1))
 
 
+def _finfo(dtype: np.dtype) -> Any:
+    if dtype.name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.finfo(dtype)
+    return np.finfo(dtype)
+
+
 def special_values(dtype: np.dtype) -> np.ndarray:
     """±0, subnormals, the smallest normals, and values at and near the largest finite value."""
-    info = np.finfo(dtype)
+    info = _finfo(dtype)
     tiny = info.smallest_normal
     subnormal = info.smallest_subnormal
     values = [0.0, -0.0, subnormal, -subnormal, tiny - subnormal, -(tiny - subnormal),
@@ -66,7 +76,7 @@ def _values(words: tuple[np.ndarray, np.ndarray], dtype: np.dtype, lowest_expone
 
 def initial_params(seed: int, leaf: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """Initial values of leaf ``leaf``: magnitudes in [2**-4, 2**3), 1/16 of them ±0 or subnormal."""
-    np_dtype = np.dtype(dtype)
+    np_dtype = host_dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
     specials = special_values(np_dtype)[:7]
     return _values(_words(seed, leaf, 0, count), np_dtype, -4, 7, specials).reshape(shape)
@@ -78,7 +88,7 @@ def gradient(seed: int, leaf: int, step: int, shape: tuple[int, ...], dtype: str
     Steps in ``[run_start, run_end)`` repeat step ``run_start``; steps in
     ``[zero_start, zero_end)`` are all +0.
     """
-    np_dtype = np.dtype(dtype)
+    np_dtype = host_dtype(dtype)
     if schedule["zero_start"] <= step < schedule["zero_end"]:
         return np.zeros(shape, dtype=np_dtype)
     if schedule["run_start"] <= step < schedule["run_end"]:

@@ -21,12 +21,16 @@ from portopt.backends import adapter_for
 
 from . import exact
 from .digests import canonical, hex_bits
+from portopt.numerics import host_dtype
+
 from .exceptions import known_primitive_exception
 from .generator import special_values, splitmix64
 
 __all__ = ["PrimitiveResult", "run_primitives", "print_primitive_table", "OPERATIONS"]
 
-DTYPES = ("float16", "float32", "float64")
+DTYPES = ("float16", "float32", "float64")  # the dtypes rules compute in (and float16's operations)
+# bfloat16 is never computed in (a rule widens it to float32): only its conversions are checked
+CAST_ONLY_DTYPES = ("bfloat16",)
 RANDOM_COUNT = 3000
 
 
@@ -74,12 +78,24 @@ OPERATIONS: dict[str, tuple[int, Callable, Callable]] = {
 }
 
 # Casts the rules use: half precision to float32 and back; host floats to each dtype.
-CASTS = (("float16", "float32"), ("float32", "float16"), ("float64", "float32"), ("float64", "float16"))
+CASTS = (("float16", "float32"), ("float32", "float16"), ("float64", "float32"), ("float64", "float16"),
+         ("bfloat16", "float32"), ("float32", "bfloat16"))
+
+
+def _next_up(x: np.ndarray) -> np.ndarray:
+    """``nextafter(x, +inf)`` (by the bits for bfloat16, which NumPy's nextafter does not take)."""
+    if x.dtype.name != "bfloat16":
+        return np.nextafter(x, np.array(np.inf, dtype=x.dtype))
+    bits = x.view(np.uint16).astype(np.int32)
+    finite = np.isfinite(x.astype(np.float32))
+    negative = (bits & 0x8000) != 0
+    up = np.where(negative, np.where(bits == 0x8000, 1, bits - 1), bits + 1)
+    return np.where(finite, up, bits).astype(np.uint16).view(x.dtype)
 
 
 def _random_values(dtype: str, count: int, stream: int) -> np.ndarray:
     """Uniformly random bit patterns (all exponents, NaN and inf included) plus the specials."""
-    np_dtype = np.dtype(dtype)
+    np_dtype = host_dtype(dtype)
     words = splitmix64(np.arange(count, dtype=np.uint64) + np.uint64(stream << 32))
     bits = words.astype({2: np.uint16, 4: np.uint32, 8: np.uint64}[np_dtype.itemsize])
     random = bits.view(np_dtype)
@@ -92,9 +108,9 @@ def _inputs(dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """Operand pairs: every pair of specials, random pairs, and pairs a few ulps apart."""
     xs = _random_values(dtype, RANDOM_COUNT, 1)
     ys = _random_values(dtype, RANDOM_COUNT, 2)
-    specials = len(special_values(np.dtype(dtype))) + 3
+    specials = len(special_values(host_dtype(dtype))) + 3
     sx, sy = np.meshgrid(xs[:specials], xs[:specials])
-    near = np.nextafter(xs[specials:], np.array(np.inf, dtype=dtype))
+    near = _next_up(xs[specials:])
     x = np.concatenate([sx.ravel(), xs[specials:], xs[specials:]])
     y = np.concatenate([sy.ravel(), ys[specials:], near])
     return x, y
@@ -126,11 +142,23 @@ def _expected(operation: str, dtype: str) -> np.ndarray:
     return np.array(values, dtype=result_dtype)
 
 
+def _near_ties(x: np.ndarray, destination: str) -> np.ndarray:
+    """float32 inputs moved onto (and one bit either side of) the halfway points of a narrowing
+    to ``destination``, where round-to-nearest-even decides: random bits rarely land there."""
+    dropped = {"float16": 13, "bfloat16": 16}.get(destination)
+    if x.dtype != np.float32 or dropped is None:
+        return x[:0]
+    kept = x.view(np.uint32) & np.uint32(~((1 << dropped) - 1) & 0xFFFFFFFF)
+    half = np.uint32(1 << (dropped - 1))
+    return np.concatenate([kept | half, kept | (half - np.uint32(1)), kept | (half + np.uint32(1))]).view(np.float32)
+
+
 @functools.cache
 def _expected_cast(source: str, destination: str) -> tuple[np.ndarray, np.ndarray]:
     x, _ = _inputs(source)
+    x = np.concatenate([x, _near_ties(x, destination)])
     fmt = exact.FORMATS[destination]
-    return x, np.array([exact.convert(float(a), fmt) for a in x], dtype=destination)
+    return x, np.array([exact.convert(float(a), fmt) for a in x], dtype=host_dtype(destination))
 
 
 def _compare(expected: np.ndarray, got: np.ndarray, inputs: tuple[np.ndarray, ...]) -> tuple[int, str]:
@@ -150,7 +178,7 @@ def _compare(expected: np.ndarray, got: np.ndarray, inputs: tuple[np.ndarray, ..
 def _run_on(target: Any, namespace: Any, label: str, kind: str, dtypes: tuple[str, ...]) -> list[PrimitiveResult]:
     results = []
     with np.errstate(all="ignore"):
-        for dtype in dtypes:
+        for dtype in (d for d in dtypes if d in DTYPES):
             for operation, (arity, _reference, run) in OPERATIONS.items():
                 hosts = _operands(arity, dtype)
                 expected = _expected(operation, dtype)
@@ -165,7 +193,8 @@ def _run_on(target: Any, namespace: Any, label: str, kind: str, dtypes: tuple[st
             if source not in dtypes or destination not in dtypes:
                 continue
             host, expected = _expected_cast(source, destination)
-            got = target.to_numpy(namespace.astype(target.asarray(host), getattr(namespace, destination)))
+            dtype = getattr(namespace, destination, None) or host_dtype(destination)  # NumPy: ml_dtypes' bfloat16
+            got = target.to_numpy(namespace.astype(target.asarray(host), dtype))
             wrong, example = _compare(expected, got, (host,))
             results.append(PrimitiveResult(label, kind, f"astype {source}->{destination}", destination,
                                            wrong, len(expected), example,
@@ -173,14 +202,14 @@ def _run_on(target: Any, namespace: Any, label: str, kind: str, dtypes: tuple[st
     return results
 
 
-def run_primitives(targets: dict[str, Any], dtypes: tuple[str, ...] = DTYPES) -> list[PrimitiveResult]:
+def run_primitives(targets: dict[str, Any], dtypes: tuple[str, ...] = DTYPES + CAST_ONLY_DTYPES) -> list[PrimitiveResult]:
     """Every operation on every target (in ``dtypes``), raw and through portopt's rule namespace."""
     results = []
     for label, target in targets.items():
         adapter = adapter_for(target.xp)
         probe = target.asarray(np.zeros(1, np.float32))
         portopt_namespace = adapter.rule_namespace(adapter.device(probe))
-        here = tuple(d for d in DTYPES if d in target.dtypes and d in dtypes)
+        here = tuple(d for d in DTYPES + CAST_ONLY_DTYPES if d in target.dtypes and d in dtypes)
         results += _run_on(target, target.xp, label, "raw", here)
         results += _run_on(target, portopt_namespace, label, "portopt", here)
     return results
@@ -197,7 +226,7 @@ def print_primitive_table(results: list[PrimitiveResult], out=None) -> None:
         print(f"  {target}", file=out)
         for operation in operations:
             cells = []
-            for dtype in DTYPES:
+            for dtype in DTYPES + CAST_ONLY_DTYPES:
                 raw, ours = by_key.get((target, operation, dtype, "raw")), by_key.get((target, operation, dtype, "portopt"))
                 if raw is None or ours is None:
                     continue

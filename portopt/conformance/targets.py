@@ -16,6 +16,7 @@ import array_api_compat
 import numpy as np
 
 from portopt.backends import adapter_for
+from portopt.numerics import dtype_name, host_dtype
 
 __all__ = ["Target", "TargetError", "find_targets", "namespace_target", "TARGET_NAMES", "OPTIONAL_TARGET_NAMES"]
 
@@ -42,7 +43,10 @@ class Target:
         return self._from_numpy(np.array(host, copy=True, order="C"))
 
     def to_numpy(self, x: Any) -> np.ndarray:
-        return adapter_for(self.xp).to_numpy(x)
+        host = adapter_for(self.xp).to_numpy(x)
+        if host.dtype == np.uint16 and dtype_name(self.xp, x.dtype) == "bfloat16":
+            host = host.view(host_dtype("bfloat16"))  # a backend's bfloat16 bits as ml_dtypes' bfloat16
+        return host
 
     @functools.cached_property
     def mutable(self) -> bool:
@@ -53,7 +57,16 @@ class Target:
 def _numpy() -> Target:
     import array_api_compat.numpy as xp
 
-    return Target("numpy", xp, "cpu", _ALL_DTYPES, lambda a: a)
+    return Target("numpy", xp, "cpu", _ALL_DTYPES + _bfloat16(), lambda a: a)
+
+
+def _bfloat16() -> tuple[str, ...]:
+    """("bfloat16",) where ml_dtypes gives NumPy a bfloat16 (the reference's), else ()."""
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        return ()
+    return ("bfloat16",)
 
 
 def _torch(device: str) -> Target:
@@ -63,10 +76,12 @@ def _torch(device: str) -> Target:
         raise RuntimeError("torch has no CUDA device here")
     import array_api_compat.torch as xp
 
-    return Target(
-        f"torch-{device}", xp, torch.device(device), _ALL_DTYPES,
-        lambda a: torch.from_numpy(a).to(device),
-    )
+    def from_numpy(a: np.ndarray) -> Any:
+        if a.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: torch takes its bits
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(device)
+        return torch.from_numpy(a).to(device)
+
+    return Target(f"torch-{device}", xp, torch.device(device), _ALL_DTYPES + _bfloat16(), from_numpy)
 
 
 def _cupy() -> Target:
