@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 
 from portopt.backends import adapter_for
+from portopt.numerics import host_dtype
 
 from . import exact
 from .digests import canonical, hex_bits
-from portopt.numerics import host_dtype
-
 from .exceptions import known_primitive_exception
 from .generator import special_values, splitmix64
 
@@ -193,8 +192,8 @@ def _run_on(target: Any, namespace: Any, label: str, kind: str, dtypes: tuple[st
             if source not in dtypes or destination not in dtypes:
                 continue
             host, expected = _expected_cast(source, destination)
-            dtype = getattr(namespace, destination, None) or host_dtype(destination)  # NumPy: ml_dtypes' bfloat16
-            got = target.to_numpy(namespace.astype(target.asarray(host), dtype))
+            cast_to = getattr(namespace, destination, None) or host_dtype(destination)  # NumPy: ml_dtypes' bfloat16
+            got = target.to_numpy(namespace.astype(target.asarray(host), cast_to))
             wrong, example = _compare(expected, got, (host,))
             results.append(PrimitiveResult(label, kind, f"astype {source}->{destination}", destination,
                                            wrong, len(expected), example,
