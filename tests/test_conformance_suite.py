@@ -1,10 +1,11 @@
 """The conformance suite (primitives and golden vectors) on every backend found here, in two tiers.
 
-Default tier (``pytest``): every golden case on every backend found, except that
-array-api-strict, whose every operation costs about 15 µs of checks, runs every case's 0-d
+Default tier (``pytest``): every golden case on NumPy; torch on the shapes where backends
+differ (0-d, strided, transposed, tree); array-api-strict, whose every operation costs
+about 15 µs of checks, on every case's 0-d
 shape and, in float32, a strided view (its trees cost 2-6 s a case: the long tier); the
 primitive tier everywhere.
-Long tier (``pytest -m long``; CI runs it too): array-api-strict on the other cases, and
+Long tier (``pytest -m long``; CI runs it too): torch and array-api-strict on the other cases, and
 every case again on NumPy and torch with the fast path off (the reference) and blocked.
 ``portopt conformance`` (the main job) always runs every case on every backend.
 
@@ -27,6 +28,9 @@ from portopt.conformance.suite import test_primitives_correctly_rounded_in_porto
 CASES = load_matrix().cases
 STRICT_SHAPES_BY_DEFAULT = ("scalar",)
 STRICT_FLOAT32_SHAPES_BY_DEFAULT = ("strided",)
+# torch runs NumPy's compiled loops on its own memory: in the default tier, the shapes where a
+# backend's views, strides and trees differ (the long tier: the rest)
+TORCH_SHAPES_BY_DEFAULT = ("scalar", "strided", "transposed", "tree")
 _GOLDEN: dict = {}
 
 
@@ -48,14 +52,18 @@ def _check(case, targets) -> None:
         pytest.xfail("; ".join(f"{r.target}: {r.detail}" for r in known))
 
 
-def _strict_by_default(case) -> bool:
-    return case.shape in STRICT_SHAPES_BY_DEFAULT or (
-        case.dtype == "float32" and case.shape in STRICT_FLOAT32_SHAPES_BY_DEFAULT)
+def _by_default(label: str, case) -> bool:
+    """Whether the default tier runs ``case`` on backend ``label`` (every case runs on NumPy)."""
+    if label == "array_api_strict":
+        return case.shape in STRICT_SHAPES_BY_DEFAULT or (
+            case.dtype == "float32" and case.shape in STRICT_FLOAT32_SHAPES_BY_DEFAULT)
+    if label == "torch-cpu":
+        return case.shape in TORCH_SHAPES_BY_DEFAULT
+    return True
 
 
 def _default_targets(case) -> dict:
-    return {label: target for label, target in TARGETS.items()
-            if label != "array_api_strict" or _strict_by_default(case)}
+    return {label: target for label, target in TARGETS.items() if _by_default(label, case)}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
@@ -64,14 +72,17 @@ def test_golden_vectors(case):
     _check(case, _default_targets(case))
 
 
-_STRICT_LONG = [case for case in CASES if not _strict_by_default(case)]
+_LONG = [pytest.param(case, label, id=f"{label}-{case.id}") for case in CASES
+         for label in ("array_api_strict", "torch-cpu") if not _by_default(label, case)]
 
 
 @pytest.mark.long
-@pytest.mark.skipif("array_api_strict" not in TARGETS, reason="array-api-strict is not installed")
-@pytest.mark.parametrize("case", _STRICT_LONG, ids=[case.id for case in _STRICT_LONG])
-def test_golden_vectors_on_array_api_strict_other_shapes(case):
-    _check(case, {"array_api_strict": TARGETS["array_api_strict"]})
+@pytest.mark.parametrize("case, label", _LONG)
+def test_golden_vectors_the_default_tier_leaves_out(case, label):
+    """array-api-strict's and torch's other cases, on the process's fast path."""
+    if label not in TARGETS:
+        pytest.skip(f"{label} is not installed")
+    _check(case, {label: TARGETS[label]})
 
 
 @pytest.mark.long
