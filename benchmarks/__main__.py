@@ -25,7 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import portopt
+from portopt.backends import adapter_for
 from portopt.conformance.report import machine_description
+from portopt.numerics import host_dtype
 
 from .report import add_output_options, report
 from .workloads import WORKLOADS, Workload
@@ -68,8 +70,8 @@ def bandwidth(nbytes: int = 400_000_000, repeats: int = 7) -> dict[str, float]:
 
 
 def bytes_per_step(rule: portopt.Rule, sizes: list[int], dtype: str, state_dtype: str | None = None) -> int:
-    item = _numpy_dtype(dtype).itemsize
-    state_item = _numpy_dtype(state_dtype).itemsize if state_dtype else 4 if item == 2 else item
+    item = host_dtype(dtype).itemsize
+    state_item = host_dtype(state_dtype).itemsize if state_dtype else 4 if item == 2 else item
     slots = len(rule.slot_names())
     return sum(n * (3 * item + 2 * slots * state_item) for n in sizes)  # p read+write, g read; slots read+write
 
@@ -90,18 +92,9 @@ class Implementation:
             self.step = steps
 
 
-def _numpy_dtype(name: str) -> np.dtype:
-    """NumPy's dtype of ``name`` (bfloat16: ml_dtypes')."""
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
 def _host_arrays(shapes, dtype, seed):
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal(math.prod(s), dtype=np.float32).astype(_numpy_dtype(dtype)).reshape(s)
+    return [rng.standard_normal(math.prod(s), dtype=np.float32).astype(host_dtype(dtype)).reshape(s)
             for s in shapes]
 
 
@@ -109,7 +102,9 @@ def _torch_tensor(array: np.ndarray):
     import torch
 
     if array.dtype.name == "bfloat16":  # torch cannot take ml_dtypes' arrays: their bits
-        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+        import array_api_compat.torch as xp
+
+        return adapter_for(xp).bfloat16_from_bits(array.view(np.uint16))
     return torch.from_numpy(array)
 
 

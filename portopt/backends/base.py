@@ -97,11 +97,9 @@ class Adapter:
 
     def bfloat16_from_bits(self, bits: np.ndarray, device: Any = None) -> Any:
         """A bfloat16 array of this backend from its uint16 bit patterns (NumPy: ml_dtypes')."""
-        try:
-            import ml_dtypes
-        except ImportError:
-            raise TypeError("bfloat16 state on this backend needs ml_dtypes (pip install ml_dtypes)") from None
-        return self.from_numpy(np.ascontiguousarray(bits).view(ml_dtypes.bfloat16), device)
+        from ..numerics import host_dtype
+
+        return self.from_numpy(np.ascontiguousarray(bits).view(host_dtype("bfloat16")), device)
 
 
 def strided_bounds(start: int, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:

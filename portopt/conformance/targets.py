@@ -76,9 +76,11 @@ def _torch(device: str) -> Target:
         raise RuntimeError("torch has no CUDA device here")
     import array_api_compat.torch as xp
 
+    adapter = adapter_for(xp)
+
     def from_numpy(a: np.ndarray) -> Any:
         if a.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: torch takes its bits
-            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(device)
+            return adapter.bfloat16_from_bits(a.view(np.uint16), torch.device(device))
         return torch.from_numpy(a).to(device)
 
     return Target(f"torch-{device}", xp, torch.device(device), _ALL_DTYPES + _bfloat16(), from_numpy)
