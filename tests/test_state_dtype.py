@@ -168,3 +168,31 @@ def test_sixteen_bit_state_halves_the_state_memory():
     wide, narrow = portopt.Adam().init(p), portopt.Adam(state_dtype="float16").init(p)
     for name in ("exp_avg", "exp_avg_sq"):
         assert wide.slots[name].nbytes == 4000 and narrow.slots[name].nbytes == 2000
+
+
+@pytest.mark.parametrize("state_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("rule_name", ["Adam", "RMSProp", "Rprop"])
+def test_extreme_values_in_sixteen_bit_state_give_one_set_of_bits(rule_name, state_dtype):
+    """Gradients whose squares overflow float16 (inf in the state), subnormal ones that round
+    to zero or to a subnormal state, NaN and ±inf: every path still gives the reference's bits."""
+    info = np.finfo(np.float16)
+    extremes = np.array([1e3, -3e2, 6e4, 1e-7, -6e-8, 0.0, -0.0, np.nan, np.inf, -np.inf, float(info.max), 1.0])
+    rule = portopt.RULES[rule_name](state_dtype=state_dtype)
+    results = []
+    for mode in ("off", "auto", "compiled", "blocked"):
+        for api in ("step", "update"):
+            p = np.tile(np.array([0.5, -2.0, 1e-3, 3.0], np.float32), 6)
+            state = rule.init(p)
+            with portopt.fast_path(mode), np.errstate(all="ignore"):
+                for step in range(5):
+                    g = np.roll(np.tile(extremes, 2), step).astype(np.float32)
+                    if api == "step":
+                        rule.step(p, g, state)
+                    else:
+                        p, state = rule.update(p, g, state)
+            results.append([p.astype(np.float64)] + [np.asarray(state.slots[n]).astype(np.float64)
+                                                     for n in rule.slot_names()])
+    for other in results[1:]:
+        for a, b in zip(other, results[0]):
+            assert np.array_equal(a, b, equal_nan=True)
+    assert any(np.isinf(s).any() for s in results[0][1:]) or rule_name == "Rprop"  # the overflow happened
