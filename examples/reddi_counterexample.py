@@ -4,7 +4,8 @@ f_t(x) = C x when t mod 3 == 1, else -x, for x in [-1, 1] and C > 2. The regret-
 point is x = -1 (the average gradient (C - 2)/3 is positive). With beta1 = 0 and
 beta2 = 1 / (1 + C^2), Adam's large gradient C is damped by its own second moment while the
 two -1 gradients are not, and x drifts to +1; AMSGrad keeps the largest second moment and
-goes to -1. Step size alpha / sqrt(t), projection onto [-1, 1] after each step.
+goes to -1. Step size alpha / sqrt(t), projection onto [-1, 1] after each step
+(portopt.minimize with bounds).
 
     python examples/reddi_counterexample.py [--steps N] [--plot PATH]
 """
@@ -20,14 +21,17 @@ import portopt
 
 
 def run(rule: portopt.Rule, steps: int, c: float) -> np.ndarray:
-    x = np.array([0.0])
-    state = rule.init(x)
-    path = [float(x[0])]
-    for t in range(1, steps + 1):
-        grad = np.array([c if t % 3 == 1 else -1.0])
-        rule.step(x, grad, state)
-        np.clip(x, -1.0, 1.0, out=x)  # projection onto the feasible set (exact)
-        path.append(float(x[0]))
+    """x after each of ``steps`` steps of ``rule`` on the online problem, projected onto [-1, 1]."""
+    path = [0.0]
+    calls = iter(range(1, steps + 2))  # fun is called at x0 and after each step: call t gives f_t
+
+    def loss_and_gradient(x: np.ndarray) -> tuple[float, np.ndarray]:
+        t = next(calls)
+        gradient = c if t % 3 == 1 else -1.0
+        return gradient * float(x[0]), np.array([gradient])
+
+    portopt.minimize(loss_and_gradient, np.array([0.0]), rule, maxiter=steps, bounds=[(-1.0, 1.0)],
+                     callback=lambda x: path.append(float(x[0])))
     return np.array(path)
 
 

@@ -23,9 +23,10 @@ import numpy as np
 
 from .trees import TreeDef
 
-__all__ = ["STATE_FORMAT", "CheckpointError", "save", "load", "tree_to_json", "tree_from_json"]
+__all__ = ["STATE_FORMAT", "PARTITION_FORMAT", "CheckpointError", "save", "load", "tree_to_json", "tree_from_json"]
 
 STATE_FORMAT = "portopt-state/1"
+PARTITION_FORMAT = "portopt-partition/1"  # a partition's state dict: its parts' state dicts
 _MANIFEST = "manifest"
 _MANIFEST_DIGEST = "manifest_sha256"
 
@@ -86,24 +87,8 @@ def save(path: str | os.PathLike, state_dict: dict) -> None:
     A crash at any point leaves the previous file at ``path`` as it was.
     """
     path = Path(path)
-    arrays, entries = {}, []
-    for name, leaves in state_dict["slots"].items():
-        for index, array in enumerate(leaves):
-            key = f"{name}/{index}"
-            array = np.asarray(array)
-            arrays[key] = array
-            entries.append({"key": key, "dtype": array.dtype.str, "shape": list(array.shape), "sha256": _digest(array)})
-    manifest = {
-        "format": STATE_FORMAT,
-        "rule": state_dict["rule"],
-        "hyperparameters": json_hyperparameters(state_dict["hyperparameters"]),
-        "step": state_dict["step"],
-        "skipped": state_dict.get("skipped", 0),
-        "host": {name: float(value).hex() for name, value in state_dict.get("host", {}).items()},
-        "tree": state_dict["tree"],
-        "slot_names": list(state_dict["slots"]),
-        "arrays": entries,
-    }
+    arrays: dict[str, np.ndarray] = {}
+    manifest = _manifest(state_dict, "", arrays)
     text = json.dumps(manifest, sort_keys=True).encode()
     arrays[_MANIFEST] = np.frombuffer(text, dtype=np.uint8)
     arrays[_MANIFEST_DIGEST] = np.frombuffer(hashlib.sha256(text).hexdigest().encode(), dtype=np.uint8)
@@ -120,6 +105,33 @@ def save(path: str | os.PathLike, state_dict: dict) -> None:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _manifest(state_dict: dict, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
+    """The manifest of ``state_dict`` (a rule's, or a partition's with its parts'), its arrays
+    added to ``arrays`` under keys ``prefix + slot/index``."""
+    if state_dict.get("format") == PARTITION_FORMAT:
+        return {"format": PARTITION_FORMAT, "rule": state_dict["rule"], "step": state_dict["step"],
+                "parts": {name: _manifest(part, f"{prefix}{name}/", arrays)
+                          for name, part in state_dict["parts"].items()}}
+    entries = []
+    for name, leaves in state_dict["slots"].items():
+        for index, array in enumerate(leaves):
+            key = f"{prefix}{name}/{index}"
+            array = np.asarray(array)
+            arrays[key] = array
+            entries.append({"key": key, "dtype": array.dtype.str, "shape": list(array.shape), "sha256": _digest(array)})
+    return {
+        "format": STATE_FORMAT,
+        "rule": state_dict["rule"],
+        "hyperparameters": json_hyperparameters(state_dict["hyperparameters"]),
+        "step": state_dict["step"],
+        "skipped": state_dict.get("skipped", 0),
+        "host": {name: float(value).hex() for name, value in state_dict.get("host", {}).items()},
+        "tree": state_dict["tree"],
+        "slot_names": list(state_dict["slots"]),
+        "arrays": entries,
+    }
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -234,22 +246,38 @@ def _load(path: Path) -> dict:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise CheckpointError(f"{path}: manifest is corrupted ({type(error).__name__})") from error
         manifest = _checked_manifest(path, manifest)
-        expected = {f"{entry['key']}.npy" for entry in manifest["arrays"]} | {f"{_MANIFEST}.npy",
-                                                                              f"{_MANIFEST_DIGEST}.npy"}
-        if set(members) != expected:
+        entries = _entries(manifest)
+        expected = {f"{entry['key']}.npy" for entry in entries} | {f"{_MANIFEST}.npy", f"{_MANIFEST_DIGEST}.npy"}
+        if set(members) != expected or len(entries) != len(expected) - 2:
             raise CheckpointError(f"{path}: members {sorted(set(members) ^ expected)[:5]} missing or unexpected")
         contents = {}
-        for entry in manifest["arrays"]:
+        for entry in entries:
             data = _read_member(archive, members[f"{entry['key']}.npy"], size)
             array = _array_from_npy(data, entry["key"], entry["dtype"], entry["shape"])
             if _digest(array) != entry["sha256"]:
                 raise CheckpointError(f"{path}: array {entry['key']} does not match its SHA-256 (corrupted or tampered)")
             contents[entry["key"]] = array
+    return _state_dict(path, manifest, "", contents)
+
+
+def _entries(manifest: dict) -> list[dict]:
+    """The array entries of a manifest and of all its parts."""
+    if manifest["format"] == PARTITION_FORMAT:
+        return [entry for part in manifest["parts"].values() for entry in _entries(part)]
+    return manifest["arrays"]
+
+
+def _state_dict(path: Path, manifest: dict, prefix: str, contents: dict[str, np.ndarray]) -> dict:
+    """The state dict of a checked manifest, its arrays taken from ``contents``."""
+    if manifest["format"] == PARTITION_FORMAT:
+        return {"format": PARTITION_FORMAT, "rule": manifest["rule"], "step": manifest["step"],
+                "parts": {name: _state_dict(path, part, f"{prefix}{name}/", contents)
+                          for name, part in manifest["parts"].items()}}
     leaves = tree_from_json(manifest["tree"]).num_leaves if manifest["tree"] is not None else 0
-    layout = {f"{name}/{index}" for name in manifest["slot_names"] for index in range(leaves)}
-    if layout != set(contents):
+    layout = {f"{prefix}{name}/{index}" for name in manifest["slot_names"] for index in range(leaves)}
+    if layout != {entry["key"] for entry in manifest["arrays"]}:
         raise CheckpointError(f"{path}: arrays do not match the manifest's tree and slots")
-    slots = {name: [contents[f"{name}/{index}"] for index in range(leaves)] for name in manifest["slot_names"]}
+    slots = {name: [contents[f"{prefix}{name}/{index}"] for index in range(leaves)] for name in manifest["slot_names"]}
     return {
         "format": STATE_FORMAT,
         "rule": manifest["rule"],
@@ -278,13 +306,22 @@ def _manifest_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     return body
 
 
-def _checked_manifest(path: Path, manifest: Any) -> dict:
+def _checked_manifest(path: Path, manifest: Any, depth: int = 0) -> dict:
     """Every field of the manifest, of the type and in the range :func:`save` writes."""
     def fail(what: str) -> None:
         raise CheckpointError(f"{path}: manifest {what}")
 
     if not isinstance(manifest, dict):
         fail("is not a JSON object")
+    if manifest.get("format") == PARTITION_FORMAT and depth < 32:
+        step, parts = manifest.get("step"), manifest.get("parts")
+        if not isinstance(manifest.get("rule"), str):
+            fail("field 'rule' must be a str")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            fail(f"field 'step' must be an int >= 0, got {step!r}"[:200])
+        if not isinstance(parts, dict) or not all(isinstance(n, str) and n and "/" not in n for n in parts):
+            fail("field 'parts' must map part names to manifests")
+        return {**manifest, "parts": {name: _checked_manifest(path, part, depth + 1) for name, part in parts.items()}}
     if manifest.get("format") != STATE_FORMAT:
         fail(f"has format {manifest.get('format')!r}, this portopt reads {STATE_FORMAT!r}")
     for key, kind in (("rule", str), ("hyperparameters", dict), ("host", dict), ("slot_names", list),

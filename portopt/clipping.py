@@ -1,7 +1,9 @@
-"""Deterministic global-norm clipping, and a rule wrapper that clips before each step."""
+"""Deterministic clipping, the gradient transforms, and ``chain``: a rule stepped with
+transformed gradients (``Clipped`` is the chain of a global-norm clip and a rule)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,8 @@ from .optimizer import PreparedStep, Rule
 from .state import State
 from .trees import unflatten
 
-__all__ = ["global_norm", "clip_by_global_norm", "clipped_leaves", "Clipped"]
+__all__ = ["global_norm", "clip_by_global_norm", "clipped_leaves", "Clipped", "Chain", "chain", "ClipByGlobalNorm",
+           "ClipByValue", "GradientTransform"]
 
 
 def global_norm(grads: Any) -> Any:
@@ -90,24 +93,68 @@ def clipped_leaves(xp: Any, namespace: Any, leaves: list, max_norm: float, eps: 
     return [xp.asarray(scale_by(xp, g, factor)) for g in leaves]  # NumPy makes 0-d results scalars
 
 
-class Clipped(Rule):
-    """``rule`` applied to gradients clipped by :func:`clip_by_global_norm` first.
+class ClipByGlobalNorm:
+    """A gradient transform for :func:`chain`: the leaves scaled by ``min(1, max_norm / (norm +
+    eps))``, the norm of :func:`global_norm` (as :func:`clip_by_global_norm`)."""
+
+    def __init__(self, max_norm: float, eps: float = 1e-6) -> None:
+        self.max_norm = check_real("max_norm", max_norm)
+        self.eps = check_real("eps", eps)
+
+    def __call__(self, plan: Any, grads: list) -> list:
+        return clipped_leaves(plan.xp, plan.namespace, grads, self.max_norm, self.eps, plan.device)
+
+    def __repr__(self) -> str:
+        return f"ClipByGlobalNorm({self.max_norm!r}, eps={self.eps!r})"
+
+
+class ClipByValue:
+    """A gradient transform for :func:`chain`: each element clipped to ``[-limit, limit]``
+    (exact: comparisons and where; NaN stays NaN)."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = check_real("limit", limit)
+        if not self.limit >= 0:
+            raise ValueError(f"limit must be >= 0, got {limit!r}")
+
+    def __call__(self, plan: Any, grads: list) -> list:
+        xp, device = plan.xp, plan.device
+        clipped = []
+        for g in grads:
+            high = xp.asarray(self.limit, dtype=g.dtype, device=device)
+            clipped.append(xp.asarray(xp.where(g > high, high, xp.where(g < -high, -high, g))))
+        return clipped
+
+    def __repr__(self) -> str:
+        return f"ClipByValue({self.limit!r})"
+
+
+GradientTransform = Callable[[Any, list], list]  # (plan, gradient leaves) -> new gradient leaves
+
+
+class Chain(Rule):
+    """``rule`` stepped with the gradients the ``transforms`` make, applied in order.
 
     Same state as ``rule`` (its name included, so checkpoints stay interchangeable). The
-    inputs are checked as ``rule`` checks them, then the gradients are clipped.
+    inputs are checked as ``rule`` checks them, then the gradients are transformed.
     """
 
-    def __init__(self, rule: Rule, max_norm: float) -> None:
+    def __init__(self, *transforms: GradientTransform, rule: Rule) -> None:
         if not isinstance(rule, Rule):
             raise TypeError(f"rule must be a portopt rule, got {type(rule).__name__}")
-        self.rule = rule
-        self.max_norm = check_real("max_norm", max_norm)
+        for index, transform in enumerate(transforms):
+            if not callable(transform):
+                raise TypeError(f"transforms[{index}] must be a gradient transform (ClipByGlobalNorm, "
+                                f"ClipByValue, ...), got {type(transform).__name__}")
+        if isinstance(rule, Chain):  # chain(a, chain(b, rule)) is chain(a, b, rule)
+            transforms, rule = (*transforms, *rule.transforms), rule.rule
+        self.transforms, self.rule = tuple(transforms), rule
         self.name = rule.name
         self.skip_nonfinite = rule.skip_nonfinite
         self.state_dtype = rule.state_dtype
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**self.rule.hyperparameters(), "max_norm": self.max_norm}
+        return self.rule.hyperparameters()
 
     def slot_names(self) -> tuple[str, ...]:
         return self.rule.slot_names()
@@ -125,13 +172,39 @@ class Clipped(Rule):
         return self.rule.init(params)
 
     def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
-        return PreparedStep(self.rule, params, grads, state, writing=False, transform=self._clip).compute()
+        return PreparedStep(self.rule, params, grads, state, writing=False, transform=self._transform).compute()
 
     def plan_step(self, params: Any, grads: Any, state: State) -> PreparedStep:
-        return PreparedStep(self.rule, params, grads, state, writing=True, transform=self._clip)
+        return PreparedStep(self.rule, params, grads, state, writing=True, transform=self._transform)
 
-    def _clip(self, plan: Any, grads: list) -> list:
-        return clipped_leaves(plan.xp, plan.namespace, grads, self.max_norm, 1e-6, plan.device)
+    def _transform(self, plan: Any, grads: list) -> list:
+        for transform in self.transforms:
+            grads = transform(plan, grads)
+        return grads
+
+    def __repr__(self) -> str:
+        return f"chain({', '.join(map(repr, (*self.transforms, self.rule)))})"
+
+
+def chain(*transforms_then_rule: Any) -> Chain:
+    """``chain(t1, t2, ..., rule)``: ``rule`` stepped with ``t2(t1(grads))``; e.g.
+    ``chain(ClipByGlobalNorm(1.0), Adam())`` is ``Clipped(Adam(), 1.0)``, bit for bit."""
+    if not transforms_then_rule:
+        raise TypeError("chain needs a rule as its last argument")
+    *transforms, rule = transforms_then_rule
+    return Chain(*transforms, rule=rule)
+
+
+class Clipped(Chain):
+    """``rule`` applied to gradients clipped by :func:`clip_by_global_norm` first:
+    ``chain(ClipByGlobalNorm(max_norm), rule)``, with ``max_norm`` among its hyperparameters."""
+
+    def __init__(self, rule: Rule, max_norm: float) -> None:
+        super().__init__(ClipByGlobalNorm(max_norm), rule=rule)
+        self.max_norm = self.transforms[0].max_norm  # type: ignore[attr-defined]
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**self.rule.hyperparameters(), "max_norm": self.max_norm}
 
     def __repr__(self) -> str:
         return f"Clipped({self.rule!r}, max_norm={self.max_norm!r})"

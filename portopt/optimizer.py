@@ -51,7 +51,7 @@ class Rule:
     """
 
     name: str  # set by each rule class (Clipped takes its rule's)
-    kernel: ClassVar[Callable[..., tuple]]
+    kernel: Callable[..., tuple]  # a staticmethod of each rule class (MultiSteps: per instance)
     maximize: bool = False
     skip_nonfinite: bool = False
     state_dtype: str | None = None  # the state arrays' dtype (None: float32 for half-precision params)
@@ -60,6 +60,8 @@ class Rule:
     # the registry: what the exports, the drop-ins, the peers report and the tests read
     torch_peer: ClassVar[TorchPeer | None] = None  # the torch.optim peer, if torch has this rule
     paper: ClassVar[str] = ""  # where the math comes from
+    # whether advance_host_state reads the gradients (AdaGradNorm's whole-tree norm)
+    host_state_uses_gradients: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -321,7 +323,7 @@ class PreparedStep:
         if self.skip:
             state.skipped += 1
             return
-        plan, kernel, cache = self.plan, type(self.rule).kernel, self._cache()
+        plan, kernel, cache = self.plan, self.rule.kernel, self._cache()
         remembered: dict = {}
         writes = []
         for group in plan.groups:
@@ -357,7 +359,7 @@ class PreparedStep:
         outputs: list = []
         remembered: dict = {}
         for group in plan.groups:
-            run_group(plan, group, type(self.rule).kernel, self.scalars, self._cache(), self.p_leaves,
+            run_group(plan, group, self.rule.kernel, self.scalars, self._cache(), self.p_leaves,
                       self.g_leaves, self.slot_leaves, outputs, remembered)
         plan.known = remembered
         count = len(self.p_leaves)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import portopt
-from portopt.conformance.cases import build_rule, load_matrix
+from portopt.conformance.cases import load_matrix, variant_rule
 
 VARIANTS = load_matrix().config["variants"]
 
@@ -15,8 +15,7 @@ def variant_id(variant: dict) -> str:
 
 
 def make_rule(variant: dict) -> portopt.Rule:
-    rule = build_rule(variant["rule"], variant["options"])
-    return portopt.Clipped(rule, variant["clip_norm"]) if "clip_norm" in variant else rule
+    return variant_rule(variant)
 
 
 def advance(rule: portopt.Rule, target, params, grads, state):

@@ -14,6 +14,7 @@ import pytest
 
 import portopt
 from helpers import VARIANTS, make_rule, random_arrays, variant_id
+from portopt.conformance.cases import has_torch_equivalent
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
@@ -39,7 +40,7 @@ def _relative_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
     return float(np.max(np.abs(ours - theirs) / scale)) if ours.size else 0.0
 
 
-TORCH_VARIANTS = [v for v in VARIANTS if v["rule"] in TORCH_CLASSES]
+TORCH_VARIANTS = [v for v in VARIANTS if v["rule"] in TORCH_CLASSES and has_torch_equivalent(v)]
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import pytest
 
 import portopt
 from helpers import VARIANTS, make_rule, variant_id
+from portopt.conformance.cases import has_torch_equivalent
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 import portopt.torch as pt  # noqa: E402
@@ -41,6 +42,7 @@ def _plain_options(variant):
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS
                                      if not isinstance(v["options"].get("lr"), dict) and "clip_norm" not in v
+                                     and has_torch_equivalent(v)
                                      and v["rule"] in pt.__all__],
                          ids=variant_id)
 def test_drop_in_equals_functional_api_on_numpy(variant):

@@ -89,6 +89,7 @@ class Case:
     treedef: TreeDef
     small_values_up_to: int
     clip_norm: float | None = None  # gradients clipped by portopt.clip_by_global_norm first
+    accumulate: int | None = None  # the rule is portopt.MultiSteps(rule, accumulate)
 
     @property
     def id(self) -> str:
@@ -99,8 +100,8 @@ class Case:
         return leaf_paths(self.treedef)
 
     def make_rule(self) -> portopt.Rule:
-        rule = build_rule(self.rule, self.options)
-        return portopt.Clipped(rule, self.clip_norm) if self.clip_norm is not None else rule
+        return variant_rule({"rule": self.rule, "options": self.options, "clip_norm": self.clip_norm,
+                             "accumulate": self.accumulate})
 
     def host_bases(self) -> list[np.ndarray]:
         """Initial contents of each leaf's base array (before the view is taken)."""
@@ -123,6 +124,20 @@ class Case:
 
     def grads_on(self, target: Any, host: Sequence[np.ndarray]) -> Any:
         return unflatten(self.treedef, [target.asarray(g) for g in host])
+
+
+def variant_rule(variant: dict) -> portopt.Rule:
+    """The rule of a cases.toml variant: its rule and options, accumulated (``accumulate``)
+    and clipped (``clip_norm``) where the variant says so."""
+    rule = build_rule(variant["rule"], variant["options"])
+    if variant.get("accumulate") is not None:
+        rule = portopt.MultiSteps(rule, variant["accumulate"])
+    return portopt.Clipped(rule, variant["clip_norm"]) if variant.get("clip_norm") is not None else rule
+
+
+def has_torch_equivalent(variant: dict) -> bool:
+    """Whether torch.optim (and so the drop-ins) has this variant: not an accumulating one."""
+    return variant.get("accumulate") is None
 
 
 @functools.cache
@@ -183,6 +198,6 @@ def load_matrix(path: Path | str = CASES_FILE) -> Matrix:
                     dtype=dtype, shape=shape, seed=config["seed"], steps=config["steps"],
                     checkpoints=checkpoints, gradient_schedule=config["gradients"],
                     leaves=leaves, treedef=treedef, small_values_up_to=config["small_values_up_to"],
-                    clip_norm=variant.get("clip_norm"),
+                    clip_norm=variant.get("clip_norm"), accumulate=variant.get("accumulate"),
                 ))
     return matrix

@@ -79,9 +79,10 @@ def drop_in_variants(names: Iterable[str] | None = None) -> list[dict]:
     """cases.toml variants whose rule has a torch drop-in, by ``Rule-name`` or rule name."""
     import portopt.torch as pt
 
-    from .cases import load_matrix
+    from .cases import has_torch_equivalent, load_matrix
 
-    variants = [v for v in load_matrix().config["variants"] if isinstance(getattr(pt, v["rule"], None), type)]
+    variants = [v for v in load_matrix().config["variants"]
+                if isinstance(getattr(pt, v["rule"], None), type) and has_torch_equivalent(v)]
     if names is None:
         return variants
     wanted = set(names)

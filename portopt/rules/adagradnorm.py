@@ -41,6 +41,7 @@ class AdaGradNorm(Rule):
     """
 
     name = "AdaGradNorm"
+    host_state_uses_gradients = True
     paper = "Ward, Wu & Bottou (2018), AdaGrad stepsizes: sharp convergence over nonconvex landscapes"
     kernel = staticmethod(adagradnorm_kernel)
     schedulable = ("lr",)  # eps enters b + eps on the host once per step from a fixed value
@@ -74,7 +75,15 @@ class AdaGradNorm(Rule):
 
         squares = sum_of_squares(xp, grads, getattr(xp, dtype.name))
         total = adapter_for(xp).to_numpy(squares).astype(dtype)  # one host sync
-        b2 = dtype.type(host["sum_of_squares"]) + total
+        return self.advance_from_sum_of_squares(host, total)
+
+    def advance_from_sum_of_squares(self, host: dict[str, float],
+                                    total: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+        """``b² <- b² + total`` and the step's ``b + eps``, on the host in ``total``'s dtype (a
+        0-d float32/float64 array: the gradients' fixed-order sum of squares). portopt.jax
+        computes ``total`` inside the trace and calls this from its host callback."""
+        dtype = total.dtype
+        b2 = dtype.type(host["sum_of_squares"]) + total[()]
         denominator = np.sqrt(b2) + dtype.type(self.eps)  # correctly rounded, in dtype
         return {"denominator": float(denominator)}, {"sum_of_squares": float(b2)}
 

@@ -1,0 +1,243 @@
+"""Different rules on different leaves of one tree: ``partition`` and ``masked``.
+
+``partition({"decay": AdamW(...), "no_decay": Adam(...)}, labels)`` runs each rule on the
+leaves its label marks, as a separate optimizer on that part of the tree would (the parts
+are lists of leaves in tree order; the bits are exactly those of separate optimizers).
+A label mapped to ``None`` marks leaves left untouched, with no state. ``masked(rule,
+mask)`` is the partition ``{True: rule, False: None}`` of a boolean mask tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .checkpoint import PARTITION_FORMAT
+from .checks import check_params
+from .optimizer import Rule
+from .plan import interrupts_deferred
+from .trees import TreeDef, flatten, leaf_paths, unflatten
+
+__all__ = ["Partition", "PartitionState", "partition", "masked"]
+
+
+
+@dataclass
+class PartitionState:
+    """One state per label that has leaves (``parts``, a State or a nested PartitionState);
+    ``step`` counts the partition's steps."""
+
+    rule: str
+    step: int
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+class _Planned:
+    """The checked steps of every part, written together by :meth:`apply`."""
+
+    def __init__(self, state: PartitionState, parts: list) -> None:
+        self.state, self.parts = state, parts
+
+    def apply(self) -> None:
+        with interrupts_deferred(len(self.parts) > 1):
+            for part in self.parts:
+                part.apply()
+            self.state.step += 1
+
+
+class Partition:
+    """Each rule of ``rules`` on the leaves ``labels`` gives its label (see the module)."""
+
+    def __init__(self, rules: Mapping[Any, Rule | Partition | None], labels: Any, name: str = "partition") -> None:
+        if not isinstance(rules, Mapping) or not rules:
+            raise TypeError(f"rules must be a non-empty dict {{label: rule or None}}, got {type(rules).__name__}")
+        for label, rule in rules.items():
+            if "/" in self._part_name(label):
+                raise ValueError(f"rules: label {label!r} must not contain '/' (checkpoints use it)")
+            if rule is not None and not isinstance(rule, (Rule, Partition)):
+                raise TypeError(f"rules[{label!r}] must be a portopt rule or None, got {type(rule).__name__}")
+        if not callable(labels):
+            flatten(labels)  # a malformed tree fails here, naming itself
+        self.rules, self.labels, self.name = dict(rules), labels, name
+
+    # --- which leaves each rule owns -------------------------------------------------------
+    def _label_leaves(self, params: Any, treedef: TreeDef) -> list:
+        labels = self.labels(params) if callable(self.labels) else self.labels
+        leaves, label_tree = flatten(labels)
+        if label_tree != treedef:
+            raise ValueError(f"labels must have the tree of params: labels is {label_tree.describe()}, params "
+                             f"{treedef.describe()}")
+        for path, label in zip(leaf_paths(treedef), leaves):
+            if not _hashable(label) or label not in self.rules:
+                raise ValueError(f"labels{path} is {label!r}, not one of the rules' labels {list(self.rules)}")
+        return leaves
+
+    def _groups(self, params: Any, treedef: TreeDef) -> dict[Any, list[int]]:
+        """The leaf positions of each label that has a rule and leaves, in ``rules`` order."""
+        labels = self._label_leaves(params, treedef)
+        groups: dict[Any, list[int]] = {}
+        for label in self.rules:
+            if self.rules[label] is not None:
+                positions = [i for i, x in enumerate(labels) if x == label]
+                if positions:
+                    groups[label] = positions
+        return groups
+
+    @staticmethod
+    def _part_name(label: Any) -> str:
+        """The part's name in the state and in checkpoints."""
+        return label if isinstance(label, str) else repr(label)
+
+    # --- the API every rule has -----------------------------------------------------------------
+    def init(self, params: Any) -> PartitionState:
+        """A fresh state: each rule's ``init`` on its part."""
+        checked = check_params(params)
+        parts = {}
+        for label, positions in self._groups(params, checked.treedef).items():
+            rule = self.rules[label]
+            assert rule is not None
+            parts[self._part_name(label)] = rule.init([checked.leaves[i] for i in positions])
+        return PartitionState(rule=self.name, step=0, parts=parts)
+
+    def _inputs(self, params: Any, grads: Any, state: Any) -> tuple[list, list, dict[Any, list[int]], Any]:
+        checked = check_params(params)
+        g_leaves, g_tree = flatten(grads)
+        if g_tree != checked.treedef:
+            raise ValueError(f"grads must have the tree of params: grads is {g_tree.describe()}, params "
+                             f"{checked.treedef.describe()}")
+        if not isinstance(state, PartitionState) or state.rule != self.name:
+            raise TypeError(f"state must be the PartitionState of this {self.name} (from its init), got "
+                            f"{type(state).__name__}")
+        groups = self._groups(params, checked.treedef)
+        wanted = {self._part_name(label) for label in groups}
+        if set(state.parts) != wanted:
+            raise ValueError(f"state has parts {sorted(state.parts)}, these params and labels make {sorted(wanted)}")
+        return checked.leaves, g_leaves, groups, checked
+
+    def update(self, params: Any, grads: Any, state: PartitionState) -> tuple[Any, PartitionState]:
+        """One step, pure; untouched leaves come back as copies."""
+        p_leaves, g_leaves, groups, checked = self._inputs(params, grads, state)
+        new = [None] * len(p_leaves)
+        parts = {}
+        for label, positions in groups.items():
+            rule = self.rules[label]
+            assert rule is not None
+            name = self._part_name(label)
+            part, parts[name] = rule.update([p_leaves[i] for i in positions], [g_leaves[i] for i in positions],
+                                            state.parts[name])
+            for i, x in zip(positions, part):
+                new[i] = x
+        xp = checked.xp
+        leaves = [x if x is not None else _copy(xp, p) for x, p in zip(new, p_leaves)]
+        return unflatten(checked.treedef, leaves), PartitionState(rule=self.name, step=state.step + 1, parts=parts)
+
+    def plan_step(self, params: Any, grads: Any, state: PartitionState) -> _Planned:
+        """Every part checked and its scalars evaluated; ``.apply()`` then writes them all."""
+        p_leaves, g_leaves, groups, _ = self._inputs(params, grads, state)
+        planned = []
+        for label, positions in groups.items():
+            rule = self.rules[label]
+            assert rule is not None
+            planned.append(rule.plan_step([p_leaves[i] for i in positions], [g_leaves[i] for i in positions],
+                                          state.parts[self._part_name(label)]))
+        return _Planned(state, planned)
+
+    def step(self, params: Any, grads: Any, state: PartitionState) -> None:
+        """One step in place; every part is checked before any is written."""
+        self.plan_step(params, grads, state).apply()
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def state_dict(self, state: PartitionState) -> dict[str, Any]:
+        """Plain data: each part's own state dict under ``parts`` (see Rule.state_dict)."""
+        if not isinstance(state, PartitionState) or state.rule != self.name:
+            raise ValueError(f"state must be a PartitionState of this {self.name}")
+        parts = {}
+        for label, rule in self.rules.items():
+            name = self._part_name(label)
+            if rule is not None and name in state.parts:
+                parts[name] = rule.state_dict(state.parts[name])
+        return {"format": PARTITION_FORMAT, "rule": self.name, "step": state.step, "parts": parts}
+
+    def load_state_dict(self, state_dict: dict[str, Any], like: Any) -> PartitionState:
+        """A PartitionState from :meth:`state_dict` data, each part on ``like``'s backend."""
+        from .checkpoint import CheckpointError
+
+        if not isinstance(state_dict, dict) or state_dict.get("format") != PARTITION_FORMAT:
+            raise CheckpointError(f"state_dict is not a {PARTITION_FORMAT} state dict")
+        if state_dict.get("rule") != self.name:
+            raise CheckpointError(f"state_dict is a {state_dict.get('rule')!r} state, not {self.name}")
+        step = state_dict.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise CheckpointError(f"state_dict's step must be an int >= 0, got {step!r}")
+        checked = check_params(like)
+        groups = self._groups(like, checked.treedef)
+        saved = state_dict.get("parts")
+        wanted = {self._part_name(label) for label in groups}
+        if not isinstance(saved, dict) or set(saved) != wanted:
+            raise CheckpointError(f"state_dict has parts {sorted(saved) if isinstance(saved, dict) else saved!r}, "
+                                  f"like and the labels make {sorted(wanted)}")
+        parts = {}
+        for label, positions in groups.items():
+            rule = self.rules[label]
+            assert rule is not None
+            name = self._part_name(label)
+            parts[name] = rule.load_state_dict(saved[name], [checked.leaves[i] for i in positions])
+        return PartitionState(rule=self.name, step=step, parts=parts)
+
+    def __repr__(self) -> str:
+        return f"partition({self.rules!r}, labels={self.labels!r})"
+
+
+class Masked(Partition):
+    """``rule`` on the leaves where ``mask`` is True; the others untouched, with no state."""
+
+    def __init__(self, rule: Rule | Partition, mask: Any) -> None:
+        if not isinstance(rule, (Rule, Partition)):
+            raise TypeError(f"rule must be a portopt rule, got {type(rule).__name__}")
+        super().__init__({True: rule, False: None}, mask, name=f"masked({rule.name})")
+        self.rule = rule
+
+    def _label_leaves(self, params: Any, treedef: TreeDef) -> list:
+        mask = self.labels(params) if callable(self.labels) else self.labels
+        leaves, mask_tree = flatten(mask)
+        if mask_tree != treedef:
+            raise ValueError(f"mask must have the tree of params: mask is {mask_tree.describe()}, params "
+                             f"{treedef.describe()}")
+        for path, value in zip(leaf_paths(treedef), leaves):
+            if not isinstance(value, bool):
+                raise ValueError(f"mask{path} must be True or False, got {value!r}")
+        return leaves
+
+    @staticmethod
+    def _part_name(label: Any) -> str:
+        return "masked"
+
+    def __repr__(self) -> str:
+        return f"masked({self.rule!r}, mask={self.labels!r})"
+
+
+def partition(rules: Mapping[Any, Rule | Partition | None], labels: Any | Callable[[Any], Any]) -> Partition:
+    """Each rule on its labelled leaves: ``labels`` is a tree like the params (or a function of
+    the params giving one) whose leaves are keys of ``rules``; ``None`` rules leave theirs as
+    they are. Bit-identical to separate optimizers on the parts."""
+    return Partition(rules, labels)
+
+
+def masked(rule: Rule | Partition, mask: Any | Callable[[Any], Any]) -> Masked:
+    """``rule`` on the leaves where ``mask`` (a tree like the params of True/False, or a
+    function of the params giving one) is True; the other leaves are untouched and have no state."""
+    return Masked(rule, mask)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _copy(xp: Any, x: Any) -> Any:
+    return xp.asarray(x, copy=True)
+

@@ -1,0 +1,204 @@
+"""portopt.minimize and portopt.scipy_method: known answers, bounds, stopping, bits across backends."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import portopt
+
+scipy_optimize = pytest.importorskip("scipy.optimize", reason="scipy is not installed (the scipy extra)")
+
+
+def least_squares(A: np.ndarray, b: np.ndarray):
+    """``f = |Ax - b|²`` and its gradient ``2 Aᵀ(Ax - b)``."""
+    def fun(x):
+        r = A @ x - b
+        return float(r @ r), 2.0 * (A.T @ r)
+    return fun
+
+
+def elementwise(xp, centre, weight):
+    """``f = Σ w (x - c)²``, gradient ``2 w (x - c)``: elementwise, so every backend's own
+    arithmetic gives the same gradient bits too."""
+    def fun(x):
+        d = x - centre
+        return xp.sum(weight * d * d), (weight + weight) * d
+    return fun
+
+
+def test_least_squares_reaches_the_closed_form():
+    rng = np.random.default_rng(0)
+    A, b = rng.standard_normal((20, 5)), rng.standard_normal(20)
+    x0 = np.zeros(5)
+    result = portopt.minimize(least_squares(A, b), x0, portopt.Adam(lr=0.05), maxiter=20000, tol=1e-9)
+    expected = np.linalg.lstsq(A, b, rcond=None)[0]
+    assert result.success and result.status == 0, result.message
+    assert result.nit < 20000 and result.nfev == result.nit + 1
+    np.testing.assert_allclose(result.x, expected, rtol=0, atol=1e-8)
+    assert np.max(np.abs(result.jac)) <= 1e-9
+    assert result.fun == pytest.approx(least_squares(A, b)(expected)[0], abs=1e-12)
+    assert np.array_equal(x0, np.zeros(5)), "x0 must not be modified"
+    assert result.state.step == result.nit
+
+
+def test_maxiter_is_honoured_and_reported():
+    fun = least_squares(np.eye(3), np.ones(3))
+    result = portopt.minimize(fun, np.zeros(3), "sgd", options={"lr": 1e-4}, maxiter=7)
+    assert (result.nit, result.nfev, result.status, result.success) == (7, 8, 1, False)
+    assert result.fun == fun(result.x)[0]
+
+
+def _targets():
+    from portopt.conformance.targets import find_targets
+
+    found, _ = find_targets(("numpy", "torch-cpu", "jax"))
+    return found
+
+
+def test_the_same_problem_gives_the_same_bits_on_every_backend():
+    rng = np.random.default_rng(1)
+    centre, weight = rng.standard_normal(50), rng.uniform(0.5, 2.0, 50)
+    x0 = rng.standard_normal(50)
+    results = {}
+    for name, target in _targets().items():
+        xp = target.xp
+        fun = elementwise(xp, target.asarray(centre), target.asarray(weight))
+        result = portopt.minimize(fun, target.asarray(x0), portopt.AMSGrad(lr=0.01), maxiter=300,
+                                  bounds=[(-0.5, 0.5)] * 50)
+        results[name] = (target.to_numpy(result.x).tobytes(), result.nit)
+        assert type(result.x) is type(target.asarray(x0)), name
+    assert len(results) >= 2, f"only {list(results)} installed"
+    assert len(set(results.values())) == 1, {k: v[1] for k, v in results.items()}
+
+
+def test_reddi_counterexample_through_minimize_matches_the_hand_loop():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import reddi_counterexample as reddi
+
+    paths = reddi.trajectories(steps=600)
+    assert paths["Adam"][-1] > 0.9 and paths["AMSGrad"][-1] < -0.9  # Adam to the worst point, AMSGrad to -1
+    c, betas = 3.0, (0.0, 1.0 / 10.0)
+    for name, cls in (("Adam", portopt.Adam), ("AMSGrad", portopt.AMSGrad)):
+        x = np.array([0.0])
+        rule = cls(lr=lambda t: 0.5 / math.sqrt(t + 1), betas=betas)
+        state = rule.init(x)
+        for t in range(1, 601):  # the loop the example used to hand-write
+            rule.step(x, np.array([c if t % 3 == 1 else -1.0]), state)
+            np.clip(x, -1.0, 1.0, out=x)
+        assert x.tobytes() == np.array([paths[name][-1]]).tobytes(), name
+
+
+def test_scipy_round_trip_gives_portopt_minimize_bits():
+    rng = np.random.default_rng(2)
+    A, b = rng.standard_normal((8, 3)), rng.standard_normal(8)
+    seen = []
+    ours = portopt.minimize(least_squares(A, b), np.zeros(3), portopt.RMSProp(lr=0.01), maxiter=500,
+                            bounds=[(None, 0.2), (-1, 1), (None, None)])
+    theirs = scipy_optimize.minimize(least_squares(A, b), np.zeros(3), jac=True,
+                                     method=portopt.scipy_method("RMSProp", lr=0.01), options={"maxiter": 500},
+                                     bounds=[(None, 0.2), (-1, 1), (None, None)], callback=seen.append)
+    assert isinstance(theirs, scipy_optimize.OptimizeResult)
+    assert theirs.x.tobytes() == ours.x.tobytes() and theirs.nit == ours.nit == 500 == len(seen)
+    assert theirs.x[0] <= 0.2
+    converged = scipy_optimize.minimize(least_squares(A, b), np.zeros(3), jac=True, tol=1e-8,
+                                        method=portopt.scipy_method(portopt.Adam(lr=0.02)),
+                                        options={"maxiter": 100000})
+    assert converged.success and converged.nit < 100000
+    with pytest.raises(TypeError, match="options.*frobnicate"):
+        scipy_optimize.minimize(least_squares(A, b), np.zeros(3), jac=True, method=portopt.scipy_method("adam"),
+                                options={"frobnicate": 1})
+    with pytest.raises(ValueError, match="constraints"):
+        scipy_optimize.minimize(least_squares(A, b), np.zeros(3), jac=True, method=portopt.scipy_method("adam"),
+                                constraints=[{"type": "eq", "fun": lambda x: x[0]}])
+
+
+def test_callback_stops_the_run_and_nit_counts_the_steps():
+    fun = least_squares(np.eye(2), np.ones(2))
+    calls = []
+
+    def stop_at_five(xk):
+        calls.append(xk.copy())
+        return len(calls) == 5
+
+    result = portopt.minimize(fun, np.zeros(2), "adam", maxiter=100, callback=stop_at_five)
+    assert (result.nit, result.status, result.success) == (5, 99, False)
+    assert calls[-1].tobytes() == result.x.tobytes() and calls[0].tobytes() != calls[1].tobytes()
+
+    def raising(intermediate_result):
+        assert intermediate_result.fun == fun(intermediate_result.x)[0]
+        raise StopIteration
+
+    assert portopt.minimize(fun, np.zeros(2), "adam", callback=raising).nit == 1
+
+
+def test_bounds_forms_agree_and_round_towards_the_box():
+    fun = elementwise(np, np.full(3, 5.0, dtype=np.float32), np.ones(3, dtype=np.float32))
+    x0 = np.zeros(3, dtype=np.float32)
+    pairs = portopt.minimize(fun, x0, "adam", options={"lr": 0.1}, maxiter=200, bounds=[(None, 0.1)] * 3)
+    box = portopt.minimize(fun, x0, "adam", options={"lr": 0.1}, maxiter=200,
+                           bounds=scipy_optimize.Bounds(-np.inf, 0.1))
+    assert pairs.x.tobytes() == box.x.tobytes()
+    assert np.all(pairs.x.astype(np.float64) <= 0.1)  # float32(0.1) > 0.1: the bound was rounded down
+    assert pairs.x[0] == np.nextafter(np.float32(0.1), np.float32(0))
+    start = portopt.minimize(fun, np.full(3, 9.0), "adam", maxiter=0, bounds=[(0, 1)] * 3)
+    assert np.array_equal(start.x, np.ones(3)), "x0 is projected onto the bounds"
+
+
+def test_a_tree_x0_with_bounds_over_all_its_elements():
+    x0 = {"a": np.zeros(2), "b": [np.zeros((2, 2))]}
+
+    def fun(x):
+        return 0.0, {"a": x["a"] - 3.0, "b": [x["b"][0] + 3.0]}
+
+    result = portopt.minimize(fun, x0, "adam", options={"lr": 0.5}, maxiter=100, bounds=[(-1, 1)] * 6)
+    assert np.array_equal(result.x["a"], np.ones(2)) and np.array_equal(result.x["b"][0], -np.ones((2, 2)))
+
+
+def test_a_list_of_numbers_is_a_float64_array():
+    result = portopt.minimize(lambda x: (float(x @ x), 2 * x), [1.0, 2.0], "adam", maxiter=3)
+    assert isinstance(result.x, np.ndarray) and result.x.dtype == np.float64
+
+
+def test_torch_autograd_when_jac_is_none():
+    torch = pytest.importorskip("torch")
+    target = torch.tensor([3.0, -2.0], dtype=torch.float64)
+    result = portopt.minimize(lambda x: ((x - target) ** 2).sum(), torch.zeros(2, dtype=torch.float64),
+                              portopt.Adam(lr=0.1), jac=None, maxiter=5000, tol=1e-10)
+    assert result.success and torch.allclose(result.x, target, atol=1e-9) and not result.x.requires_grad
+
+
+def test_non_finite_values_stop_with_a_reason():
+    result = portopt.minimize(lambda x: (float("nan"), x), np.ones(2), "adam")
+    assert (result.status, result.nit) == (3, 0) and "not finite" in result.message
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (dict(method="nope"), ValueError, "method 'nope'.*Adam"),
+    (dict(method=portopt.Adam(), options={"lr": 1.0}), TypeError, "constructed rule"),
+    (dict(maxiter=-1), ValueError, "maxiter"),
+    (dict(tol=-1.0), ValueError, "tol"),
+    (dict(callback=3), TypeError, "callback"),
+    (dict(jac=None), ValueError, "jac"),
+    (dict(jac="2-point"), TypeError, "jac"),
+    (dict(bounds=[(0, 1)]), ValueError, "bounds has 1"),
+    (dict(bounds=[(2, 1), (0, 1)]), ValueError, "bounds: element 0"),
+    (dict(bounds=[(0, "x"), (0, 1)]), TypeError, r"bounds\[0\]\[1\]"),
+    (dict(progress="yes"), TypeError, "progress"),
+])
+def test_bad_input_names_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        portopt.minimize(lambda x: (0.0, x), np.zeros(2), **{"method": "adam", **call})
+
+
+def test_progress_bar_only_when_asked_or_interactive(capsys):
+    fun = least_squares(np.eye(2), np.ones(2))
+    portopt.minimize(fun, np.zeros(2), "adam", maxiter=2000)
+    assert capsys.readouterr().err == ""  # not a terminal: no bar by default
+    pytest.importorskip("tqdm")
+    portopt.minimize(fun, np.zeros(2), "adam", maxiter=50, progress=True)
+    assert "portopt.minimize" in capsys.readouterr().err
