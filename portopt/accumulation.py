@@ -26,17 +26,17 @@ _COUNT_FIELD = ("accumulation_count", float)
 
 
 @functools.cache
-def _scalars_type(inner: type) -> Any:
+def _scalars_type(inner: Any) -> Any:
     """The inner rule's host-scalars NamedTuple with the accumulation's flags and count added."""
     from typing import get_type_hints
 
     hints = get_type_hints(inner)
     fields = [*_OWN_FIELDS, *((name, hints[name]) for name in inner._fields), _COUNT_FIELD]
-    return NamedTuple(f"MultiSteps{inner.__name__}", fields)  # type: ignore[misc]
+    return NamedTuple(f"MultiSteps{inner.__name__}", fields)
 
 
 @functools.cache
-def _kernel(inner_kernel: Callable[..., tuple], inner_scalars: type) -> Callable[..., tuple]:
+def _kernel(inner_kernel: Callable[..., tuple], inner_scalars: Any) -> Callable[..., tuple]:
     """``total <- g`` on a cycle's first call, else ``accumulated + g``; on its last call
     ``mean <- total / k`` and ``inner_kernel`` steps with it; params and the inner slots are
     unchanged on the other calls."""
@@ -77,8 +77,8 @@ class MultiSteps(Rule):
         self.maximize = check_flag("maximize", rule.maximize)
         self.skip_nonfinite = rule.skip_nonfinite
         self.state_dtype = rule.state_dtype
-        self.schedulable = rule.schedulable
-        inner_scalars = type(rule.host_scalars(0))
+        self.__dict__["schedulable"] = rule.schedulable  # the inner rule's (a class variable elsewhere)
+        inner_scalars: Any = type(rule.host_scalars(0))
         self._scalars = _scalars_type(inner_scalars)
         self.kernel = _kernel(type(rule).kernel, inner_scalars)
 

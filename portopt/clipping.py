@@ -148,7 +148,8 @@ class Chain(Rule):
                                 f"ClipByValue, ...), got {type(transform).__name__}")
         if isinstance(rule, Chain):  # chain(a, chain(b, rule)) is chain(a, b, rule)
             transforms, rule = (*transforms, *rule.transforms), rule.rule
-        self.transforms, self.rule = tuple(transforms), rule
+        self.transforms: tuple[GradientTransform, ...] = tuple(transforms)
+        self.rule: Rule = rule
         self.name = rule.name
         self.skip_nonfinite = rule.skip_nonfinite
         self.state_dtype = rule.state_dtype

@@ -49,8 +49,8 @@ except ImportError:  # pragma: no cover - exercised in the tests by hiding scipy
             except KeyError:
                 raise AttributeError(name) from None
 
-        __setattr__ = dict.__setitem__  # type: ignore[assignment]
-        __delattr__ = dict.__delitem__  # type: ignore[assignment]
+        __setattr__ = dict.__setitem__
+        __delattr__ = dict.__delitem__
 
         def __dir__(self) -> list[str]:
             return list(self.keys())
@@ -232,7 +232,7 @@ def minimize(fun: Callable, x0: Any, method: Rule | Partition | str = "adam", *,
         leaves = [project(xp, x, low, high) for x, low, high in zip(leaves, box.lower, box.upper)]
     in_place = all(adapter.is_writeable(leaf) for leaf in leaves) and not array_api_compat.is_jax_namespace(xp)
     x = unflatten(treedef, leaves)
-    state = rule.init(x)
+    state: Any = rule.init(x)
     f, g = objective(x)
     with_result = callback is not None and _calls_with_result(callback)
     bar = _progress_bar(progress, maxiter)

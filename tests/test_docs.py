@@ -66,3 +66,14 @@ def test_table_generators_name_the_page_that_holds_their_table(source, page):
 
 def test_version_is_in_the_changelog():
     assert f"## {portopt.__version__}" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_the_minimize_page_examples_run_and_say_what_they_print():
+    pytest.importorskip("scipy")
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "minimize.md").read_text(), re.S)
+    namespace: dict = {}
+    exec(blocks[0], namespace)  # the minimize example
+    result = namespace["result"]
+    assert (repr(result.x), result.nit, result.success) == ("array([1., 2.])", 353, True)  # as its comment says
+    exec(blocks[1], namespace)  # the scipy_method example, with the same fun
+    assert namespace["result"].success and namespace["result"].x[0] == 0.5
