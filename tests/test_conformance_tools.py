@@ -122,3 +122,18 @@ def test_regenerate_refuses_to_overwrite_changed_vectors_without_accept(tmp_path
     out = capsys.readouterr().out
     assert code == 1 and "1 cases would change" in out and first in out
     assert (tmp_path / "AdaGrad.json").read_text() == before
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("shape", [(), (1,), (16, 24), (0,)])
+def test_all_steps_at_once_are_each_steps_gradient(dtype, shape):
+    """The suite generates a leaf's 1000 gradients in one call; each row must be the gradient
+    FORMAT.md defines for its step (the run and zero stretches at their edges included)."""
+    pytest.importorskip("ml_dtypes") if dtype == "bfloat16" else None
+    from portopt.conformance import generator
+
+    schedule = {"run_start": 200, "run_end": 400, "zero_start": 500, "zero_end": 550}
+    block = generator.gradients(7, 3, 1000, shape, dtype, schedule)
+    for step in (1, 2, 199, 200, 201, 399, 400, 401, 499, 500, 549, 550, 999, 1000):
+        one = generator.gradient(7, 3, step, shape, dtype, schedule)
+        assert block[step - 1].tobytes() == one.tobytes() and block[step - 1].shape == one.shape, step

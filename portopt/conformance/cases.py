@@ -113,7 +113,7 @@ class Case:
     def host_gradients(self, step: int) -> list[np.ndarray]:
         """The gradients of ``step`` (read-only: every variant of a dtype and shape shares them)."""
         schedule = tuple(sorted(self.gradient_schedule.items()))
-        return [_gradient(self.seed, index, step, leaf.shape, self.dtype, schedule)
+        return [_gradients(self.seed, index, self.steps, leaf.shape, self.dtype, schedule)[step - 1]
                 for index, leaf in enumerate(self.leaves)]
 
     def params_on(self, target: Any, bases: Sequence[np.ndarray] | None = None) -> Any:
@@ -141,9 +141,10 @@ def has_torch_equivalent(variant: dict) -> bool:
 
 
 @functools.cache
-def _gradient(seed: int, leaf: int, step: int, shape: tuple[int, ...], dtype: str, schedule: tuple) -> np.ndarray:
-    """One generated gradient, kept: the 27 variants of a dtype and shape step on the same ones."""
-    array = generator.gradient(seed, leaf, step, shape, dtype, dict(schedule))
+def _gradients(seed: int, leaf: int, steps: int, shape: tuple[int, ...], dtype: str, schedule: tuple) -> np.ndarray:
+    """Every step's gradient of one leaf, generated together and kept (read-only): the variants of
+    a dtype and shape step on the same ones."""
+    array = generator.gradients(seed, leaf, steps, shape, dtype, dict(schedule))
     array.flags.writeable = False
     return array
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..numerics import host_dtype
 
-__all__ = ["GENERATOR_VERSION", "splitmix64", "initial_params", "gradient", "special_values"]
+__all__ = ["GENERATOR_VERSION", "splitmix64", "initial_params", "gradient", "gradients", "special_values"]
 
 GENERATOR_VERSION = "splitmix64-v1"
 
@@ -31,12 +31,14 @@ def splitmix64(x: Any) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _words(seed: int, leaf: int, step: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _words(seed: int, leaf: int, step: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Two 64-bit words per element: ``splitmix64(base + 2*i)`` and ``splitmix64(base + 2*i + 1)``,
-    where ``base = splitmix64(splitmix64(seed + leaf) + step)``."""
+    where ``base = splitmix64(splitmix64(seed + leaf) + step)``. ``step`` may be an array of
+    steps: then the words have one row per step."""
     with np.errstate(over="ignore"):
-        base = splitmix64(splitmix64(np.uint64(seed) + np.uint64(leaf)) + np.uint64(step))
-        index = np.arange(count, dtype=np.uint64) * np.uint64(2) + base
+        steps = np.asarray(step, dtype=np.uint64)
+        base = splitmix64(splitmix64(np.uint64(seed) + np.uint64(leaf)) + steps)
+        index = np.arange(count, dtype=np.uint64) * np.uint64(2) + base[..., None]
         return splitmix64(index), splitmix64(index + np.uint64(1))
 
 
@@ -95,3 +97,16 @@ def gradient(seed: int, leaf: int, step: int, shape: tuple[int, ...], dtype: str
         step = schedule["run_start"]
     count = int(np.prod(shape, dtype=np.int64))
     return _values(_words(seed, leaf, step, count), np_dtype, -8, 12, special_values(np_dtype)).reshape(shape)
+
+
+def gradients(seed: int, leaf: int, steps: int, shape: tuple[int, ...], dtype: str, schedule: dict) -> np.ndarray:
+    """The gradients of steps ``1 .. steps`` at once, one row per step: row ``t - 1`` is
+    ``gradient(seed, leaf, t, ...)`` (the same words and values, computed for every step together)."""
+    np_dtype = host_dtype(dtype)
+    step = np.arange(1, steps + 1)
+    step = np.where((schedule["run_start"] <= step) & (step < schedule["run_end"]), schedule["run_start"], step)
+    count = int(np.prod(shape, dtype=np.int64))
+    values = _values(_words(seed, leaf, step, count), np_dtype, -8, 12, special_values(np_dtype))
+    zero = (schedule["zero_start"] <= step) & (step < schedule["zero_end"])
+    values[zero] = 0
+    return values.reshape((steps, *shape))
