@@ -5,14 +5,17 @@ once, and leaves the params unchanged on the calls in between (as optax.MultiSte
 It is one rule: its kernel is the accumulation followed by ``rule``'s kernel, so it runs on
 every executor and fast path, gives the same bits on every backend, and its state is a
 plain :class:`portopt.State` (``rule``'s slots plus ``accumulated``). The sum and the mean
-are kept in the compute dtype (float32 for 16-bit params) and the rule steps on that mean
+are computed in the compute dtype (float32 for 16-bit params) and the rule steps on that mean
 directly: for float32/float64 params this is exactly one ``rule`` step on the mean; for
-16-bit params it is one rounding fewer than a step on a mean rounded to float16.
+16-bit params it is one rounding fewer than a step on a mean rounded to float16. The
+``accumulated`` slot is kept in the state's dtype like every slot: with the rule's
+``state_dtype`` narrower than the compute dtype, the running sum is rounded to it between calls.
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -70,17 +73,18 @@ class MultiSteps(Rule):
         if type(rule).host_state_uses_gradients:
             raise TypeError(f"MultiSteps cannot accumulate for {rule.name}: its whole-tree state needs the mean "
                             "gradient before the step")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
-        self.rule, self.k = rule, k
+        self.rule: Rule = rule
+        self.k: int = int(k)
         self.name = f"MultiSteps({rule.name})"
         self.maximize = check_flag("maximize", rule.maximize)
         self.skip_nonfinite = rule.skip_nonfinite
         self.state_dtype = rule.state_dtype
         self.__dict__["schedulable"] = rule.schedulable  # the inner rule's (a class variable elsewhere)
         inner_scalars: Any = type(rule.host_scalars(0))
-        self._scalars = _scalars_type(inner_scalars)
-        self.kernel = _kernel(type(rule).kernel, inner_scalars)
+        self._scalars: Any = _scalars_type(inner_scalars)
+        self.kernel = _kernel(rule.kernel, inner_scalars)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**self.rule.hyperparameters(), "k": self.k}
@@ -110,6 +114,17 @@ class MultiSteps(Rule):
         if steps_taken % self.k != self.k - 1:
             return {}, host
         return self.rule.advance_host_state(steps_taken // self.k, host, xp, grads, params)
+
+    def load_state_dict(self, state_dict: dict[str, Any], like: Any) -> Any:
+        """As every rule's, but a checkpoint saved with another ``k`` is refused: its step count
+        and accumulated sum mean something else under another ``k``."""
+        from .checkpoint import CheckpointError
+
+        saved = state_dict.get("hyperparameters") if isinstance(state_dict, dict) else None
+        if isinstance(saved, dict) and "k" in saved and saved["k"] != self.k:
+            raise CheckpointError(f"state_dict was saved by MultiSteps with k={saved['k']!r}, this one has "
+                                  f"k={self.k}; a cycle's position and sum do not carry over")
+        return super().load_state_dict(state_dict, like)
 
     def __reduce__(self) -> tuple:
         return (MultiSteps, (self.rule, self.k))

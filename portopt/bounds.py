@@ -39,6 +39,8 @@ def _pairs(bounds: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"bounds.lb and bounds.ub must be single values or have one value per element of x0 "
                              f"({count}), got {np.shape(bounds.lb)} and {np.shape(bounds.ub)}")
         return lower, upper
+    if isinstance(bounds, np.ndarray) and bounds.ndim == 2 and bounds.shape[1] == 2:  # an (n, 2) array of pairs
+        bounds = [tuple(row) for row in bounds.tolist()]
     if not isinstance(bounds, Sequence) or isinstance(bounds, (str, bytes)):
         raise TypeError(f"bounds must be scipy.optimize.Bounds or a sequence of (min, max) pairs, got "
                         f"{type(bounds).__name__}")
@@ -46,6 +48,8 @@ def _pairs(bounds: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"bounds has {len(bounds)} (min, max) pairs, x0 has {count} elements")
     lower, upper = np.empty(count), np.empty(count)
     for index, pair in enumerate(bounds):
+        if isinstance(pair, np.ndarray) and pair.shape == (2,):
+            pair = tuple(pair.tolist())
         if not isinstance(pair, Sequence) or len(pair) != 2:
             raise ValueError(f"bounds[{index}] must be a (min, max) pair, got {pair!r}")
         low, high = pair
@@ -88,8 +92,13 @@ def box_for(bounds: Any, leaves: list, xp: Any, adapter: Any, device: Any) -> Bo
     for leaf, size in zip(leaves, sizes):
         name = dtype_name(xp, leaf.dtype)
         dtype = host_dtype(name)
-        for values, towards, out in ((lower, math.inf, box.lower), (upper, -math.inf, box.upper)):
-            part = _rounded_inwards(np.ascontiguousarray(values[start:start + size]), dtype, towards)
+        rounded = [_rounded_inwards(np.ascontiguousarray(values[start:start + size]), dtype, towards)
+                   for values, towards in ((lower, math.inf), (upper, -math.inf))]
+        empty = rounded[0].astype(np.float64) > rounded[1].astype(np.float64)
+        if empty.any():
+            index = start + int(np.argmax(empty))
+            raise ValueError(f"bounds: element {index}, [{lower[index]!r}, {upper[index]!r}], holds no {name} value")
+        for part, out in zip(rounded, (box.lower, box.upper)):
             part = part.reshape(leaf.shape)
             out.append(adapter.bfloat16_from_bits(part.view(np.uint16), device) if name == "bfloat16"
                        else adapter.from_numpy(part, device))

@@ -11,7 +11,7 @@ import numpy as np
 from .checks import check_params
 from .fast.norms import sum_of_squares
 from .hyperparams import check_real
-from .numerics import compute_dtype
+from .numerics import compute_dtype, dtype_name, host_dtype
 from .optimizer import PreparedStep, Rule
 from .state import State
 from .trees import unflatten
@@ -121,9 +121,17 @@ class ClipByValue:
         xp, device = plan.xp, plan.device
         clipped = []
         for g in grads:
-            high = xp.asarray(self.limit, dtype=g.dtype, device=device)
+            high = xp.asarray(self._limit_in(dtype_name(xp, g.dtype)), dtype=g.dtype, device=device)
             clipped.append(xp.asarray(xp.where(g > high, high, xp.where(g < -high, -high, g))))
         return clipped
+
+    def _limit_in(self, name: str) -> float:
+        """The limit in dtype ``name``, rounded towards zero: no clipped value exceeds ``limit``."""
+        dtype = host_dtype(name)
+        value = np.asarray(self.limit).astype(dtype)
+        if float(value) > self.limit:
+            value = np.nextafter(value, np.asarray(0, dtype=dtype))
+        return float(value)
 
     def __repr__(self) -> str:
         return f"ClipByValue({self.limit!r})"

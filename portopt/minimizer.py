@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -107,7 +108,13 @@ class _Objective:
 
     def __call__(self, x: Any) -> tuple[Any, Any]:
         self.calls += 1
-        return self.evaluate(x)
+        f, g = self.evaluate(x)
+        x_tree, g_tree = flatten(x)[1], flatten(g)[1]
+        if g_tree != x_tree:
+            source = "fun's second result" if self.jac is True else "jac"
+            raise ValueError(f"the gradient ({source}) must have x0's tree {x_tree.describe()}, got "
+                             f"{g_tree.describe()}")
+        return f, g
 
     def _together(self, x: Any) -> tuple[Any, Any]:
         result = self.fun(x, *self.args)
@@ -141,11 +148,14 @@ class _Objective:
 
 def _largest_projected_gradient(xp: Any, x: list, g: list, box: Box | None) -> float:
     """``max |x - P(x - g)|`` over every element (``max |g|`` without bounds); NaN if any is NaN.
-    A maximum of absolute values is exact in any order."""
+    Where ``x - g`` stays in the box that is ``g`` itself, not ``x - (x - g)`` rounded; where it
+    leaves, ``x - bound``. A maximum of absolute values is exact in any order."""
     largest = 0.0
     for index, (xi, gi) in enumerate(zip(x, g)):
         if box is not None:
-            gi = xi - project(xp, xi - gi, box.lower[index], box.upper[index])
+            low, high = box.lower[index], box.upper[index]
+            moved = xi - gi
+            gi = xp.where(moved < low, xi - low, xp.where(moved > high, xi - high, gi))
         if math.prod(gi.shape) == 0:
             continue
         value = float(xp.max(xp.abs(gi)))
@@ -186,7 +196,7 @@ def _progress_bar(progress: bool | None, maxiter: int) -> Any:
 def _check_options(maxiter: Any, tol: Any, callback: Any, progress: Any) -> None:
     if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 0:
         raise ValueError(f"maxiter must be an int >= 0, got {maxiter!r}")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0):
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not float(tol) >= 0):
         raise ValueError(f"tol must be a number >= 0 or None, got {tol!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
@@ -289,7 +299,7 @@ def _callback_stops(callback: Callable, with_result: bool, x: Any, f: Any, nit: 
             answer = callback(copy)
     except StopIteration:
         return True
-    return answer is True
+    return isinstance(answer, (bool, np.bool_)) and bool(answer)
 
 
 def scipy_method(name_or_rule: Rule | Partition | str, **hyperparameters: Any) -> Callable[..., Any]:
@@ -313,7 +323,7 @@ def scipy_method(name_or_rule: Rule | Partition | str, **hyperparameters: Any) -
         if not (jac is True or callable(jac)):
             raise ValueError(f"portopt's {rule.name} needs the gradient: jac=True or a callable")
         return minimize(fun, x0, rule, jac=jac, args=args, maxiter=maxiter, tol=tol, callback=callback,
-                        bounds=bounds, progress=disp)
+                        bounds=bounds, progress=None if disp is None else bool(disp))
 
     method.__name__ = method.__qualname__ = f"portopt_{rule.name}"
     method.__doc__ = f"portopt's {rule!r} as a scipy.optimize.minimize method."

@@ -115,6 +115,9 @@ class RuleNamespace:
         self._overrides = dict(overrides or {})
         self._overrides.setdefault("maximum", lambda x, y: ieee_maximum(raw, x, y))
         self._overrides.setdefault("minimum", lambda x, y: ieee_minimum(raw, x, y))
+        # x rounded to the params' storage dtype and back: the identity where params are stored
+        # in the compute dtype (see with_param_storage)
+        self._overrides.setdefault("round_like_params", lambda x: x)
 
     @property
     def overridden(self) -> tuple[str, ...]:
@@ -128,6 +131,15 @@ class RuleNamespace:
 
     def __repr__(self) -> str:
         return f"RuleNamespace({getattr(self.raw, '__name__', self.raw)!r}, overrides={self.overridden})"
+
+
+def with_param_storage(namespace: RuleNamespace, storage: Any, compute: Any) -> RuleNamespace:
+    """``namespace`` for params stored as ``storage`` and computed as ``compute``: its
+    ``round_like_params(x)`` rounds ``x`` to ``storage`` (to nearest even) and widens it back, exactly."""
+    raw = namespace.raw
+    rounding = {**namespace._overrides,
+                "round_like_params": lambda x: raw.astype(raw.astype(x, storage), compute)}
+    return RuleNamespace(raw, rounding)
 
 
 def scalar_fields(scalars_type: type) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -23,7 +23,8 @@ from portopt.backends import adapter_for
 
 from .checkpoint import STATE_FORMAT, CheckpointError, tree_from_json, tree_to_json
 from .checks import check_params
-from .hyperparams import check_flag, check_state_dtype, evaluate
+from .compensation import COMPENSATION_SLOT, kahan_kernel
+from .hyperparams import check_flag, check_master_weights, check_state_dtype, evaluate
 from .numerics import dtype_name, slot_dtype_for
 from .plan import Plan, ScalarCache, interrupts_deferred, plan_for, run_group
 from .state import State
@@ -55,6 +56,7 @@ class Rule:
     maximize: bool = False
     skip_nonfinite: bool = False
     state_dtype: str | None = None  # the state arrays' dtype (None: float32 for half-precision params)
+    master_weights: str | None = None  # "kahan": a compensation slot (portopt.compensation)
     # hyperparameters that may be schedules (callables of the steps taken), read at every step
     schedulable: ClassVar[tuple[str, ...]] = ("lr", "eps", "weight_decay")
     # the registry: what the exports, the drop-ins, the peers report and the tests read
@@ -65,6 +67,14 @@ class Rule:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        names = cls.__dict__.get("slot_names")
+        if names is not None:
+            @functools.wraps(names)
+            def with_compensation(self: Rule) -> tuple[str, ...]:
+                own = names(self)
+                return (*own, COMPENSATION_SLOT) if self.master_weights == "kahan" else own
+
+            cls.slot_names = with_compensation  # type: ignore[method-assign]
         init = cls.__dict__.get("__init__")
         if init is None:
             return
@@ -110,11 +120,15 @@ class Rule:
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
         return {name: getattr(self, name) for name in names}
 
-    def _set_common(self, maximize: bool, skip_nonfinite: bool, state_dtype: str | None = None) -> None:
+    def _set_common(self, maximize: bool, skip_nonfinite: bool, state_dtype: str | None = None,
+                    master_weights: str | None = None) -> None:
         """Check and store the options every rule has."""
         self.maximize = check_flag("maximize", maximize)
         self.skip_nonfinite = check_flag("skip_nonfinite", skip_nonfinite)
         self.state_dtype = check_state_dtype(state_dtype)
+        self.master_weights = check_master_weights(master_weights)
+        if self.master_weights == "kahan":
+            self.kernel = kahan_kernel(type(self).kernel)
 
     def slot_dtype(self, xp: Any, param_dtype: Any) -> Any:
         """The dtype of this rule's state arrays for params of ``param_dtype``: ``state_dtype``,
@@ -147,7 +161,7 @@ class Rule:
         checked = check_params(params)
         slots = {}
         for slot in self.slot_names():
-            value = self.slot_initial_value(slot)
+            value = 0.0 if slot == COMPENSATION_SLOT else self.slot_initial_value(slot)
             slots[slot] = unflatten(
                 checked.treedef,
                 [
@@ -241,9 +255,15 @@ class Rule:
             raise CheckpointError(f"state_dict has slots {sorted(state_dict['slots'])}, this {self.name} needs "
                                   f"{sorted(names)}; was it saved with other options (amsgrad, momentum, ...)?")
         tree = state_dict.get("tree")
-        if tree is not None and tree_from_json(tree) != checked.treedef:
-            raise CheckpointError(f"state_dict's tree {tree_from_json(tree).describe()} differs from "
-                                  f"like's {checked.treedef.describe()}")
+        if tree is not None:
+            try:
+                saved_tree = tree_from_json(tree)
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                raise CheckpointError(f"state_dict's tree is malformed ({type(error).__name__}: {error})"[:300]) \
+                    from error
+            if saved_tree != checked.treedef:
+                raise CheckpointError(f"state_dict's tree {saved_tree.describe()} differs from "
+                                      f"like's {checked.treedef.describe()}")
         step, skipped, host = state_dict["step"], state_dict.get("skipped", 0), state_dict.get("host", {})
         for key, value in (("step", step), ("skipped", skipped)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -389,10 +409,18 @@ def _warn_about_other_hyperparameters(rule: Rule, saved: Any) -> None:
     mine = json_hyperparameters(rule.hyperparameters())
     theirs = json_hyperparameters(saved)
     different = [f"{name}={theirs[name]!r} (this rule: {mine[name]!r})" for name in sorted(mine)
-                 if name in theirs and theirs[name] != mine[name]]
+                 if name in theirs and not _same_value(theirs[name], mine[name])]
     if different:
         warnings.warn(f"the checkpoint was saved with {', '.join(different)}; loading it as torch.optim does, "
                       f"with this {type(rule).__name__}'s values from here on", CheckpointWarning, stacklevel=3)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two hyperparameter values from JSON are equal (anything odd counts as different)."""
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _all_finite(xp: Any, grads: list) -> bool:

@@ -9,14 +9,18 @@ mask)`` is the partition ``{True: rule, False: None}`` of a boolean mask tree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from .backends import adapter_for
 from .checkpoint import PARTITION_FORMAT
-from .checks import check_params
+from .checks import Leaves, check_params
 from .optimizer import Rule
-from .plan import interrupts_deferred
+from .plan import _check_no_shared_memory, _Spans, interrupts_deferred
 from .trees import TreeDef, flatten, leaf_paths, unflatten
 
 __all__ = ["Partition", "PartitionState", "partition", "masked"]
@@ -52,9 +56,17 @@ class Partition:
     def __init__(self, rules: Mapping[Any, Rule | Partition | None], labels: Any, name: str = "partition") -> None:
         if not isinstance(rules, Mapping) or not rules:
             raise TypeError(f"rules must be a non-empty dict {{label: rule or None}}, got {type(rules).__name__}")
+        names: dict[str, Any] = {}
         for label, rule in rules.items():
-            if "/" in self._part_name(label):
-                raise ValueError(f"rules: label {label!r} must not contain '/' (checkpoints use it)")
+            name = self._part_name(label)
+            if not name or "/" in name:
+                raise ValueError(f"rules: label {label!r} must be non-empty and must not contain '/' (checkpoints "
+                                 "name parts by it)")
+            if rule is not None and name in names:
+                raise ValueError(f"rules: labels {names[name]!r} and {label!r} would both be part {name!r}; use "
+                                 "distinct labels")
+            if rule is not None:
+                names[name] = label
             if rule is not None and not isinstance(rule, (Rule, Partition)):
                 raise TypeError(f"rules[{label!r}] must be a portopt rule or None, got {type(rule).__name__}")
         if not callable(labels):
@@ -66,8 +78,8 @@ class Partition:
         labels = self.labels(params) if callable(self.labels) else self.labels
         leaves, label_tree = flatten(labels)
         if label_tree != treedef:
-            raise ValueError(f"labels must have the tree of params: labels is {label_tree.describe()}, params "
-                             f"{treedef.describe()}")
+            raise ValueError(f"labels must have the tree of params (dict keys in the same order): labels is "
+                             f"{label_tree.describe()}, params {treedef.describe()}")
         for path, label in zip(leaf_paths(treedef), leaves):
             if not _hashable(label) or label not in self.rules:
                 raise ValueError(f"labels{path} is {label!r}, not one of the rules' labels {list(self.rules)}")
@@ -124,8 +136,9 @@ class Partition:
             rule = self.rules[label]
             assert rule is not None
             name = self._part_name(label)
-            part, parts[name] = rule.update([p_leaves[i] for i in positions], [g_leaves[i] for i in positions],
-                                            state.parts[name])
+            with _naming_the_part(label, [checked.paths[i] for i in positions]):
+                part, parts[name] = rule.update([p_leaves[i] for i in positions], [g_leaves[i] for i in positions],
+                                                state.parts[name])
             for i, x in zip(positions, part):
                 new[i] = x
         xp = checked.xp
@@ -133,14 +146,27 @@ class Partition:
         return unflatten(checked.treedef, leaves), PartitionState(rule=self.name, step=state.step + 1, parts=parts)
 
     def plan_step(self, params: Any, grads: Any, state: PartitionState) -> _Planned:
-        """Every part checked and its scalars evaluated; ``.apply()`` then writes them all."""
-        p_leaves, g_leaves, groups, _ = self._inputs(params, grads, state)
+        """Every part checked and its scalars evaluated; ``.apply()`` then writes them all.
+
+        As one rule's step: no two written params may share memory, even in different parts,
+        and a gradient sharing memory with any param is copied first (the step then reads what
+        ``update`` reads)."""
+        p_leaves, g_leaves, groups, checked = self._inputs(params, grads, state)
+        adapter = adapter_for(checked.xp)
+        stepped = sorted(i for positions in groups.values() for i in positions)
+        written = Leaves([p_leaves[i] for i in stepped], checked.treedef, checked.xp, checked.device)
+        written.paths = [checked.paths[i] for i in stepped]
+        _check_no_shared_memory(adapter, written, {})
+        spans = _Spans(adapter, [p_leaves[i] for i in stepped])
+        g_leaves = [checked.xp.asarray(g, copy=True) if spans.shares(g) or any(g is p for p in p_leaves) else g
+                    for g in g_leaves]
         planned = []
         for label, positions in groups.items():
             rule = self.rules[label]
             assert rule is not None
-            planned.append(rule.plan_step([p_leaves[i] for i in positions], [g_leaves[i] for i in positions],
-                                          state.parts[self._part_name(label)]))
+            with _naming_the_part(label, [checked.paths[i] for i in positions]):
+                planned.append(rule.plan_step([p_leaves[i] for i in positions], [g_leaves[i] for i in positions],
+                                              state.parts[self._part_name(label)]))
         return _Planned(state, planned)
 
     def step(self, params: Any, grads: Any, state: PartitionState) -> None:
@@ -171,7 +197,10 @@ class Partition:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise CheckpointError(f"state_dict's step must be an int >= 0, got {step!r}")
         checked = check_params(like)
-        groups = self._groups(like, checked.treedef)
+        try:
+            groups = self._groups(like, checked.treedef)
+        except ValueError as error:
+            raise CheckpointError(f"like does not fit this {self.name}: {error}") from error
         saved = state_dict.get("parts")
         wanted = {self._part_name(label) for label in groups}
         if not isinstance(saved, dict) or set(saved) != wanted:
@@ -205,9 +234,9 @@ class Masked(Partition):
             raise ValueError(f"mask must have the tree of params: mask is {mask_tree.describe()}, params "
                              f"{treedef.describe()}")
         for path, value in zip(leaf_paths(treedef), leaves):
-            if not isinstance(value, bool):
+            if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"mask{path} must be True or False, got {value!r}")
-        return leaves
+        return [bool(value) for value in leaves]
 
     @staticmethod
     def _part_name(label: Any) -> str:
@@ -228,6 +257,19 @@ def masked(rule: Rule | Partition, mask: Any | Callable[[Any], Any]) -> Masked:
     """``rule`` on the leaves where ``mask`` (a tree like the params of True/False, or a
     function of the params giving one) is True; the other leaves are untouched and have no state."""
     return Masked(rule, mask)
+
+
+@contextlib.contextmanager
+def _naming_the_part(label: Any, paths: list[str]) -> Iterator[None]:
+    """A part's error says which part and which of the user's leaves it is about (the part's
+    own messages count its leaves from 0: ``params[0]`` is the part's first leaf)."""
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        if type(error) not in (TypeError, ValueError):
+            raise
+        raise type(error)(f"part {label!r} (its leaves [0], [1], ... are params{', params'.join(paths)}): "
+                          f"{error}") from error
 
 
 def _hashable(value: Any) -> bool:

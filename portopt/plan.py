@@ -37,7 +37,7 @@ from . import fast
 from .checks import Leaves, check_grads, check_params, check_state
 from .fast.blocked import numpy_namespace, run_blocked
 from .kernels import cpu as compiled
-from .numerics import RuleNamespace, compute_dtype, dtype_name, flags_of, materialise, scalar_fields
+from .numerics import RuleNamespace, compute_dtype, dtype_name, flags_of, materialise, scalar_fields, with_param_storage
 from .state import State
 from .trees import builder, collector
 
@@ -381,12 +381,13 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
     for index in group.indexes:
         p0, g = p_leaves[index], g_leaves[index]
         slots = [leaves[index] for leaves in slot_leaves]
-        p = p0
+        p, namespace = p0, plan.namespace
         if group.dtype != p0.dtype:
             p, g = xp.astype(p0, group.dtype), xp.astype(g, group.dtype)
+            namespace = with_param_storage(namespace, p0.dtype, group.dtype)
         # a state_dtype other than the compute dtype: read exactly, written back rounded
         computing = [x if x.dtype == group.dtype else xp.astype(x, group.dtype) for x in slots]
-        new_p, *new_slots = kernel(plan.namespace, s, p, g, *computing)
+        new_p, *new_slots = kernel(namespace, s, p, g, *computing)
         if new_p.dtype != p0.dtype:
             new_p = xp.astype(new_p, p0.dtype)
         new_slots = [x if x.dtype == old.dtype else xp.astype(x, old.dtype) for x, old in zip(new_slots, slots)]

@@ -53,6 +53,7 @@ _REFUSED = {
 # portopt's options, keyword-only in every drop-in
 _OWN = (inspect.Parameter("skip_nonfinite", inspect.Parameter.KEYWORD_ONLY, default=False),
         inspect.Parameter("state_dtype", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("master_weights", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("skip_group", inspect.Parameter.KEYWORD_ONLY, default=None))
 _OWN_NAMES = frozenset(p.name for p in _OWN)
 

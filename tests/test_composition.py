@@ -277,3 +277,50 @@ def test_chain_applies_transforms_in_order():
         portopt.chain(3, portopt.SGD())
     with pytest.raises(ValueError, match="limit"):
         portopt.ClipByValue(-1.0)
+
+
+def test_partition_step_refuses_params_shared_across_parts_and_copies_aliasing_grads():
+    base = np.ones(4)
+    params = {"w": base[:3], "e": base[1:]}
+    opt = portopt.partition({"A": portopt.SGD(lr=0.1), "B": portopt.SGD(lr=0.05)}, {"w": "A", "e": "B"})
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"params\['w'\] and params\['e'\] share memory"):
+        opt.step(params, {"w": np.ones(3), "e": np.ones(3)}, state)
+    assert np.array_equal(base, np.ones(4)) and state.step == 0
+    params = {"w": np.ones(3), "e": np.zeros(3)}
+    grads = {"w": np.ones(3), "e": params["w"]}  # e's gradient is w, which part A writes
+    pure, _ = opt.update(params, grads, opt.init(params))
+    opt.step(params, grads, state)
+    assert all(pure[k].tobytes() == params[k].tobytes() for k in params)
+
+
+def test_partition_labels_must_be_distinct_part_names_and_errors_name_the_part():
+    with pytest.raises(ValueError, match="would both be part"):
+        portopt.partition({1: portopt.Adam(), "1": portopt.SGD()}, [1, "1"])
+    with pytest.raises(ValueError, match="non-empty"):
+        portopt.partition({"": portopt.Adam()}, [""])
+    params = {"a": np.ones(2), "b": np.ones(2)}
+    opt = portopt.partition({"A": portopt.Adam(), "B": portopt.Adam()}, {"a": "A", "b": "B"})
+    with pytest.raises(ValueError, match=r"part 'B' .*params\['b'\]"):
+        opt.step(params, {"a": np.ones(2), "b": np.ones(5)}, opt.init(params))
+
+
+def test_multisteps_refuses_a_checkpoint_of_another_k(tmp_path):
+    p = np.ones(3)
+    three = portopt.MultiSteps(portopt.Adam(), 3)
+    state = three.init(p)
+    three.step(p, np.ones(3), state)
+    portopt.save(tmp_path / "m.npz", three.state_dict(state))
+    with pytest.raises(CheckpointError, match="k=3"):
+        portopt.MultiSteps(portopt.Adam(), 2).load_state_dict(portopt.load(tmp_path / "m.npz"), p)
+    assert portopt.MultiSteps(portopt.Adam(), np.int64(3)).k == 3
+
+
+def test_clip_by_value_never_exceeds_its_limit_in_any_dtype():
+    for dtype in (np.float16, np.float32, np.float64):
+        g = np.array([5.0, -5.0], dtype=dtype)
+        new, _ = portopt.chain(portopt.ClipByValue(0.3), portopt.SGD(lr=1.0)).update(
+            np.zeros(2, dtype), g, portopt.SGD(lr=1.0).init(np.zeros(2, dtype)))
+        step = np.abs(new).astype(np.float64)
+        assert np.all(step <= 0.3), dtype  # never past the limit ...
+        assert np.nextafter(np.abs(new[0]), dtype(1)).astype(np.float64) > 0.3, dtype  # ... and the nearest below it

@@ -39,7 +39,7 @@ def _all_kernels(dtype, target="device"):
     for number, variant in enumerate(VARIANTS):
         inner, scalars = _inner(variant)
         slots = len(inner.slot_names())
-        kernel = type(inner).kernel
+        kernel = inner.kernel
         sources = {"step": cuda_source(kernel, scalars, slots, dtype, f"step_{number}", target=target),
                    "table": cuda_table_source(kernel, scalars, slots, dtype, f"table_{number}", True, target),
                    "table_out": cuda_table_source(kernel, scalars, slots, dtype, f"table_out_{number}", False, target)}
@@ -86,13 +86,13 @@ def test_kernels_compile_with_nvcc_too(dtype, tmp_path):
 
 def test_source_follows_the_traced_kernel():
     rule = portopt.Adam()
-    text = cuda_source(type(rule).kernel, rule.host_scalars(0), 2, "float32")
+    text = cuda_source(rule.kernel, rule.host_scalars(0), 2, "float32")
     assert "sqrt_f32(" in text and "div_f32(" in text and "p[i] = " in text
-    graph = trace(type(rule).kernel, rule.host_scalars(0), 2)
-    table = cuda_table_source(type(rule).kernel, rule.host_scalars(0), 2, "float32")
+    graph = trace(rule.kernel, rule.host_scalars(0), 2)
+    table = cuda_table_source(rule.kernel, rule.host_scalars(0), 2, "float32")
     assert all(f"scalars[{k}]" in table for k in range(len(graph.scalar_names)))
     with pytest.raises(KeyError):
-        cuda_source(type(rule).kernel, rule.host_scalars(0), 2, "int32")
+        cuda_source(rule.kernel, rule.host_scalars(0), 2, "int32")
 
 
 # --- the generated source run on the CPU ------------------------------------------------------------
@@ -131,7 +131,7 @@ def _table(libraries, dtype, number, inner, scalars, first_scalars):
     else:
         key = (dtype, number, flags_of(scalars))
         if key not in _EXTRA:
-            source = cuda_table_source(type(inner).kernel, scalars, len(inner.slot_names()), dtype, "table", True,
+            source = cuda_table_source(inner.kernel, scalars, len(inner.slot_names()), dtype, "table", True,
                                        "host")
             _EXTRA[key] = host_shim.build(source).table
         function = _EXTRA[key]
@@ -165,7 +165,7 @@ def test_the_generated_source_run_on_the_cpu_gives_numpys_bits(variant, dtype, l
             extra, new_host = inner.advance_host_state(ours_state.step, dict(ours_state.host), xp, grads, ours)
             scalars = inner.host_scalars(ours_state.step)
             scalars = scalars._replace(**extra) if extra else scalars
-            graph = trace(type(inner).kernel, scalars, len(inner.slot_names()))
+            graph = trace(inner.kernel, scalars, len(inner.slot_names()))
             table = _table(libraries, dtype, number, inner, scalars, first_scalars)
             loops_scalars = np.array([getattr(scalars, name) for name in graph.scalar_names], dtype=compute)
             slots = [ours_state.slots[name] for name in inner.slot_names()]

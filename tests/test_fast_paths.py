@@ -135,7 +135,7 @@ def test_generated_loops_have_no_fused_multiply_add(variant):
     inner, scalars = _first_scalars(make_rule(variant))
     slot_count = len(inner.slot_names())
     for dtype in (np.float32, np.float64):
-        loops = compiled.loops_for(type(inner).kernel, scalars, slot_count, np.dtype(dtype))
+        loops = compiled.loops_for(inner.kernel, scalars, slot_count, np.dtype(dtype))
         module = compiled.uncached_module(loops)  # fresh machine code to inspect, not the disk cache's
         arrays = [np.ones(4, dtype) for _ in range(2 + slot_count)]
         table = compiled.Table([4], slot_count)

@@ -202,3 +202,31 @@ def test_progress_bar_only_when_asked_or_interactive(capsys):
     pytest.importorskip("tqdm")
     portopt.minimize(fun, np.zeros(2), "adam", maxiter=50, progress=True)
     assert "portopt.minimize" in capsys.readouterr().err
+
+
+def test_infinite_bounds_are_no_bounds_for_the_tolerance():
+    """x - (x - g) rounds to 0 at x = 1e8 in float32: the test must read g itself, not that."""
+    fun = lambda x: (float(x[0]), np.ones(1, np.float32))  # noqa: E731
+    for bounds in (None, [(None, None)], [(-1e9, 1e9)]):
+        result = portopt.minimize(fun, np.array([1e8], np.float32), "sgd", options={"lr": 1e-3}, maxiter=10,
+                                  tol=1e-3, bounds=bounds)
+        assert (result.status, result.nit) == (1, 10), bounds
+
+
+def test_bounds_without_a_value_of_the_dtype_are_refused():
+    with pytest.raises(ValueError, match="element 0.*holds no float32 value"):
+        portopt.minimize(lambda x: (0.0, x), np.zeros(1, np.float32), "adam", bounds=[(0.1, 0.1)])
+    with pytest.raises(ValueError, match="holds no float16 value"):
+        portopt.minimize(lambda x: (0.0, x), np.zeros(1, np.float16), "adam", bounds=[(1e5, 2e5)])
+
+
+def test_scipy_forms_of_options_bounds_and_callbacks():
+    fun = least_squares(np.eye(2), np.ones(2))
+    pairs = np.array([[0.0, 0.5], [-1.0, 1.0]])
+    result = scipy_optimize.minimize(fun, np.zeros(2), jac=True, method=portopt.scipy_method("adam"),
+                                     bounds=pairs, tol=np.float32(1e-3), options={"disp": 0, "maxiter": 5})
+    assert result.nit == 5 and result.x[0] <= 0.5
+    stop = portopt.minimize(fun, np.zeros(2), "adam", callback=lambda x: np.bool_(True))
+    assert (stop.nit, stop.status) == (1, 99)
+    with pytest.raises(ValueError, match="the gradient"):
+        portopt.minimize(lambda x: (0.0, {"x": x}), np.zeros(2), "adam")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..numerics import RuleNamespace
+from ..numerics import RuleNamespace, with_param_storage
 
 __all__ = ["BLOCK", "run_blocked", "numpy_namespace"]
 
@@ -41,6 +41,8 @@ def run_blocked(kernel: Callable, s: Any, compute: np.dtype, p: np.ndarray, g: n
     """One in-place step over flat contiguous arrays; ``p``/``g`` may be half precision.
     ``s``: the host scalars made NumPy 0-d arrays of ``compute``."""
     xp = numpy_namespace()
+    if p.dtype != compute:
+        xp = with_param_storage(xp, p.dtype, compute)
 
     def block(start: int) -> None:
         stop = min(start + BLOCK, p.shape[0])

@@ -123,7 +123,12 @@ def _body(graph: Graph, indent: str, storage: dict[str, str], compute: str) -> l
     # numba's IR) keeps LLVM from vectorising the in-place loop (Rprop's did not).
     lines = [f"{indent}v{node.index} = {_load(storage[str(node.name)], compute, f'r_{node.name}[i]')}"
              for node in graph.nodes if node.op == "input"]
-    lines += [f"{indent}v{node.index} = {_statement(node, name)}" for node in graph.nodes
+    def statement(node: Node) -> str:
+        if node.op == "round_param":  # to the params' storage and back: the identity if that is the compute dtype
+            return _load(storage["p"], compute, _store(storage["p"], compute, name(node.args[0])))
+        return _statement(node, name)
+
+    lines += [f"{indent}v{node.index} = {statement(node)}" for node in graph.nodes
               if node.op not in ("input", "scalar")]
     for target, output in _outputs(graph):
         lines.append(f"{indent}w_{target}[i] = {_store(storage[target], compute, name(output))}")

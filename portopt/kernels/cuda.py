@@ -120,7 +120,12 @@ def _body(graph: Graph, types: _Types, read: Callable[[str], str], write: Callab
             body.append(f"{indent}const {types.ctype} v{node.index} = {load};")
         elif node.op != "scalar":
             kind = "bool" if _is_boolean(node) else types.ctype
-            body.append(f"{indent}const {kind} v{node.index} = {_expression(node, name, types.suffix)};")
+            if node.op == "round_param":  # to the params' storage and back
+                value = name(node.args[0])
+                expression = f"load_f16(store_f16({value}))" if types.half else value
+            else:
+                expression = _expression(node, name, types.suffix)
+            body.append(f"{indent}const {kind} v{node.index} = {expression};")
     targets = ["p"] + [f"slot{i}" for i in range(len(graph.arrays) - 2)]
     for target, output in zip(targets, graph.outputs):
         value = name(output)

@@ -80,9 +80,12 @@ class TracingNamespace:
     def abs(self, x: Node) -> Node:
         return Node("abs", (x,))
 
+    def round_like_params(self, x: Node) -> Node:
+        return Node("round_param", (x,))
+
     def __getattr__(self, name: str) -> Any:
         raise TypeError(f"kernels may not call xp.{name} on a fast path; only + - * /, sqrt, maximum, "
-                        "minimum, where, signbit, abs and comparisons")
+                        "minimum, where, signbit, abs, round_like_params and comparisons")
 
 
 @dataclass

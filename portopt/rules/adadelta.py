@@ -54,11 +54,12 @@ class AdaDelta(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_schedule("lr", lr)
         self.eps = check_schedule("eps", eps)
         self.weight_decay = check_schedule("weight_decay", weight_decay)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
         self.rho = check_real("rho", rho, high=1.0, closed_high=True)
 
     def slot_names(self) -> tuple[str, ...]:

@@ -56,11 +56,12 @@ class AdaGrad(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_schedule("lr", lr)
         self.weight_decay = check_schedule("weight_decay", weight_decay)
         self.eps = check_schedule("eps", eps)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
         self.lr_decay = check_real("lr_decay", lr_decay)
         self.initial_accumulator_value = check_real("initial_accumulator_value", initial_accumulator_value)
 

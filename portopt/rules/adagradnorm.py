@@ -54,9 +54,10 @@ class AdaGradNorm(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_schedule("lr", lr)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
         self.initial_accumulator_value = check_real("initial_accumulator_value", initial_accumulator_value)
         self.eps = check_real("eps", eps)
 

@@ -84,6 +84,7 @@ class Adam(Rule):
         skip_nonfinite: bool = False,
         decoupled_weight_decay: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         """``decoupled_weight_decay=True`` is AdamW's decay (as torch.optim.Adam's option)."""
         self.lr = check_schedule("lr", lr)
@@ -92,7 +93,7 @@ class Adam(Rule):
         self.weight_decay = check_schedule("weight_decay", weight_decay)
         self.amsgrad = check_flag("amsgrad", amsgrad)
         self.decoupled_weight_decay = check_flag("decoupled_weight_decay", decoupled_weight_decay)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
         warn_if_beta1_too_large(self.betas)
 
     def slot_names(self) -> tuple[str, ...]:
@@ -140,8 +141,10 @@ class AdamW(Adam):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, skip_nonfinite, True, state_dtype)
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, skip_nonfinite, True, state_dtype,
+                         master_weights)
 
 
 class AMSGrad(Adam):
@@ -163,6 +166,8 @@ class AMSGrad(Adam):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
-        super().__init__(lr, betas, eps, weight_decay, True, maximize, skip_nonfinite, state_dtype=state_dtype)
+        super().__init__(lr, betas, eps, weight_decay, True, maximize, skip_nonfinite, state_dtype=state_dtype,
+                         master_weights=master_weights)
 

@@ -60,13 +60,14 @@ class ASGD(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_schedule("lr", lr)
         self.lambd = check_real("lambd", lambd)
         self.alpha = check_real("alpha", alpha)
         self.t0 = check_real("t0", t0)
         self.weight_decay = check_schedule("weight_decay", weight_decay)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("ax",)

@@ -55,11 +55,12 @@ class Lion(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_schedule("lr", lr)
         self.betas = check_betas(betas)
         self.weight_decay = check_schedule("weight_decay", weight_decay)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("exp_avg",)

@@ -68,12 +68,13 @@ class NAdam(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_schedule("lr", lr)
         self.betas = check_betas(betas)
         self.eps = check_schedule("eps", eps)
         self.weight_decay = check_schedule("weight_decay", weight_decay)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
         warn_if_beta1_too_large(self.betas)
         self.momentum_decay = check_real("momentum_decay", momentum_decay)
         self.decoupled_weight_decay = check_flag("decoupled_weight_decay", decoupled_weight_decay)

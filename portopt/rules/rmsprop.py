@@ -81,12 +81,13 @@ class RMSProp(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_schedule("lr", lr)
         self.eps = check_schedule("eps", eps)
         self.weight_decay = check_schedule("weight_decay", weight_decay)
         self.momentum = check_real("momentum", momentum)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
         self.alpha = check_real("alpha", alpha, high=1.0)
         self.centered = check_flag("centered", centered)
 

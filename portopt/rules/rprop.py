@@ -63,6 +63,7 @@ class Rprop(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_real("lr", lr)
         self.etas = _pair("etas", etas)
@@ -71,7 +72,7 @@ class Rprop(Rule):
         self.step_sizes = _pair("step_sizes", step_sizes)
         if not self.step_sizes[0] <= self.step_sizes[1]:
             raise ValueError(f"step_sizes must be (minimum, maximum) with minimum <= maximum, got {self.step_sizes}")
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("prev", "step_size")

@@ -74,11 +74,12 @@ class SGD(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_schedule("lr", lr)
         self.momentum = check_real("momentum", momentum)
         self.weight_decay = check_schedule("weight_decay", weight_decay)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
         self.dampening = check_real("dampening", dampening, high=1.0, closed_high=True)
         self.nesterov = check_flag("nesterov", nesterov)
         if nesterov and (self.momentum <= 0 or self.dampening != 0):
@@ -128,10 +129,11 @@ class SignSGD(Rule):
         maximize: bool = False,
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
+        master_weights: str | None = None,
     ) -> None:
         self.lr = check_schedule("lr", lr)
         self.weight_decay = check_schedule("weight_decay", weight_decay)
-        self._set_common(maximize, skip_nonfinite, state_dtype)
+        self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
         self.momentum = check_real("momentum", momentum, high=1.0)
 
     def slot_names(self) -> tuple[str, ...]:
