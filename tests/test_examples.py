@@ -44,3 +44,14 @@ def test_dask_example_gives_numpy_bits_on_a_two_process_cluster_and_beats_the_me
     result = _load("dask_scaling").main(["--size", "128", "--frames", "8", "--steps", "40", "--chunk", "48"])
     assert result["same_bits"]
     assert result["fit_error"] < result["mean_error"]
+
+
+def test_bf16_training_example_measures_the_memory_each_option_keeps():
+    pytest.importorskip("torch")
+    results = _load("bf16_training").main(["--steps", "20"])
+    sizes = {name: size for name, (_, size) in results.items()}
+    assert sizes["float32 params (reference)"] == 12.0  # 4 B params + two 4 B moments
+    assert sizes["bfloat16 params, float32 state"] == 10.0
+    assert sizes["bfloat16 params, bfloat16 state"] == 6.0
+    assert sizes["bfloat16, bfloat16 state, kahan"] == 8.0  # + a 2 B compensation
+    assert all(losses[-1] < losses[0] for losses, _ in results.values())
