@@ -109,7 +109,8 @@ def _torch_tensor(array: np.ndarray):
 
 
 def _rule(rule_name: str, workload: Workload) -> portopt.Rule:
-    options = {"state_dtype": workload.state_dtype} if workload.state_dtype else {}
+    options = {name: value for name, value in (("state_dtype", workload.state_dtype),
+                                               ("master_weights", workload.master_weights)) if value}
     return portopt.RULES[rule_name](**options)
 
 
@@ -193,6 +194,20 @@ def torch_optim(rule_name: str, workload: Workload, mode: str) -> Implementation
     return Implementation(f"torch {mode}", optimizer.step, repeat=workload.repeat)
 
 
+def torch_optimi(rule_name: str, workload: Workload) -> Implementation | None:
+    """torch-optimi's Adam/AdamW with ``kahan_sum=True`` beside portopt's ``master_weights="kahan"``
+    (what low-precision training with compensation is measured against), where torch-optimi is installed."""
+    if workload.master_weights != "kahan" or rule_name not in ("Adam", "AdamW"):
+        return None
+    try:
+        import optimi
+    except ImportError:
+        return None
+    optimizer = getattr(optimi, rule_name)(_torch_params(workload), lr=1e-3, kahan_sum=True)  # torch.optim's default lr
+    optimizer.step()
+    return Implementation("torch-optimi kahan_sum", optimizer.step, repeat=workload.repeat)
+
+
 def clipping_implementations(workload: Workload) -> list[Implementation]:
     """``clip_grad_norm_`` on the workload's gradients: torch's, portopt's drop-in (the
     fixed-order norm), and :func:`portopt.clip_by_global_norm` on NumPy arrays; once where
@@ -251,6 +266,7 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
                 if workload.small:
                     implementations.append(portopt_drop_in(rule_name, workload))
                 implementations += [i for m in torch_modes if (i := torch_optim(rule_name, workload, m))]
+                implementations += [i for i in (torch_optimi(rule_name, workload),) if i is not None]
             for implementation in implementations:  # warm-up: compilation, first-touch
                 implementation.step()
                 implementation.step()
@@ -259,7 +275,7 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
                     start = time.perf_counter()
                     implementation.step()
                     implementation.times.append((time.perf_counter() - start) / implementation.repeat)
-            bound = bytes_per_step(portopt.RULES[rule_name](), sizes, workload.dtype,
+            bound = bytes_per_step(_rule(rule_name, workload), sizes, workload.dtype,
                                    workload.state_dtype) / rates["in_place"]
             medians = {i.name: statistics.median(i.times) for i in implementations}
             fused = medians.get("torch fused")

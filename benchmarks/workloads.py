@@ -34,6 +34,7 @@ class Workload:
     repeat: int = 1
     clipping: bool = False  # times clip_grad_norm_ instead of a rule's step
     state_dtype: str | None = None  # portopt's state_dtype (torch's fused step keeps the params' dtype)
+    master_weights: str | None = None  # portopt's master_weights ("kahan": torch-optimi's kahan_sum beside it)
 
 
 WORKLOADS = {
@@ -44,6 +45,8 @@ WORKLOADS = {
     "1e7 float16, float16 state": Workload([(10_000_000,)], "float16", state_dtype="float16"),
     "1e7 bfloat16": Workload([(10_000_000,)], "bfloat16"),
     "1e7 bfloat16, bfloat16 state": Workload([(10_000_000,)], "bfloat16", state_dtype="bfloat16"),
+    "1e7 bfloat16, bfloat16 state, kahan": Workload([(10_000_000,)], "bfloat16", state_dtype="bfloat16",
+                                                    master_weights="kahan"),
     "4 float64": Workload([(4,)], "float64", small=True, repeat=200),
     "dict of four 0-d float64": Workload([(), (), (), ()], "float64", tree="dict", small=True, repeat=200),
     "100 leaves x 50 float64": Workload([(50,)] * 100, "float64", small=True, repeat=20),
