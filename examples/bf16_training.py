@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-import torch
-
 import portopt.torch as pt
+import torch
 
 LR, WEIGHT_DECAY = 3e-4, 0.01
 
