@@ -71,7 +71,8 @@ def _number(where: str, value: Any) -> float:
 
 def _rounded_inwards(values: np.ndarray, dtype: np.dtype, towards: float) -> np.ndarray:
     """``values`` in ``dtype``, each rounded to the nearest value on the ``towards`` side of it."""
-    rounded = values.astype(dtype)
+    with np.errstate(over="ignore"):  # a bound beyond the dtype's range becomes ±inf, then is moved inwards
+        rounded = values.astype(dtype)
     wrong_side = rounded.astype(np.float64) < values if towards > 0 else rounded.astype(np.float64) > values
     if wrong_side.any():
         rounded[wrong_side] = np.nextafter(rounded[wrong_side], np.asarray(towards, dtype=dtype))

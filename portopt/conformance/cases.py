@@ -136,8 +136,8 @@ def variant_rule(variant: dict) -> portopt.Rule:
 
 
 def has_torch_equivalent(variant: dict) -> bool:
-    """Whether torch.optim (and so the drop-ins) has this variant: not an accumulating one."""
-    return variant.get("accumulate") is None
+    """Whether torch.optim has this variant: not an accumulating or a compensated one."""
+    return variant.get("accumulate") is None and "master_weights" not in variant["options"]
 
 
 @functools.cache
