@@ -12,7 +12,7 @@ from .checks import check_params
 from .fast.norms import sum_of_squares
 from .hyperparams import check_real
 from .numerics import compute_dtype, dtype_name, host_dtype
-from .optimizer import PreparedStep, Rule
+from .optimizer import PreparedStep, Rule, traceable
 from .state import State
 from .trees import unflatten
 
@@ -180,6 +180,7 @@ class Chain(Rule):
     def init(self, params: Any) -> State:
         return self.rule.init(params)
 
+    @traceable
     def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
         return PreparedStep(self.rule, params, grads, state, writing=False, transform=self._transform).compute()
 

@@ -26,11 +26,34 @@ from .checks import check_params
 from .compensation import COMPENSATION_SLOT, kahan_kernel
 from .hyperparams import check_flag, check_master_weights, check_state_dtype, evaluate
 from .numerics import dtype_name, slot_dtype_for
-from .plan import Plan, ScalarCache, interrupts_deferred, plan_for, run_group
-from .state import State
+from .plan import Plan, ScalarCache, TracedInputs, interrupts_deferred, plan_for, run_group
+from .state import State, is_traced, register_pytree
 from .trees import flatten, unflatten
 
 __all__ = ["Rule", "TorchPeer", "PreparedStep", "CheckpointWarning"]
+
+
+def traceable(update: Callable[..., tuple[Any, State]]) -> Callable[..., tuple[Any, State]]:
+    """``update`` that, while JAX traces it (``jax.jit(rule.update)``), runs
+    :func:`portopt.jax.update` instead: on traced arrays the eager path would lose the
+    reference's bits (XLA fuses and rewrites its operations)."""
+
+    @functools.wraps(update)
+    def dispatching(self: Rule, params: Any, grads: Any, state: State) -> tuple[Any, State]:
+        if is_traced(getattr(state, "step", None)):
+            return _traced_update(self, params, grads, state)
+        try:
+            return update(self, params, grads, state)
+        except TracedInputs:  # traced params with a state from outside the trace
+            return _traced_update(self, params, grads, state)
+
+    return dispatching
+
+
+def _traced_update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[Any, State]:
+    from .jax import update
+
+    return update(rule, params, grads, state)
 
 
 @dataclass(frozen=True)
@@ -169,8 +192,10 @@ class Rule:
                     for p in checked.leaves
                 ],
             )
+        register_pytree()  # a no-op unless jax is imported
         return State(rule=self.name, step=0, slots=slots, host=self.initial_host_state())
 
+    @traceable
     def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
         """One step, pure: returns ``(new_params, new_state)`` and mutates nothing.
 
@@ -296,6 +321,7 @@ class Rule:
         slots = {name: unflatten(checked.treedef, [restored(_bfloat16_as_bits(a), p) for a, p in
                                                    zip(state_dict["slots"][name], checked.leaves)])
                  for name in names}
+        register_pytree()
         return State(rule=self.name, step=step, slots=slots, skipped=skipped, host=host)
 
     def __repr__(self) -> str:

@@ -38,13 +38,19 @@ from .checks import Leaves, check_grads, check_params, check_state
 from .fast.blocked import numpy_namespace, run_blocked
 from .kernels import cpu as compiled
 from .numerics import RuleNamespace, compute_dtype, dtype_name, flags_of, materialise, scalar_fields, with_param_storage
-from .state import State
+from .state import State, is_traced
 from .trees import builder, collector
 
 if TYPE_CHECKING:
     from .optimizer import Rule
 
-__all__ = ["Plan", "plan_for"]
+__all__ = ["Plan", "plan_for", "TracedInputs"]
+
+
+class TracedInputs(TypeError):
+    """Params that JAX is tracing reached the eager path (``update`` then runs portopt.jax's
+    traced step instead; ``step``, which writes in place, cannot run on them)."""
+
 
 _COMPILED_DTYPE_NAMES = ("float32", "float64")  # the compiled loops compute in these
 
@@ -87,6 +93,9 @@ class Plan:
         self.writing = writing
         self.mode = fast.get_mode()
         checked: Leaves = check_params(params)
+        if checked.leaves and is_traced(checked.leaves[0]):
+            raise TracedInputs("params are traced by JAX (inside jax.jit or another transform): a step that writes in "
+                               "place cannot run on them; use update(), which returns new arrays")
         grad_leaves = check_grads(grads, checked)
         slots = check_state(state, rule.name, self.slot_names, checked, tuple(self.host_names), rule.slot_dtype)
         self.treedef, self.paths, self.xp, self.device = checked.treedef, checked.paths, checked.xp, checked.device

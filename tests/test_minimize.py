@@ -56,7 +56,8 @@ def test_maxiter_is_honoured_and_reported():
 def _targets():
     from portopt.conformance.targets import find_targets
 
-    found, _ = find_targets(("numpy", "torch-cpu", "jax"))
+    # not eager JAX: its array-by-scalar division is not correctly rounded (docs/minimize.md)
+    found, _ = find_targets(("numpy", "torch-cpu"))
     return found
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .cases import Case
 
-__all__ = ["known_exception", "known_primitive_exception", "EXCEPTIONS_FILE"]
+__all__ = ["known_exception", "known_exception_for", "known_primitive_exception", "EXCEPTIONS_FILE"]
 
 EXCEPTIONS_FILE = Path(__file__).with_name("known_exceptions.toml")
 
@@ -21,10 +21,19 @@ def _entries() -> tuple[dict, ...]:
 
 def known_exception(target: str, case: Case) -> str | None:
     """The documented reason ``target`` cannot reproduce ``case``, or None."""
+    return known_exception_for(target, case.rule, case.dtype, case.shape, case.variant)
+
+
+def known_exception_for(target: str, rule: str, dtype: str, shape: str | None = None,
+                        variant: str | None = None) -> str | None:
+    """The documented reason ``target`` cannot reproduce ``rule`` in ``dtype`` (on ``shape``, in
+    ``variant``; None: a run that is no case of the matrix, which only entries without that
+    filter cover), or None."""
+    found = {"rule": rule, "dtype": dtype, "shape": shape, "variant": variant}
     for entry in _entries():
         if entry["target"] != target:
             continue
-        if all(entry.get(key) in (None, getattr(case, key)) for key in ("rule", "dtype", "shape", "variant")):
+        if all(entry.get(key) in (None, found[key]) for key in found):
             return f"known exception: {entry['reason']}"
     return None
 

@@ -69,13 +69,14 @@ class _Run:
         self.params = case.params_on(target, bases)
         self.state = self.rule.init(self.params) if state is None else _state_on(target, state, self.params)
         self.in_place = api == "step" and target.mutable
+        self.update = target.updater(self.rule)
 
     def step(self, host_grads: list[np.ndarray]) -> None:
         grads = self.case.grads_on(self.target, host_grads)
         if self.in_place:
             self.rule.step(self.params, grads, self.state)
         else:
-            self.params, self.state = self.rule.update(self.params, grads, self.state)
+            self.params, self.state = self.update(self.params, grads, self.state)
         if self.target.settle is not None:  # a lazy backend: persist every step (as a long loop would)
             self.params, self.state.slots = self.target.settle(self.params, self.state.slots)
 

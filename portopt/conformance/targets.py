@@ -22,7 +22,8 @@ __all__ = ["Target", "TargetError", "find_targets", "namespace_target", "TARGET_
 
 TARGET_NAMES = ("numpy", "torch-cpu", "torch-cuda", "cupy", "array_api_strict", "jax")
 # Chosen by name only (--backends dask): lazy, so a 1000-step golden case is slow there.
-OPTIONAL_TARGET_NAMES = ("dask",)
+# jax-jit: JAX with every update run as jax.jit(rule.update) (a compilation per case).
+OPTIONAL_TARGET_NAMES = ("dask", "jax-jit")
 _ALL_DTYPES = ("float16", "float32", "float64")
 
 
@@ -37,6 +38,8 @@ class Target:
     _from_numpy: Callable[[np.ndarray], Any]
     # for lazy backends: evaluate (params, slots) after a step so the graph stays short
     settle: Callable[[Any, dict], tuple[Any, dict]] | None = None
+    # how a pure step runs here: wrap_update(rule.update) (jax-jit: jax.jit), None: rule.update
+    wrap_update: Callable[[Callable], Callable] | None = None
 
     def asarray(self, host: np.ndarray) -> Any:
         """A copy of the host array on this target, same bits (never sharing the host's memory)."""
@@ -47,6 +50,10 @@ class Target:
         if host.dtype == np.uint16 and dtype_name(self.xp, x.dtype) == "bfloat16":
             host = host.view(host_dtype("bfloat16"))  # a backend's bfloat16 bits as ml_dtypes' bfloat16
         return host
+
+    def updater(self, rule: Any) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
+        """The function that takes a pure step of ``rule`` on this target."""
+        return rule.update if self.wrap_update is None else self.wrap_update(rule.update)
 
     @functools.cached_property
     def mutable(self) -> bool:
@@ -113,6 +120,45 @@ def _jax() -> Target:
     return Target("jax", array_api_compat.array_namespace(jnp.zeros(1)), None, _ALL_DTYPES, jnp.asarray)
 
 
+def _jax_jit() -> Target:
+    """JAX stepping with ``jax.jit(rule.update)``. Arrays are committed to the CPU device, as the
+    jitted step's outputs are, so a case compiles once; outputs keep the caller's dict order."""
+    import jax
+    import jax.numpy as jnp
+
+    plain = _jax()
+    device = jax.devices("cpu")[0]
+    return Target("jax-jit", plain.xp, None, plain.dtypes + _bfloat16(), lambda a: jax.device_put(jnp.asarray(a), device),
+                  wrap_update=_jitted_in_caller_order)
+
+
+def _jitted_in_caller_order(update: Callable) -> Callable:
+    """``jax.jit(update)``, its params and slots given back with the dict keys in the caller's
+    order (JAX returns dicts with sorted keys; the suite names arrays by position)."""
+    import jax
+
+    from portopt.state import State
+
+    jitted = jax.jit(update)
+
+    def step(params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
+        new_params, new_state = jitted(params, grads, state)
+        slots = {name: _in_order_of(params, tree) for name, tree in new_state.slots.items()}
+        return _in_order_of(params, new_params), State(rule=new_state.rule, step=new_state.step, slots=slots,
+                                                        skipped=new_state.skipped, host=new_state.host)
+
+    return step
+
+
+def _in_order_of(like: Any, tree: Any) -> Any:
+    """``tree`` with every dict's keys in the order of ``like``'s (same structure otherwise)."""
+    if isinstance(like, dict):
+        return {key: _in_order_of(like[key], tree[key]) for key in like}
+    if isinstance(like, (list, tuple)) and not hasattr(like, "_fields"):
+        return type(like)(_in_order_of(a, b) for a, b in zip(like, tree))
+    return tree
+
+
 def _dask() -> Target:
     import dask.array as da
 
@@ -137,6 +183,7 @@ _FACTORIES: dict[str, Callable[[], Target]] = {
     "cupy": _cupy,
     "array_api_strict": _strict,
     "jax": _jax,
+    "jax-jit": _jax_jit,
     "dask": _dask,
 }
 

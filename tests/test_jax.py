@@ -1,0 +1,438 @@
+"""``jax.jit(rule.update)``: the reference's bits, one compilation, and the guards that make it so.
+
+Every comparison is bit for bit with the NumPy reference (portopt's eager path on NumPy
+arrays); inputs are standard normal, far from the subnormal range XLA on the CPU flushes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="jax is not installed (pip install 'portopt[jax]')")
+jnp = pytest.importorskip("jax.numpy")
+jax.config.update("jax_enable_x64", True)  # float64 params; as the conformance suite's jax target does
+
+import portopt  # noqa: E402
+from helpers import VARIANTS, make_rule, same_bits, variant_id  # noqa: E402
+from portopt import demo  # noqa: E402
+from portopt import jax as portopt_jax  # noqa: E402
+from portopt.conformance.cases import load_matrix  # noqa: E402
+from portopt.conformance.golden import load_golden  # noqa: E402
+from portopt.conformance.runner import run_case  # noqa: E402
+from portopt.conformance.targets import find_targets  # noqa: E402
+from portopt.kernels.trace import trace  # noqa: E402
+from portopt.numerics import host_dtype  # noqa: E402
+
+CPU = jax.devices("cpu")[0]
+SHAPES = {"b": (7,), "s": (), "w": (33, 20)}  # keys in sorted order: JAX's order for dicts
+FIRST_VARIANT = list({v["rule"]: v for v in reversed(VARIANTS)}.values())  # one variant per rule
+
+
+def host_tree(rng: np.random.Generator, dtype: str) -> dict[str, np.ndarray]:
+    return {key: rng.standard_normal(shape).astype(host_dtype(dtype)) for key, shape in SHAPES.items()}
+
+
+def on_jax(tree: dict[str, np.ndarray]) -> dict:
+    """Committed to the CPU device, as a jitted step's outputs are (so one compilation)."""
+    return {key: jax.device_put(jnp.asarray(value), CPU) for key, value in tree.items()}
+
+
+def assert_same_tree(expected: dict, got: dict, label: str) -> None:
+    for key in expected:
+        assert same_bits(np.asarray(expected[key]), np.asarray(got[key])), f"{label}[{key!r}]"
+
+
+def assert_same_state(expected: portopt.State, got: portopt.State) -> None:
+    assert (got.step, got.skipped, got.host) == (expected.step, expected.skipped, expected.host)
+    assert type(got.step) is int and all(type(v) is float for v in got.host.values())
+    assert set(got.slots) == set(expected.slots)
+    for name in expected.slots:
+        assert_same_tree(expected.slots[name], got.slots[name], f"slots[{name!r}]")
+
+
+def steps_both_ways(rule: portopt.Rule, dtype: str, steps: int, seed: int = 0, nan_at: int | None = None):
+    """``steps`` steps of ``rule`` on NumPy (the reference) and with ``jax.jit(rule.update)``
+    on the same inputs, compared after every step; returns the final (reference, jitted) pairs."""
+    rng = np.random.default_rng(seed)
+    start = host_tree(rng, dtype)
+    reference_params = {k: v.copy() for k, v in start.items()}
+    reference_state = rule.init(reference_params)
+    params = on_jax(start)
+    state = rule.init(params)
+    jitted = jax.jit(rule.update)
+    for step in range(steps):
+        grads = host_tree(rng, dtype)
+        if step == nan_at:
+            grads["w"][3, 4] = np.nan
+        reference_params, reference_state = rule.update(reference_params, grads, reference_state)
+        params, state = jitted(params, on_jax(grads), state)
+        assert_same_tree(reference_params, params, f"step {step + 1} params")
+        assert_same_state(reference_state, state)
+    return (reference_params, reference_state), (params, state), jitted
+
+
+# --- the defence is needed, and it holds --------------------------------------------------
+def _inputs(seed: int = 1, size: int = 20_000) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    return tuple(rng.uniform(0.1, 10.0, size).astype(np.float32) for _ in range(3))
+
+
+# (plain jnp, guarded with portopt.jax.Guard, NumPy): each plain one is an XLA rewrite
+REWRITES = {
+    "a*b+c (FMA contraction)": (lambda a, b, c: a * b + c, lambda g, a, b, c: g.mul(a, b) + c,
+                                lambda a, b, c: a * b + c),
+    "c-a*b (FMA contraction)": (lambda a, b, c: c - a * b, lambda g, a, b, c: c - g.mul(a, b),
+                                lambda a, b, c: c - a * b),
+    "a/sqrt(b) (rsqrt)": (lambda a, b, c: a / jnp.sqrt(b), lambda g, a, b, c: g.div(a, g.sqrt(b)),
+                          lambda a, b, c: a / np.sqrt(b)),
+    "(a/b)/c (one divide)": (lambda a, b, c: a / b / c, lambda g, a, b, c: g.div(g.div(a, b), c),
+                             lambda a, b, c: a / b / c),
+    "a/(b/c) (one divide)": (lambda a, b, c: a / (b / c), lambda g, a, b, c: g.div(a, g.div(b, c)),
+                             lambda a, b, c: a / (b / c)),
+    "a/scalar (reciprocal)": (lambda a, b, c: a / c[0], lambda g, a, b, c: g.div(a, c[0]),
+                              lambda a, b, c: a / c[0]),
+}
+
+
+@pytest.mark.parametrize("name", list(REWRITES))
+def test_plain_jit_rewrites_the_arithmetic_and_the_guarded_operations_do_not(name):
+    plain, guarded, reference = REWRITES[name]
+    a, b, c = _inputs()
+    expected = reference(a, b, c)
+    got_plain = np.asarray(jax.jit(plain)(a, b, c))
+    assert np.mean(got_plain != expected) > 0.01, "XLA no longer rewrites this here: the guard may be unneeded"
+
+    def defended(a, b, c):
+        zeros = portopt_jax.negative_zeros(("float32",))["float32"]
+        return guarded(portopt_jax.Guard(*zeros), a, b, c)
+
+    assert same_bits(expected, np.asarray(jax.jit(defended)(a, b, c)))
+
+
+def test_sqrt_of_a_square_is_not_turned_into_abs():
+    """XLA rewrites sqrt(a*a) to |a|, which is wrong where a*a overflows; the guarded product stops it."""
+    a = np.array([3e38, -2e38, 2.0, 1e-3], dtype=np.float32)
+    with np.errstate(over="ignore"):
+        expected = np.sqrt(a * a)
+    assert not same_bits(expected, np.asarray(jax.jit(lambda a: jnp.sqrt(a * a))(a)))
+
+    def defended(a):
+        guard = portopt_jax.Guard(*portopt_jax.negative_zeros(("float32",))["float32"])
+        return guard.sqrt(guard.mul(a, a))
+
+    assert same_bits(expected, np.asarray(jax.jit(defended)(a)))
+
+
+def test_a_constant_negative_zero_is_folded_away():
+    """The -0.0 must be a runtime value: a constant one is folded and the FMA comes back."""
+    a, b, c = _inputs()
+    folded = jax.jit(lambda a, b, c: (a * b + jnp.float32(-0.0)) + c)(a, b, c)
+    assert np.mean(np.asarray(folded) != a * b + c) > 0.01
+
+
+def test_eager_jnp_divides_an_array_by_a_scalar_with_its_reciprocal():
+    """Why the jitted step is compared with the NumPy reference, not with eager JAX: jnp's own
+    (jitted) divide of an array by a 0-d array multiplies by the reciprocal, so eager portopt on
+    JAX is off by an ulp wherever a kernel divides an array by a host scalar (Adam's sqrt(v) /
+    sqrt(1 - b2^t)); portopt.jax's guarded divide is not."""
+    a, _, c = _inputs()
+    eager = np.asarray(jnp.asarray(a) / jnp.asarray(c[0]))
+    assert np.mean(eager != a / c[0]) > 0.01
+
+
+# --- every rule, bit for bit ----------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_jitted_update_gives_the_reference_bits_float32(variant):
+    steps_both_ways(make_rule(variant), "float32", steps=5)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("variant", FIRST_VARIANT, ids=variant_id)
+def test_jitted_update_gives_the_reference_bits_in_other_dtypes(variant, dtype):
+    steps_both_ways(make_rule(variant), dtype, steps=4)
+
+
+def _divides_an_array_by_a_scalar(rule: portopt.Rule) -> bool:
+    """Whether the rule's kernel (at step 1) divides an array by a value made of host scalars only."""
+    scalars = rule.host_scalars(0)
+    graph = trace(rule.kernel, scalars, len(rule.slot_names()))
+    on_arrays: set[int] = set()
+    for node in graph.nodes:
+        if node.op == "input" or any(id(a) in on_arrays for a in node.args):
+            on_arrays.add(id(node))
+        if node.op == "div" and id(node.args[0]) in on_arrays and id(node.args[1]) not in on_arrays:
+            return True
+    return False
+
+
+NO_SCALAR_DIVISION = [v for v in FIRST_VARIANT if v.get("clip_norm") is None
+                      and not _divides_an_array_by_a_scalar(make_rule(v))]
+
+
+def test_the_kernels_that_divide_an_array_by_a_scalar_are_found():
+    dividing = {v["rule"] for v in FIRST_VARIANT} - {v["rule"] for v in NO_SCALAR_DIVISION}
+    assert {"Adam", "AMSGrad", "NAdam", "AdaGradNorm"} <= dividing and "SGD" not in dividing
+
+
+@pytest.mark.parametrize("variant", NO_SCALAR_DIVISION, ids=variant_id)
+def test_jitted_update_gives_eager_jax_bits_where_the_kernel_divides_by_no_scalar(variant):
+    """jit and eager JAX agree bit for bit where eager JAX cannot meet jnp's reciprocal rewrite
+    (above); where it can, only the jitted step keeps the reference's bits."""
+    rule = make_rule(variant)
+    rng = np.random.default_rng(3)
+    params = on_jax(host_tree(rng, "float32"))
+    eager_params, eager_state = params, rule.init(params)
+    jitted_params, jitted_state = params, rule.init(params)
+    jitted = jax.jit(rule.update)
+    for _ in range(3):
+        grads = on_jax(host_tree(rng, "float32"))
+        eager_params, eager_state = rule.update(eager_params, grads, eager_state)
+        jitted_params, jitted_state = jitted(jitted_params, grads, jitted_state)
+    assert_same_tree(eager_params, jitted_params, "params")
+    assert_same_state(eager_state, jitted_state)
+
+
+# --- compilation, state, host state ----------------------------------------------------------
+@pytest.mark.parametrize("rule", [portopt.RAdam(), portopt.SGD(lr=0.1, momentum=0.9, nesterov=True),
+                                  portopt.NAdam()], ids=repr)
+def test_twenty_steps_trace_and_compile_once(rule):
+    """The step count is an argument, so the flags that change with it (RAdam's rectified from
+    step 6, SGD's first_step) pick a branch at run time instead of recompiling."""
+    traces = []
+
+    def counted(params, grads, state):
+        traces.append(1)  # runs only while tracing
+        return rule.update(params, grads, state)
+
+    rng = np.random.default_rng(4)
+    params = on_jax(host_tree(rng, "float32"))
+    state = rule.init(params)
+    jitted = jax.jit(counted)
+    for _ in range(20):
+        params, state = jitted(params, on_jax(host_tree(rng, "float32")), state)
+    assert state.step == 20 and len(traces) == 1
+    assert jitted._cache_size() == 1
+
+
+def test_state_is_a_pytree_of_its_arrays_and_counters():
+    rule = portopt.NAdam()
+    state = rule.init(on_jax(host_tree(np.random.default_rng(5), "float32")))
+    leaves, treedef = jax.tree.flatten(state)
+    assert len(leaves) == 2 * len(SHAPES) + 3  # two slots per leaf, step, skipped, Πμ's bits
+    assert {np.asarray(x).dtype.name for x in leaves} == {"float32", "int32", "uint32"}
+    again = jax.tree.unflatten(treedef, leaves)
+    assert (again.step, again.skipped, again.host) == (0, 0, {"mu_product": 1.0}) and type(again.step) is int
+
+
+@pytest.mark.parametrize("rule", [portopt.NAdam(), portopt.AdaGradNorm(initial_accumulator_value=0.5),
+                                  portopt.ASGD(t0=2.0)], ids=lambda r: r.name)
+def test_rules_with_host_state_under_jit(rule):
+    """The whole-tree host state (NAdam's Πμ, AdaGrad-Norm's b², ASGD's eta and mu) is carried
+    through the trace as float64 bits: the same Python floats as the reference's after each step."""
+    (_, reference_state), (_, state), _ = steps_both_ways(rule, "float32", steps=6)
+    assert state.host == reference_state.host and state.host != rule.initial_host_state()
+
+
+def test_clipped_under_jit():
+    rule = portopt.Clipped(portopt.Adam(lr=0.01), max_norm=0.5)  # the norm is ~26: every step clips
+    steps_both_ways(rule, "float32", steps=4)
+    steps_both_ways(rule, "float16", steps=3)
+
+
+def test_skip_nonfinite_step_under_jit():
+    rule = portopt.AdamW(skip_nonfinite=True)
+    (_, reference_state), (_, state), _ = steps_both_ways(rule, "float32", steps=5, nan_at=2)
+    assert (state.step, state.skipped) == (reference_state.step, reference_state.skipped) == (4, 1)
+
+
+def test_several_steps_in_one_trace():
+    """A state made inside the trace (init there) and stepped there three times: the traced
+    step count and host bits feed the next step."""
+    rule = portopt.NAdam()
+    rng = np.random.default_rng(6)
+    start = host_tree(rng, "float32")
+    gradients = [host_tree(rng, "float32") for _ in range(3)]
+
+    def three_steps(params, grads):
+        state = rule.init(params)
+        for g in grads:
+            params, state = rule.update(params, g, state)
+        return params, state
+
+    params, state = jax.jit(three_steps)(on_jax(start), [on_jax(g) for g in gradients])
+    reference_params, reference_state = start, rule.init(start)
+    for g in gradients:
+        reference_params, reference_state = rule.update(reference_params, g, reference_state)
+    assert_same_tree(reference_params, params, "params")
+    assert_same_state(reference_state, state)
+
+
+def test_jitted_and_eager_steps_alternate_on_one_state():
+    rule = portopt.RMSProp(momentum=0.5)
+    rng = np.random.default_rng(7)
+    start = host_tree(rng, "float32")
+    params, state = on_jax(start), rule.init(on_jax(start))
+    reference_params, reference_state = start, rule.init(start)
+    jitted = jax.jit(rule.update)
+    for step in range(4):
+        grads = host_tree(rng, "float32")
+        update = jitted if step % 2 else rule.update
+        params, state = update(params, on_jax(grads), state)
+        reference_params, reference_state = rule.update(reference_params, grads, reference_state)
+    assert_same_tree(reference_params, params, "params")
+    assert_same_state(reference_state, state)
+
+
+def test_whole_tree_sums_follow_jax_dict_order():
+    """JAX hands a traced function its dicts with the keys sorted, so a clipped step under jit
+    sums the leaves in sorted-key order: it gives the bits of the reference on the sorted dict."""
+    rule = portopt.Clipped(portopt.SGD(lr=0.1), max_norm=0.5)
+    rng = np.random.default_rng(8)
+    unsorted = {"w": rng.standard_normal((33, 20)).astype(np.float32),
+                "b": rng.standard_normal(3).astype(np.float32)}
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in unsorted.items()}
+    sorted_params, sorted_grads = dict(sorted(unsorted.items())), dict(sorted(grads.items()))
+    expected, _ = rule.update(sorted_params, sorted_grads, rule.init(sorted_params))
+    got, _ = jax.jit(rule.update)(on_jax(unsorted), on_jax(grads), rule.init(on_jax(unsorted)))
+    assert list(got) == ["b", "w"]
+    assert_same_tree(expected, got, "params")
+
+
+def _flushed(x: np.ndarray) -> np.ndarray:
+    """Subnormals to zero of the same sign: what XLA on the CPU does to every input and result."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        return x
+    return np.where(np.abs(x) < np.finfo(x.dtype).tiny, np.copysign(np.zeros_like(x), x), x).astype(x.dtype)
+
+
+_NUMPY_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "neg": np.negative,
+              "abs": np.abs, "sqrt": np.sqrt, "signbit": np.signbit, "where": np.where, "and": np.logical_and,
+              "or": np.logical_or, "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
+              "eq": np.equal, "ne": np.not_equal, "maximum": lambda x, y: portopt_jax.ieee_maximum(np, x, y),
+              "minimum": lambda x, y: portopt_jax.ieee_minimum(np, x, y)}
+
+
+_ARITHMETIC = {"add", "sub", "mul", "div", "sqrt", "lt", "le", "gt", "ge", "eq", "ne"}  # not moves: where, neg, abs
+
+
+def _flushing_reference_step(rule: portopt.Rule, p: np.ndarray, g: np.ndarray, slots: list, steps_taken: int) -> list:
+    """One float32 step of ``rule``'s traced kernel on NumPy with the CPU's flush-to-zero and
+    denormals-are-zero: every arithmetic operation reads and writes subnormals as zeros."""
+    scalars = rule.host_scalars(steps_taken)
+    graph = trace(rule.kernel, scalars, len(slots))
+    values = {id(node): a for node, a in zip(graph.arrays, [p, g, *slots])}
+    for node in graph.nodes:
+        if node.op == "scalar":
+            values[id(node)] = np.float32(getattr(scalars, str(node.name)))
+        elif node.op != "input":
+            arithmetic = node.op in _ARITHMETIC
+            arguments = [_flushed(values[id(a)]) if arithmetic else values[id(a)] for a in node.args]
+            with np.errstate(all="ignore"):
+                result = _NUMPY_OPS[node.op](*arguments)
+            values[id(node)] = _flushed(result) if arithmetic else result
+    return [values[id(output)] for output in graph.outputs]
+
+
+@pytest.mark.parametrize("case_id", ["Rprop/defaults/float32/prime", "Adam/defaults/float32/prime"])
+def test_the_known_exception_is_exactly_flush_to_zero(case_id):
+    """On a golden case that reaches subnormals, the jitted step differs from the reference and
+    has, bit for bit, the reference's results with every subnormal flushed to zero."""
+    case = next(c for c in load_matrix().cases if c.id == case_id)
+    rule = case.make_rule()
+    (base,), grads = case.host_bases(), case.host_gradients(1)
+    slots = [rule.init(base).slots[name] for name in rule.slot_names()]
+    expected = _flushing_reference_step(rule, base, grads[0], slots, 0)
+    reference, _ = rule.update(base, grads[0], rule.init(base))
+    got, state = jax.jit(rule.update)(on_jax({"p": base})["p"], jnp.asarray(grads[0]), rule.init(jnp.asarray(base)))
+    assert not same_bits(reference, np.asarray(got))
+    assert same_bits(expected[0], np.asarray(got))
+    for name, value in zip(rule.slot_names(), expected[1:]):
+        assert same_bits(value, np.asarray(state.slots[name])), name
+
+
+# --- bad input ----------------------------------------------------------------------------------
+def test_in_place_step_is_refused_under_jit():
+    rule = portopt.Adam()
+    params = on_jax(host_tree(np.random.default_rng(9), "float32"))
+    with pytest.raises(TypeError, match="use update"):
+        jax.jit(lambda p, g, s: rule.step(p, g, s))(params, params, rule.init(params))
+
+
+def test_state_of_another_rule_is_refused_naming_it():
+    params = on_jax(host_tree(np.random.default_rng(10), "float32"))
+    with pytest.raises(ValueError, match="state was made by Adam, not SGD"):
+        jax.jit(portopt.SGD().update)(params, params, portopt.Adam().init(params))
+
+
+def test_a_float_step_count_is_refused_naming_it():
+    rule = portopt.Adam()
+    params = on_jax(host_tree(np.random.default_rng(11), "float32"))
+    state = rule.init(params)
+    state.step = jnp.asarray(1.0)
+    with pytest.raises(ValueError, match="state.step must be an int"):
+        jax.jit(rule.update)(params, params, state)
+
+
+def test_a_gradient_transform_it_cannot_guard_is_refused_naming_it():
+    def doubled(plan, grads):
+        return [g * 2 for g in grads]
+
+    rule = portopt.chain(doubled, portopt.Adam())
+    params = on_jax(host_tree(np.random.default_rng(12), "float32"))
+    with pytest.raises(TypeError, match="gradient transform .*doubled"):
+        jax.jit(rule.update)(params, params, rule.init(params))
+
+
+# --- the conformance target and the demo -------------------------------------------------------
+def test_jax_jit_target_reproduces_golden_cases():
+    targets, missing = find_targets(("jax-jit",))
+    assert not missing, missing
+    matrix = load_matrix()
+    cases = matrix.select(("Adam", "AdaGradNorm"), ("float16",), ("prime",), ())
+    assert len(cases) >= 8
+    for case in cases:
+        results, _ = run_case(case, targets, load_golden(case.rule)[case.id], api="update")
+        assert results["jax-jit"].status == "pass", (case.id, results["jax-jit"].detail)
+
+
+def test_demo_reports_a_listed_difference_as_the_known_exception():
+    listed = demo.compare({"numpy": "a", "jax": "b"}, "Adam", "float32")
+    assert [v.status for v in listed] == [demo.SAME, demo.KNOWN]
+    assert "flushes subnormal" in listed[1].reason
+    unlisted = demo.compare({"numpy": "a", "torch-cpu": "b"}, "Adam", "float32")
+    assert [v.status for v in unlisted] == [demo.SAME, demo.DIFFERENT]
+    assert demo.summary(unlisted) == "torch-cpu: DIFFERENT BITS"
+
+
+def test_demo_jitted_jax_gives_numpy_bits():
+    targets, _ = find_targets(("numpy", "jax-jit"))
+    rule = portopt.Adam(lr=0.01)
+    results = {name: demo.run(target, rule, 30, 64, "float32") for name, target in targets.items()}
+    for key in ("x", "y"):
+        assert same_bits(results["numpy"][key], results["jax-jit"][key]), key
+
+
+def test_demo_exits_0_with_known_exceptions_only_and_1_with_an_unlisted_difference(monkeypatch, capsys):
+    from portopt.conformance.exceptions import known_exception_for
+
+    assert demo.main(["--steps", "10", "--size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "DIFFERENT BITS" not in out and "jax-jit" in out
+    found, _ = find_targets()
+    unlisted = [name for name in found if name != "numpy" and known_exception_for(name, "Adam", "float32") is None]
+    if not unlisted:
+        pytest.skip("no backend here besides NumPy without a known exception in float32")
+    original = demo.run
+
+    def perturbed(target, rule, steps, size, dtype):
+        result = original(target, rule, steps, size, dtype)
+        if target.label == unlisted[0]:
+            result["x"] = np.nextafter(result["x"], np.float32(np.inf))  # a difference nobody listed
+        return result
+
+    monkeypatch.setattr(demo, "run", perturbed)
+    assert demo.main(["--steps", "10", "--size", "16"]) == 1
+    out = capsys.readouterr().out
+    assert f"{unlisted[0]}: DIFFERENT BITS" in out and "backends disagree" in out
