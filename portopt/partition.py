@@ -74,12 +74,18 @@ class Partition:
         self.rules, self.labels, self.name = dict(rules), labels, name
 
     # --- which leaves each rule owns -------------------------------------------------------
+    def _leaves_like_params(self, argument: str, params: Any, treedef: TreeDef) -> list:
+        """The leaves of ``self.labels`` (or of what it returns for ``params``), checked to have
+        the params' tree; errors name ``argument``."""
+        tree = self.labels(params) if callable(self.labels) else self.labels
+        leaves, found = flatten(tree)
+        if found != treedef:
+            raise ValueError(f"{argument} must have the tree of params (dict keys in the same order): {argument} "
+                             f"is {found.describe()}, params {treedef.describe()}")
+        return leaves
+
     def _label_leaves(self, params: Any, treedef: TreeDef) -> list:
-        labels = self.labels(params) if callable(self.labels) else self.labels
-        leaves, label_tree = flatten(labels)
-        if label_tree != treedef:
-            raise ValueError(f"labels must have the tree of params (dict keys in the same order): labels is "
-                             f"{label_tree.describe()}, params {treedef.describe()}")
+        leaves = self._leaves_like_params("labels", params, treedef)
         for path, label in zip(leaf_paths(treedef), leaves):
             if not _hashable(label) or label not in self.rules:
                 raise ValueError(f"labels{path} is {label!r}, not one of the rules' labels {list(self.rules)}")
@@ -228,11 +234,7 @@ class Masked(Partition):
         self.rule = rule
 
     def _label_leaves(self, params: Any, treedef: TreeDef) -> list:
-        mask = self.labels(params) if callable(self.labels) else self.labels
-        leaves, mask_tree = flatten(mask)
-        if mask_tree != treedef:
-            raise ValueError(f"mask must have the tree of params: mask is {mask_tree.describe()}, params "
-                             f"{treedef.describe()}")
+        leaves = self._leaves_like_params("mask", params, treedef)
         for path, value in zip(leaf_paths(treedef), leaves):
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"mask{path} must be True or False, got {value!r}")
