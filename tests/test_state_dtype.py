@@ -32,11 +32,8 @@ def _first_variants():
 
 
 def _with_state_dtype(variant, state_dtype):
-    rule = make_rule(variant)
-    if isinstance(rule, portopt.Clipped):
-        return portopt.Clipped(type(rule.rule)(**{**rule.rule.hyperparameters(), "state_dtype": state_dtype}),
-                               rule.max_norm)
-    return type(rule)(**{**rule.hyperparameters(), "state_dtype": state_dtype})
+    """The variant's rule (clipped or accumulated as it says) with its state kept in ``state_dtype``."""
+    return make_rule({**variant, "options": {**variant["options"], "state_dtype": state_dtype}})
 
 
 class _Backend:
