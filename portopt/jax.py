@@ -1,4 +1,4 @@
-"""``jax.jit(rule.update)``: portopt's steps traced by JAX, with the reference's bits.
+"""``jax.jit(rule.update)`` and eager ``rule.update`` on JAX arrays, with the reference's bits.
 
 Importing this module, or making a State from JAX arrays, registers :class:`portopt.State`
 as a JAX pytree (its slot arrays, ``step``, ``skipped`` and host values are leaves; the rule's
@@ -6,8 +6,8 @@ name, the host keys and ``torn`` are static), so ``jax.jit(rule.update)(params, 
 works for every rule of ``portopt.RULES``, ``MultiSteps``, ``Clipped`` and ``chain`` (with
 ``ClipByGlobalNorm`` / ``ClipByValue``). ``Rule.update`` sends a traced call here. It traces
 once (the step count is an argument, not a constant) and gives the bits of portopt's eager
-step on NumPy (the reference), as eager portopt on JAX does wherever jnp rounds every
-operation once (see "Eager JAX" below).
+step on NumPy (the reference). ``Rule.update`` on concrete JAX arrays, outside a trace, runs
+:func:`eager_update`, which gives the same bits (see "Eager JAX" below).
 
 A traced step
 -------------
@@ -60,10 +60,17 @@ Eager JAX
 ---------
 jnp's own operations are jitted functions, so eager JAX meets the rewrites inside one
 operation: an array divided by a 0-d array is multiplied by the reciprocal (about 10% of
-float32 results are off by an ulp). Eager portopt on JAX therefore leaves the reference's bits
-wherever a kernel divides an array by a host scalar (Adam's ``sqrt(v) / sqrt(1 - b2^t)``,
-NAdam, AdaGrad-Norm, MultiSteps); the jitted step does not. Elsewhere the two agree bit for
-bit.
+float32 results are off by an ulp). Run op by op, portopt's kernels would leave the
+reference's bits wherever they divide an array by a host scalar (Adam's ``sqrt(v) / sqrt(1 -
+b2^t)``, NAdam, AdaGrad-Norm, MultiSteps). So ``Rule.update`` on concrete JAX arrays runs
+:func:`eager_update`: the eager step's own checks and host side (the same errors, naming the
+argument, before anything is computed; gradient transforms, the non-finite skip, host state
+and scalars in Python floats), then the kernel's graph for the step's flags evaluated with the
+guarded operations under ``jax.jit``. The numbers and the ``-0.0`` are arguments of that
+compiled function, runtime values XLA cannot fold, so no host callback is needed. It compiles
+once per graph (a flag combination) and per shapes, dtypes and placement of the leaves.
+Gradient transforms run eagerly, as on NumPy: jnp's single operations round as NumPy's
+(only a division by a broadcast 0-d array is rewritten, and clipping multiplies by its factor).
 
 Trees and costs
 ---------------
@@ -101,7 +108,7 @@ from .reductions import pairwise_sum
 from .state import State, bits_float, float_bits, register_pytree
 from .trees import unflatten
 
-__all__ = ["update", "Branches", "branches", "Guard", "evaluate", "negative_zeros"]
+__all__ = ["update", "eager_update", "Branches", "branches", "Guard", "evaluate", "negative_zeros"]
 
 register_pytree()
 
@@ -508,3 +515,84 @@ def _step_leaf(graph: Graph, p: Any, g: Any, slots: list, names: tuple[str, ...]
     new_p, *new_slots = evaluate(graph, arrays, numbers, guard, p.dtype)
     new_p = new_p if new_p.dtype == p.dtype else new_p.astype(p.dtype)
     return new_p, [x if x.dtype == old.dtype else x.astype(old.dtype) for x, old in zip(new_slots, slots)]
+
+
+# --- eager JAX: the reference's host side, the guarded kernel compiled ------------------------
+def eager_update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[Any, State]:
+    """One step of ``rule`` on concrete JAX arrays, outside any trace: what ``rule.update``
+    runs for them (the module docstring's "Eager JAX" says why and how).
+
+    Everything but the kernel is the eager step itself (:class:`portopt.optimizer.PreparedStep`):
+    the checks, with their errors naming the argument, the gradient transforms, the
+    non-finite skip, the host state and the host scalars, in Python floats. The kernel's graph
+    for this step's flags is then evaluated with the guarded operations under ``jax.jit``
+    (compiled once per graph and per shapes and dtypes of the leaves), with the numbers and the
+    ``-0.0`` as arguments: runtime values, and no host callback."""
+    prepared = _prepared(rule, params, grads, state)
+    if prepared.skip:
+        return prepared.compute()  # copies of the inputs: no arithmetic
+    inner = prepared.rule
+    compiled = _compiled_kernel(inner.kernel, prepared.scalars, len(prepared.slot_leaves))
+    if compiled is None:  # a kernel the tracer cannot record: the reference path, op by op
+        return prepared.compute()
+    p_leaves, g_leaves, slot_leaves = prepared.p_leaves, prepared.g_leaves, prepared.slot_leaves
+    numbers = _numbers(prepared.scalars, p_leaves)
+    new_p, new_slots = compiled(list(p_leaves), list(g_leaves), [list(leaves) for leaves in slot_leaves], numbers)
+    inputs = {id(x) for x in (*p_leaves, *g_leaves, *(x for leaves in slot_leaves for x in leaves))}
+    new_p = [_fresh(x, inputs) for x in new_p]
+    new_slots = [[_fresh(x, inputs) for x in leaves] for leaves in new_slots]
+    build = prepared.plan.build
+    return build(new_p), State(rule=inner.name, step=state.step + 1,
+                               slots={name: build(leaves) for name, leaves in zip(inner.slot_names(), new_slots)},
+                               skipped=state.skipped, host=prepared.new_host)
+
+
+def _prepared(rule: Rule, params: Any, grads: Any, state: State) -> Any:
+    """The eager step's checks and host side, as ``rule.update`` prepares them."""
+    from .optimizer import PreparedStep
+
+    if isinstance(rule, Chain):
+        return PreparedStep(rule.rule, params, grads, state, writing=False, transform=rule._transform)
+    return PreparedStep(rule, params, grads, state, writing=False)
+
+
+def _numbers(scalars: Any, p_leaves: Sequence[Any]) -> dict[str, Any]:
+    """The step's numbers and two ``-0.0``, rounded once to each compute dtype of the params
+    (as the reference's 0-d scalars are), as host arrays: arguments of the compiled kernel."""
+    values = [float(scalars[position]) for position in scalar_fields(type(scalars))[1]] + [-0.0, -0.0]
+    dtypes = {dtype_name(jnp, compute_dtype(jnp, p.dtype)) for p in p_leaves}
+    return {name: np.asarray(values, dtype=name) for name in sorted(dtypes)}
+
+
+def _fresh(x: Any, inputs: set[int]) -> Any:
+    """``x``, copied if it is one of the step's inputs (jit hands an input that passes through
+    straight back; ``update`` returns no input array)."""
+    return jnp.array(x, copy=True) if id(x) in inputs else x
+
+
+_COMPILED: dict[tuple, Callable[..., Any] | None] = {}
+
+
+def _compiled_kernel(kernel: Callable[..., tuple], scalars: Any, slot_count: int) -> Callable[..., Any] | None:
+    """``jax.jit`` of the guarded evaluation of ``kernel``'s graph for the flags of
+    ``scalars``, made once per (kernel, flags, slot count); None if the kernel cannot be traced."""
+    flags = flags_of(scalars)
+    key = (kernel, type(scalars), flags, slot_count)
+    found = _COMPILED.get(key, False)
+    if found is not False:
+        return found  # type: ignore[return-value]
+    scalars_type = type(scalars)
+    flag_positions, number_positions = scalar_fields(scalars_type)
+    graph = _traced(kernel, scalars_type, flag_positions, flags, slot_count)
+    if graph is None:
+        _COMPILED[key] = None
+        return None
+    names = tuple(scalars_type._fields[k] for k in number_positions)
+
+    def run(ps: list, gs: list, slots: list[list], by_dtype: dict[str, Any]) -> tuple[list, list[list]]:
+        outputs = [_step_leaf(graph, p, g, [leaves[k] for leaves in slots], names, by_dtype)
+                   for k, (p, g) in enumerate(zip(ps, gs))]
+        return [o[0] for o in outputs], [[o[1][j] for o in outputs] for j in range(slot_count)]
+
+    compiled = _COMPILED[key] = jax.jit(run)
+    return compiled

@@ -35,13 +35,18 @@ __all__ = ["Rule", "TorchPeer", "PreparedStep", "CheckpointWarning"]
 
 def traceable(update: Callable[..., tuple[Any, State]]) -> Callable[..., tuple[Any, State]]:
     """``update`` that, while JAX traces it (``jax.jit(rule.update)``), runs
-    :func:`portopt.jax.update` instead: on traced arrays the eager path would lose the
-    reference's bits (XLA fuses and rewrites its operations)."""
+    :func:`portopt.jax.update` instead, and on concrete JAX arrays :func:`portopt.jax.eager_update`
+    (the eager step with its kernel compiled guarded): on JAX arrays the plain path would lose
+    the reference's bits (XLA fuses and rewrites its operations, eagerly inside one jnp call)."""
 
     @functools.wraps(update)
     def dispatching(self: Rule, params: Any, grads: Any, state: State) -> tuple[Any, State]:
         if is_traced(getattr(state, "step", None)):
             return _traced_update(self, params, grads, state)
+        if _eager_jax(params):
+            from .jax import eager_update
+
+            return eager_update(self, params, grads, state)
         try:
             return update(self, params, grads, state)
         except TracedInputs:  # traced params with a state from outside the trace
@@ -54,6 +59,30 @@ def _traced_update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[A
     from .jax import update
 
     return update(rule, params, grads, state)
+
+
+def _eager_jax(params: Any) -> bool:
+    """Whether the first leaf of ``params`` is a concrete JAX array (one dict lookup while jax
+    is not imported; a tracer is not concrete)."""
+    import sys
+
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return False
+    leaf = _first_leaf(params)
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+
+
+def _first_leaf(tree: Any) -> Any:
+    """The first leaf of a dict/list/tuple tree in tree order (as portopt.trees visits it), or
+    None if it has none."""
+    if not isinstance(tree, (dict, list, tuple)) or hasattr(tree, "_fields"):
+        return tree
+    for child in tree.values() if isinstance(tree, dict) else tree:
+        leaf = _first_leaf(child)
+        if leaf is not None:
+            return leaf
+    return None
 
 
 @dataclass(frozen=True)
