@@ -42,3 +42,18 @@ def same_bits_any_nan(a: np.ndarray, b: np.ndarray) -> bool:
     from portopt.conformance.digests import canonical
 
     return same_bits(canonical(np.asarray(a)), canonical(np.asarray(b)))
+
+
+def break_torch_cpu_sqrt(monkeypatch) -> None:
+    """Give torch CPU tensors a square root one ulp above the correctly rounded one, on every
+    element and every array size: a defect the conformance tools must catch on any machine.
+    (torch's own CPU sqrt is off by an ulp only where MKL's VML takes it: on an AMD EPYC already
+    at 257 elements, on an Intel Xeon only on long arrays, so it is no dependable defect.)"""
+    import torch
+    from portopt.backends.torch_adapter import TorchAdapter, numpy_sqrt_for_cpu_tensor
+
+    def one_ulp_high(x):
+        root = numpy_sqrt_for_cpu_tensor(x)
+        return torch.nextafter(root, torch.full_like(root, float("inf")))
+
+    monkeypatch.setattr(TorchAdapter, "primitive_overrides", lambda self, device: {"sqrt": one_ulp_high})

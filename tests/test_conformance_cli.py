@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import MISSING, TARGETS
+from helpers import break_torch_cpu_sqrt
 from portopt.cli import main as portopt_main
 
 SMALL = ["--rules", "AdaGrad", "--variants", "defaults", "--shapes", "one", "prime", "--no-progress", "--jobs", "1"]
@@ -30,9 +31,7 @@ def test_namespace_option_runs_the_suite_on_a_given_module(tmp_path, capsys):
 
 @pytest.mark.skipif("torch-cpu" not in TARGETS, reason=f"torch-cpu: {MISSING.get('torch-cpu')}")
 def test_a_broken_primitive_fails_the_run_and_is_named(monkeypatch, capsys):
-    from portopt.backends.torch_adapter import TorchAdapter
-
-    monkeypatch.setattr(TorchAdapter, "primitive_overrides", lambda self, device: {})
+    break_torch_cpu_sqrt(monkeypatch)
     # The reference path computes with the namespace (fast paths have their own sqrt): --fast-path off.
     code = portopt_main(["conformance", "--backends", "torch-cpu", "--dtypes", "float32", "--fast-path", "off",
                          "--rules", "Adam", "--variants", "defaults", "--shapes", "prime", "--no-progress"])
@@ -51,11 +50,10 @@ def test_unknown_command_and_help():
 
 @pytest.mark.skipif("torch-cpu" not in TARGETS, reason=f"torch-cpu: {MISSING.get('torch-cpu')}")
 def test_a_known_exception_is_reported_with_its_reason_and_not_as_a_pass(monkeypatch, capsys):
-    from portopt.backends.torch_adapter import TorchAdapter
     from portopt.conformance import exceptions
 
-    monkeypatch.setattr(TorchAdapter, "primitive_overrides", lambda self, device: {})
-    reason = "torch's own sqrt put back for this test"
+    break_torch_cpu_sqrt(monkeypatch)
+    reason = "a square root one ulp high, for this test"
     monkeypatch.setattr(exceptions, "_entries", lambda: ({"target": "torch-cpu", "dtype": "float32", "reason": reason},))
     code = portopt_main(["conformance", "--backends", "torch-cpu", "--dtypes", "float32", "--fast-path", "off",
                          "--rules", "Adam", "--variants", "defaults", "--shapes", "prime", "--no-progress"])
