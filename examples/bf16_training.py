@@ -78,12 +78,9 @@ def runs() -> dict[str, tuple[torch.dtype, Callable]]:
 
 
 def plot(results: dict[str, tuple[list[float], float]], path: str) -> None:
-    import matplotlib
+    from _plotting import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = new_figure(7.0, 4.0)
     for name, (losses, _) in results.items():
         axis.plot(losses, label=name, linestyle="--" if "optimi" in name else "-")
     axis.set_yscale("log")
@@ -91,8 +88,7 @@ def plot(results: dict[str, tuple[list[float], float]], path: str) -> None:
     axis.set_ylabel("training loss (MSE)")
     axis.set_title(f"AdamW lr={LR}, MLP 16-128-128-1, pure bfloat16 vs float32")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, tuple[list[float], float]]:

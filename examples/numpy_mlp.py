@@ -86,12 +86,9 @@ def train(target: Any, rule: portopt.Rule, steps: int) -> tuple[list[float], str
 
 
 def plot(curves: dict[str, list[float]], path: str) -> None:
-    import matplotlib
+    from _plotting import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure, axis = new_figure(7.0, 3.5)
     for name, losses in curves.items():
         axis.plot(losses, label=name)
     axis.set_yscale("log")
@@ -99,8 +96,7 @@ def plot(curves: dict[str, list[float]], path: str) -> None:
     axis.set_ylabel("training loss (MSE)")
     axis.set_title("2-16-1 MLP on two moons, NumPy, hand-written gradients")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, tuple[list[float], str]]]:

@@ -45,12 +45,9 @@ def trajectories(steps: int = 3000, c: float = 3.0, alpha: float = 0.5) -> dict[
 
 
 def plot(paths: dict[str, np.ndarray], path: str) -> None:
-    import matplotlib
+    from _plotting import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure, axis = new_figure(7.0, 3.5)
     for name, xs in paths.items():
         axis.plot(xs, label=name)
     axis.axhline(-1.0, color="gray", linestyle=":", label="optimum x = -1")
@@ -58,8 +55,7 @@ def plot(paths: dict[str, np.ndarray], path: str) -> None:
     axis.set_ylabel("x_t")
     axis.set_title("Reddi et al. (2018): f_t(x) = 3x if t mod 3 = 1 else -x, x in [-1, 1]")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, np.ndarray]:

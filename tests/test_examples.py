@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _load(name: str):
+    if str(EXAMPLES) not in sys.path:  # as when run as a script: examples/_plotting.py importable
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -55,3 +58,32 @@ def test_bf16_training_example_measures_the_memory_each_option_keeps():
     assert sizes["bfloat16 params, bfloat16 state"] == 6.0
     assert sizes["bfloat16, bfloat16 state, kahan"] == 8.0  # + a 2 B compensation
     assert all(losses[-1] < losses[0] for losses, _ in results.values())
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def test_oscillator_fit_gives_the_same_digests_on_every_array_library(tmp_path):
+    """The same script with only the array library changed: the fit and its whole path (and the
+    Rosenbrock walk's) have the same SHA-256 on NumPy, torch and JAX, and the fit goes downhill."""
+    example = _load("fit_oscillator")
+    backends = ["numpy"] + [name for name in ("torch", "jax") if _installed(name)]
+    if len(backends) < 2:
+        pytest.skip("neither torch nor jax is installed")
+    digests = {}
+    for backend in backends:
+        results = example.main(["--backend", backend, "--steps", "40"])
+        losses = results["oscillator"]["losses"]
+        assert len(losses) == 40 and losses[-1] < 0.5 * losses[0], backend
+        assert results["valley"]["x"][0] <= 0.8, "the box's upper bound on x is honoured"
+        digests[backend] = {problem: (r["fit_sha256"], r["path_sha256"]) for problem, r in results.items()}
+    assert all(found == digests["numpy"] for found in digests.values()), digests
+
+
+def test_oscillator_example_plots_small_figures(tmp_path):
+    pytest.importorskip("matplotlib")
+    fit, valley = tmp_path / "fit.png", tmp_path / "valley.png"
+    _load("fit_oscillator").main(["--steps", "30", "--plot", str(fit), "--valley-plot", str(valley)])
+    for path in (fit, valley):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 150_000

@@ -160,14 +160,29 @@ def test_eager_jnp_divides_an_array_by_a_scalar_with_its_reciprocal():
 
 
 # --- every rule, bit for bit ----------------------------------------------------------------
-@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
-def test_jitted_update_gives_the_reference_bits_float32(variant):
+# The default tier: one variant of each rule in float32, and one rule in each other dtype (each
+# test compiles a jitted step and the eager kernel: about a second); the long tier: the rest.
+DEFAULT_IN_OTHER_DTYPES = {"float64": "Adam", "float16": "NAdam", "bfloat16": "SGD"}
+
+
+def _float32_variants() -> list:
+    default = [id(v) for v in FIRST_VARIANT]
+    return [pytest.param(v, id=variant_id(v), marks=() if id(v) in default else pytest.mark.long) for v in VARIANTS]
+
+
+def _other_dtypes() -> list:
+    return [pytest.param(v, dtype, id=f"{variant_id(v)}-{dtype}",
+                         marks=() if DEFAULT_IN_OTHER_DTYPES[dtype] == v["rule"] else pytest.mark.long)
+            for v in FIRST_VARIANT for dtype in DEFAULT_IN_OTHER_DTYPES]
+
+
+@pytest.mark.parametrize("variant", _float32_variants())
+def test_eager_and_jitted_updates_give_the_reference_bits_float32(variant):
     steps_both_ways(make_rule(variant), "float32", steps=5)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
-@pytest.mark.parametrize("variant", FIRST_VARIANT, ids=variant_id)
-def test_jitted_update_gives_the_reference_bits_in_other_dtypes(variant, dtype):
+@pytest.mark.parametrize(("variant", "dtype"), _other_dtypes())
+def test_eager_and_jitted_updates_give_the_reference_bits_in_other_dtypes(variant, dtype):
     steps_both_ways(make_rule(variant), dtype, steps=4)
 
 
@@ -478,15 +493,46 @@ def test_a_gradient_transform_it_cannot_guard_is_refused_naming_it():
 
 
 # --- the conformance target and the demo -------------------------------------------------------
-def test_jax_jit_target_reproduces_golden_cases():
-    targets, missing = find_targets(("jax-jit",))
+def test_jax_targets_reproduce_golden_cases():
+    """Eager and jitted JAX pass golden cases that divide arrays by host scalars (the eager
+    op-by-op path failed these by an ulp), in float16, whose values widen to normal float32s."""
+    targets, missing = find_targets(("jax", "jax-jit"))
     assert not missing, missing
-    matrix = load_matrix()
-    cases = matrix.select(("Adam", "AdaGradNorm"), ("float16",), ("prime",), ())
-    assert len(cases) >= 8
+    chosen = ("Adam/defaults", "Adam/multisteps", "Adam/kahan", "AdaGradNorm/maximize")
+    cases = [case for case in load_matrix().select(("Adam", "AdaGradNorm"), ("float16",), ("prime",), ())
+             if f"{case.rule}/{case.variant}" in chosen]
+    assert len(cases) == len(chosen)
     for case in cases:
         results, _ = run_case(case, targets, load_golden(case.rule)[case.id], api="update")
-        assert results["jax-jit"].status == "pass", (case.id, results["jax-jit"].detail)
+        for label in targets:
+            assert results[label].status == "pass", (label, case.id, results[label].detail)
+
+
+def _first_difference(result) -> tuple | None:
+    m = result.mismatch
+    return None if m is None else (m.checkpoint, m.step, m.array, m.index, m.expected_hex, m.got_hex)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("rule", sorted({case.rule for case in load_matrix().cases}))
+def test_eager_jax_differs_from_the_reference_exactly_where_jax_jit_does(rule):
+    """Every golden case of ``rule`` on eager JAX and on jax-jit in lockstep: neither has a
+    mismatch, and where one differs (XLA's flush of subnormals, the listed known exception:
+    docs/jax.md says how it was measured), the other differs at the same checkpoint, step and
+    element, with the same bits. So eager JAX is left with jax-jit's exception only."""
+    targets, missing = find_targets(("jax", "jax-jit"))
+    assert not missing, missing
+    cases = [case for case in load_matrix().cases if case.rule == rule]
+    golden = load_golden(rule)
+    counts: dict[str, int] = {}
+    for case in cases:
+        with np.errstate(all="ignore"):
+            results, _ = run_case(case, targets, golden[case.id], api="update")
+        eager, jitted = results["jax"], results["jax-jit"]
+        assert eager.status in ("pass", "known exception"), (case.id, eager.detail)
+        assert (eager.status, _first_difference(eager)) == (jitted.status, _first_difference(jitted)), case.id
+        counts[f"{case.dtype} {eager.status}"] = counts.get(f"{case.dtype} {eager.status}", 0) + 1
+    print(f"{rule}: {len(cases)} cases, {dict(sorted(counts.items()))}")
 
 
 def test_demo_reports_a_listed_difference_as_the_known_exception():

@@ -56,8 +56,7 @@ def test_maxiter_is_honoured_and_reported():
 def _targets():
     from portopt.conformance.targets import find_targets
 
-    # not eager JAX: its array-by-scalar division is not correctly rounded (docs/minimize.md)
-    found, _ = find_targets(("numpy", "torch-cpu"))
+    found, _ = find_targets(("numpy", "torch-cpu", "jax"))  # jax: eager, through portopt.jax.eager_update
     return found
 
 
@@ -171,6 +170,29 @@ def test_torch_autograd_when_jac_is_none():
     result = portopt.minimize(lambda x: ((x - target) ** 2).sum(), torch.zeros(2, dtype=torch.float64),
                               portopt.Adam(lr=0.1), jac=None, maxiter=5000, tol=1e-10)
     assert result.success and torch.allclose(result.x, target, atol=1e-9) and not result.x.requires_grad
+
+
+def test_automatic_differentiation_gives_the_hand_written_gradients_bits():
+    """jac=None with torch autograd and with jax.value_and_grad, against NumPy with the gradient
+    written out: d/dx (x - c)² is 2 (x - c) times 1 on every library here, exact after the
+    rounded x - c, so every run gives the same bits (the rules' own bits do the rest)."""
+    rng = np.random.default_rng(3)
+    centre, x0 = rng.standard_normal(20), rng.standard_normal(20)
+    expected = portopt.minimize(lambda x: (float(np.sum((x - centre) ** 2)), 2.0 * (x - centre)), x0,
+                                portopt.NAdam(lr=0.05), maxiter=200, bounds=[(-0.5, 0.5)] * 20)
+    runs = 0
+    for name, target in _targets().items():
+        if name == "numpy":
+            continue
+        c = target.asarray(centre)
+        result = portopt.minimize(lambda x: ((x - c) ** 2).sum(), target.asarray(x0), portopt.NAdam(lr=0.05),  # noqa: B023
+                                  jac=None, maxiter=200, bounds=[(-0.5, 0.5)] * 20)
+        assert target.to_numpy(result.x).tobytes() == expected.x.tobytes(), name
+        assert target.to_numpy(result.jac).tobytes() == expected.jac.tobytes(), name
+        assert result.nit == expected.nit == 200 and result.fun == pytest.approx(expected.fun, rel=1e-12)
+        runs += 1
+    if not runs:
+        pytest.skip("neither torch nor jax is installed")
 
 
 def test_non_finite_values_stop_with_a_reason():

@@ -22,7 +22,8 @@ __all__ = ["Target", "TargetError", "find_targets", "namespace_target", "TARGET_
 
 TARGET_NAMES = ("numpy", "torch-cpu", "torch-cuda", "cupy", "array_api_strict", "jax")
 # Chosen by name only (--backends dask): lazy, so a 1000-step golden case is slow there.
-# jax-jit: JAX with every update run as jax.jit(rule.update) (a compilation per case).
+# jax-jit: JAX with every update run as jax.jit(rule.update) (a compilation per case); the plain
+# jax target is eager rule.update on JAX arrays (portopt.jax.eager_update: a compiled kernel per case).
 OPTIONAL_TARGET_NAMES = ("dask", "jax-jit")
 _ALL_DTYPES = ("float16", "float32", "float64")
 
@@ -117,7 +118,7 @@ def _jax() -> Target:
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    return Target("jax", array_api_compat.array_namespace(jnp.zeros(1)), None, _ALL_DTYPES, jnp.asarray)
+    return Target("jax", array_api_compat.array_namespace(jnp.zeros(1)), None, _ALL_DTYPES + _bfloat16(), jnp.asarray)
 
 
 def _jax_jit() -> Target:
@@ -128,7 +129,7 @@ def _jax_jit() -> Target:
 
     plain = _jax()
     device = jax.devices("cpu")[0]
-    return Target("jax-jit", plain.xp, None, plain.dtypes + _bfloat16(), lambda a: jax.device_put(jnp.asarray(a), device),
+    return Target("jax-jit", plain.xp, None, plain.dtypes, lambda a: jax.device_put(jnp.asarray(a), device),
                   wrap_update=_jitted_in_caller_order)
 
 
