@@ -111,7 +111,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
             # (a portopt schedule in place of a number is checked at its value for the first step)
             torch_class([torch.zeros(1, requires_grad=True)],
                         **{name: value(0) if callable(value) and name in self.rule_class.schedulable else value
-                           for name, value in arguments.items() if name not in _OWN_NAMES})
+                           for name, value in arguments.items() if name in _torch_parameters(torch_class)})
         if skip_group is not None and skip_group != "world" and not _is_process_group(skip_group):
             raise TypeError(f"skip_group must be 'world' or a torch.distributed ProcessGroup, got {skip_group!r}")
         for switch, reason in _REFUSED.items():
@@ -262,8 +262,10 @@ def _as_torch_takes_it(rule_class: type[Rule], name: str, value: Any) -> Any:
 def _flags(rule_class: type[Rule]) -> frozenset[str]:
     flags = _FLAGS.get(rule_class)
     if flags is None:
+        # not the rule's keyword-only forms torch lacks (eps_hat): those are checked as the rule checks them
         flags = _FLAGS[rule_class] = frozenset(name for name, p in inspect.signature(rule_class).parameters.items()
-                                               if isinstance(p.default, bool))
+                                               if isinstance(p.default, bool)
+                                               and p.kind is not inspect.Parameter.KEYWORD_ONLY)
     return flags
 
 
@@ -306,6 +308,11 @@ def _export_param_state(rule: Rule, state: dict) -> dict:
     return state
 
 
+def _torch_parameters(torch_class: type) -> Any:
+    """The names torch.optim's class takes."""
+    return inspect.signature(torch_class).parameters
+
+
 def _is_process_group(value: Any) -> bool:
     return torch_sharding.dist is not None and isinstance(value, torch_sharding.dist.ProcessGroup)
 
@@ -326,6 +333,10 @@ def _signature(rule_class: type[Rule], torch_class: type | None) -> inspect.Sign
                 parameters.append(p.replace(default=rule_parameters[name].default, annotation=inspect.Parameter.empty))
             elif name in _SWITCHES:
                 parameters.append(p.replace(annotation=inspect.Parameter.empty))
+        # the rule's own keyword-only forms that torch lacks (Adam's bias_correction, eps_hat)
+        torch_names = _torch_parameters(torch_class)
+        parameters += [p for name, p in rule_parameters.items()
+                       if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in torch_names]
     ordered = [p for p in parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
     ordered += [p for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
     return inspect.Signature([*ordered, *_OWN])

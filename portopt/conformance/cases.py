@@ -135,9 +135,14 @@ def variant_rule(variant: dict) -> portopt.Rule:
     return portopt.Clipped(rule, variant["clip_norm"]) if variant.get("clip_norm") is not None else rule
 
 
+# options of portopt's that torch.optim has no counterpart for (a variant setting one has no peer)
+_WITHOUT_TORCH_PEER = ("master_weights", "eps_hat", "bias_correction")
+
+
 def has_torch_equivalent(variant: dict) -> bool:
-    """Whether torch.optim has this variant: not an accumulating or a compensated one."""
-    return variant.get("accumulate") is None and "master_weights" not in variant["options"]
+    """Whether torch.optim has this variant: not an accumulating or a compensated one, nor one of
+    the Adam forms torch lacks (``eps_hat``, ``bias_correction=False``)."""
+    return variant.get("accumulate") is None and not any(name in variant["options"] for name in _WITHOUT_TORCH_PEER)
 
 
 @functools.cache

@@ -2,6 +2,9 @@
 
 Kingma & Ba (2015), Algorithm 1; decoupled decay from Loshchilov & Hutter (2019);
 AMSGrad from Reddi et al. (2018). Semantics and names as torch.optim.Adam / AdamW.
+Two forms torch.optim lacks: ``bias_correction=False`` (BERT's Adam; HF's ``correct_bias=False``,
+apex's ``bias_correction=False``) and ``eps_hat=True``, the ε̂ form of Kingma & Ba §2 that Keras and
+TensorFlow use (ε added to √v, not to √v̂).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class AdamScalars(NamedTuple):
     coupled_decay: bool
     decoupled_decay: bool
     amsgrad: bool
+    scaled_denominator: bool  # sqrt(v) / sqrt(1 - b2^t): bias-corrected, and eps added to sqrt(v-hat)
     weight_decay: float
     decay_factor: float
     beta1: float
@@ -47,6 +51,9 @@ def adam_kernel(xp, s: AdamScalars, p, g, m, v, v_max=None):
         v  <- b2 * v + (1 - b2) * (g * g)
         v_max <- maximum(v_max, v)      if amsgrad, and v_max replaces v below
         p  <- p - (lr / (1 - b1^t)) * (m / (sqrt(v) / sqrt(1 - b2^t) + eps))
+
+    ``eps_hat=True``: ``p <- p - (lr * sqrt(1 - b2^t) / (1 - b1^t)) * (m / (sqrt(v) + eps))``;
+    ``bias_correction=False``: ``p <- p - lr * (m / (sqrt(v) + eps))``.
     """
     g = effective_gradient(s, p, g)
     if s.decoupled_decay:
@@ -55,10 +62,16 @@ def adam_kernel(xp, s: AdamScalars, p, g, m, v, v_max=None):
     v = s.beta2 * v + s.one_minus_beta2 * (g * g)
     if s.amsgrad:
         v_max = xp.maximum(v_max, v)
-        denom = xp.sqrt(v_max) / s.bias_correction2_sqrt + s.eps
-        return p - s.step_size * (m / denom), m, v, v_max
-    denom = xp.sqrt(v) / s.bias_correction2_sqrt + s.eps
-    return p - s.step_size * (m / denom), m, v
+        return p - s.step_size * (m / _denominator(xp, s, v_max)), m, v, v_max
+    return p - s.step_size * (m / _denominator(xp, s, v)), m, v
+
+
+def _denominator(xp, s: AdamScalars, v):
+    """``sqrt(v) / sqrt(1 - b2^t) + eps``, or ``sqrt(v) + eps`` (eps_hat, or no bias correction)."""
+    root = xp.sqrt(v)
+    if s.scaled_denominator:
+        root = root / s.bias_correction2_sqrt
+    return root + s.eps
 
 
 class Adam(Rule):
@@ -66,6 +79,9 @@ class Adam(Rule):
 
     ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g²``,
     ``p -= lr/(1-b1^t) · m / (sqrt(v)/sqrt(1-b2^t) + eps)``. Kingma & Ba (2015).
+    ``eps_hat=True``: ``p -= lr·sqrt(1-b2^t)/(1-b1^t) · m / (sqrt(v) + eps)`` (Kingma & Ba §2's ε̂;
+    Keras, TensorFlow). ``bias_correction=False``: ``p -= lr · m / (sqrt(v) + eps)`` (BERT; HF
+    ``correct_bias=False``). Neither has a torch.optim peer.
     """
 
     name = "Adam"
@@ -85,6 +101,9 @@ class Adam(Rule):
         decoupled_weight_decay: bool = False,
         state_dtype: str | None = None,
         master_weights: str | None = None,
+        *,
+        bias_correction: bool = True,
+        eps_hat: bool = False,
     ) -> None:
         """``decoupled_weight_decay=True`` is AdamW's decay (as torch.optim.Adam's option)."""
         self.lr = check_schedule("lr", lr)
@@ -93,6 +112,8 @@ class Adam(Rule):
         self.weight_decay = check_schedule("weight_decay", weight_decay)
         self.amsgrad = check_flag("amsgrad", amsgrad)
         self.decoupled_weight_decay = check_flag("decoupled_weight_decay", decoupled_weight_decay)
+        self.bias_correction = check_flag("bias_correction", bias_correction)
+        self.eps_hat = check_flag("eps_hat", eps_hat)
         self._set_common(maximize, skip_nonfinite, state_dtype, master_weights)
         warn_if_beta1_too_large(self.betas)
 
@@ -107,6 +128,7 @@ class Adam(Rule):
         return AdamScalars(
             maximize=self.maximize,
             amsgrad=self.amsgrad,
+            scaled_denominator=self.bias_correction and not self.eps_hat,
             coupled_decay=weight_decay != 0 and not self.decoupled_weight_decay,
             decoupled_decay=weight_decay != 0 and self.decoupled_weight_decay,
             weight_decay=weight_decay,
@@ -115,10 +137,20 @@ class Adam(Rule):
             one_minus_beta1=1.0 - beta1,
             beta2=beta2,
             one_minus_beta2=1.0 - beta2,
-            step_size=lr / (1.0 - power(beta1, t)),
-            bias_correction2_sqrt=math.sqrt(1.0 - power(beta2, t)),
+            step_size=self._step_size(lr, t),
+            bias_correction2_sqrt=math.sqrt(1.0 - power(beta2, t)) if self.bias_correction else 1.0,
             eps=evaluate("eps", self.eps, steps_taken),
         )
+
+
+    def _step_size(self, lr: float, t: int) -> float:
+        """``lr / (1 - b1^t)``; with eps_hat ``lr * sqrt(1 - b2^t) / (1 - b1^t)``; without bias correction ``lr``."""
+        if not self.bias_correction:
+            return lr
+        beta1, beta2 = self.betas
+        if self.eps_hat:
+            return lr * math.sqrt(1.0 - power(beta2, t)) / (1.0 - power(beta1, t))
+        return lr / (1.0 - power(beta1, t))
 
 
 class AdamW(Adam):
@@ -142,9 +174,12 @@ class AdamW(Adam):
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
         master_weights: str | None = None,
+        *,
+        bias_correction: bool = True,
+        eps_hat: bool = False,
     ) -> None:
         super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, skip_nonfinite, True, state_dtype,
-                         master_weights)
+                         master_weights, bias_correction=bias_correction, eps_hat=eps_hat)
 
 
 class AMSGrad(Adam):
@@ -167,7 +202,10 @@ class AMSGrad(Adam):
         skip_nonfinite: bool = False,
         state_dtype: str | None = None,
         master_weights: str | None = None,
+        *,
+        bias_correction: bool = True,
+        eps_hat: bool = False,
     ) -> None:
         super().__init__(lr, betas, eps, weight_decay, True, maximize, skip_nonfinite, state_dtype=state_dtype,
-                         master_weights=master_weights)
+                         master_weights=master_weights, bias_correction=bias_correction, eps_hat=eps_hat)
 
