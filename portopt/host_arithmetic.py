@@ -49,6 +49,17 @@ def power(base: float, exponent: int) -> float:
     powers, so a run of consecutive exponents (one per step) costs about one product each,
     not ``log2(e)``: the products, and so the bits, are those of the loop.
     """
+    memo = _MEMO.get(base)
+    if memo is not None and type(exponent) is int:  # the common case first: one product, or none
+        value = memo.get(exponent)
+        if value is None:
+            previous = memo.get(exponent - 1 if exponent & 1 else exponent >> 1)
+            if previous is not None and exponent > 0:
+                value = memo[exponent] = _multiply(previous, (base, 0.0) if exponent & 1 else previous)
+        if value is not None:
+            if len(memo) > 4096:
+                _prune(memo, exponent)
+            return value[0]
     if isinstance(exponent, bool) or not isinstance(exponent, int) or exponent < 0:
         raise ValueError(f"exponent must be >= 0 and an int, got {exponent!r}")
     if base == 0.0 or base != base:  # ±0 (the sign of 0 must survive) and NaN: the loop, unremembered

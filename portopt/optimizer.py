@@ -26,7 +26,16 @@ from .checks import check_params
 from .compensation import COMPENSATION_SLOT, kahan_kernel
 from .hyperparams import check_flag, check_master_weights, check_state_dtype, evaluate
 from .numerics import dtype_name, slot_dtype_for
-from .plan import Plan, ScalarCache, TracedInputs, interrupts_deferred, plan_for, run_group
+from .plan import (
+    Plan,
+    ScalarCache,
+    TracedInputs,
+    interrupts_deferred,
+    plan_for,
+    repeat_step,
+    run_group,
+    step_scalars,
+)
 from .state import State, is_traced, register_pytree
 from .trees import flatten, unflatten
 
@@ -239,7 +248,12 @@ class Rule:
         Everything is checked and every host scalar evaluated before the first write, so
         bad input leaves params and state as they were. Bit-identical to :meth:`update`.
         """
-        self.plan_step(params, grads, state).apply()
+        plan = self.__dict__.get("_repeatable")
+        if plan is not None and repeat_step(self, plan, params, grads, state):
+            return
+        prepared = self.plan_step(params, grads, state)
+        prepared.apply()
+        self.__dict__["_repeatable"] = prepared.plan if prepared.repeatable(self) else None
 
     def plan_step(self, params: Any, grads: Any, state: State) -> PreparedStep:
         """Check an in-place step and evaluate its scalars; ``.apply()`` then writes it.
@@ -251,7 +265,7 @@ class Rule:
 
     def __getstate__(self) -> dict[str, Any]:
         # cached step plans hold arrays; they are rebuilt on the first step after unpickling
-        return {k: v for k, v in self.__dict__.items() if k not in ("_plans", "_constructing")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_plans", "_repeatable", "_constructing")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -364,7 +378,7 @@ class PreparedStep:
     def __init__(self, rule: Rule, params: Any, grads: Any, state: State, *, writing: bool,
                  transform: Callable[[Plan, list], list] | None = None) -> None:
         """``transform(plan, grads)``: new gradient leaves from the checked ones (clipping)."""
-        self.rule, self.state = rule, state
+        self.rule, self.state, self.transformed = rule, state, transform is not None
         self.plan: Plan
         self.plan, (self.p_leaves, self.g_leaves, self.slot_leaves) = plan_for(rule, params, grads, state, writing)
         if writing:
@@ -374,10 +388,15 @@ class PreparedStep:
         self.skip = rule.skip_nonfinite and not _all_finite(self.plan.xp, self.g_leaves)
         if self.skip:
             return
-        extra, self.new_host = rule.advance_host_state(state.step, dict(state.host), self.plan.xp, self.g_leaves,
-                                                       self.p_leaves)
-        scalars = rule.host_scalars(state.step)
-        self.scalars = scalars._replace(**extra) if extra else scalars
+        self.scalars, self.new_host = step_scalars(rule, state, self.plan.xp, self.g_leaves, self.p_leaves)
+
+    def repeatable(self, caller: Rule) -> bool:
+        """Whether the next in-place step of ``caller`` on the same arrays can be
+        :func:`portopt.plan.repeat_step`: this one was ``caller``'s own, untransformed,
+        and one compiled loop over NumPy arrays."""
+        plan = self.plan
+        return (self.rule is caller and not self.transformed and not self.skip and plan.writing and plan.remembers
+                and len(plan.groups) == 1 and plan.groups[0].executor == "compiled")
 
     def _cache(self) -> ScalarCache:
         cache = self.plan.__dict__.get("scalar_cache")

@@ -44,7 +44,7 @@ from .trees import builder, collector
 if TYPE_CHECKING:
     from .optimizer import Rule
 
-__all__ = ["Plan", "plan_for", "TracedInputs"]
+__all__ = ["Plan", "plan_for", "TracedInputs", "repeat_step", "step_scalars"]
 
 
 class TracedInputs(TypeError):
@@ -301,6 +301,43 @@ def plan_for(rule: Rule, params: Any, grads: Any, state: State, writing: bool) -
     return plan, bound
 
 
+def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: list, p_leaves: list) -> tuple[tuple, dict[str, float]]:
+    """This step's host scalars and the new host state (Python floats, computed on the host)."""
+    extra, new_host = rule.advance_host_state(state.step, dict(state.host), xp, g_leaves, p_leaves)
+    scalars = rule.host_scalars(state.step)
+    return (scalars._replace(**extra) if extra else scalars), new_host
+
+
+def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -> bool:
+    """The in-place step of a plan of one compiled loop over NumPy arrays when every array is
+    the one the last step read (so the same memory: NumPy does not move a referenced array's
+    data) and its signature is unchanged: the tables of the last step are reused, so what
+    remains per step is :meth:`Plan.bind`, the host scalars and the loop. Returns False, having
+    done nothing, for anything else (the full step then runs, with every check)."""
+    bound = plan.bind(params, grads, state)
+    if bound is None:
+        return False
+    p_leaves, g_leaves, slot_leaves = bound
+    group = plan.groups[0]
+    last = group.last_tables
+    arrays = (*p_leaves, *g_leaves, *(x for leaves in slot_leaves for x in leaves))
+    if last is None or len(last[0]) != len(arrays) or not all(map(operator.is_, arrays, last[0])):
+        return False
+    if rule.skip_nonfinite:
+        return False  # the full step: its skip counts and copies
+    scalars, new_host = step_scalars(rule, state, plan.xp, g_leaves, p_leaves)
+    loops = group.loops(rule.kernel, scalars, len(slot_leaves))
+    values = loops.scalars(scalars)
+    try:
+        loops.run(group.compiled_table, last[1], None, values)
+        state.host = new_host
+        state.step += 1
+    except BaseException:
+        state.torn = True
+        raise
+    return True
+
+
 class ScalarCache:
     """0-d arrays of host scalars per dtype; a number is made into an array again only when
     its value changed since the last step (most hyperparameters never do)."""
@@ -347,8 +384,9 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
     if executor == "compiled":
         loops = group.loops(kernel, scalars, slot_count)
         if in_place and plan.remembers:
-            arrays = tuple(x for index in group.indexes
-                           for x in (p_leaves[index], g_leaves[index], *(leaves[index] for leaves in slot_leaves)))
+            indexes = group.indexes  # p, g, then each slot, of every leaf (repeat_step's order too)
+            arrays = (*(p_leaves[i] for i in indexes), *(g_leaves[i] for i in indexes),
+                      *(leaves[i] for leaves in slot_leaves for i in indexes))
             last = group.last_tables
             if last is not None and len(last[0]) == len(arrays) and all(map(operator.is_, arrays, last[0])):
                 read, write = last[1], last[2]

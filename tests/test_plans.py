@@ -152,3 +152,79 @@ def test_torch_tensor_swaps_are_caught():
 def _copy_torch_state(state):
     return portopt.State(rule=state.rule, step=state.step,
                          slots={k: {kk: vv.clone() for kk, vv in v.items()} for k, v in state.slots.items()})
+
+
+# --- the repeated step: the same arrays again (portopt.plan.repeat_step) -----------------------
+def _reshaped(x, shape):
+    x.shape = shape  # in place: the same object, another shape
+    return x
+
+
+IN_PLACE_CHANGES = {
+    "param reshaped in place": lambda p, g, s: _reshaped(p["w"], (3, 2)),
+    "grad reshaped in place": lambda p, g, s: _reshaped(g["w"], (6,)),
+    "slot reshaped in place": lambda p, g, s: _reshaped(s.slots["exp_avg"]["w"], (3, 2)),
+    "slot made read-only": lambda p, g, s: setattr(s.slots["exp_avg_sq"]["b"].flags, "writeable", False),
+    "grad replaced in its tree": lambda p, g, s: g.__setitem__("b", np.full(4, 0.25)),
+    "slot replaced in its tree": lambda p, g, s: s.slots["exp_avg"].__setitem__("b", np.zeros(3, np.float32)),
+    "step made a bool": lambda p, g, s: setattr(s, "step", True),
+    "step made negative": lambda p, g, s: setattr(s, "step", -1),
+    "state of another rule": lambda p, g, s: setattr(s, "rule", "AdamW"),
+}
+
+
+def _copy_keeping_flags(x):
+    y = x.copy()
+    y.flags.writeable = x.flags.writeable
+    return y
+
+
+@pytest.mark.parametrize("change", list(IN_PLACE_CHANGES))
+def test_the_same_arrays_changed_in_place_get_the_first_steps_error(change):
+    """After two steps on the same arrays (the repeated step's tables are reused), an array
+    changed in place, or a tree or the state edited, gets a fresh rule's error; nothing is written."""
+    rule = portopt.Adam(lr=0.1)
+    params, grads, state = _setup(rule, lambda a: a)
+    rule.step(params, grads, state)
+    IN_PLACE_CHANGES[change](params, grads, state)
+    fresh_state = portopt.State(rule=state.rule, step=state.step,
+                                slots={k: {kk: _copy_keeping_flags(vv) for kk, vv in v.items()}
+                                       for k, v in state.slots.items()})
+    expected = _first_step_error(rule, params, grads, lambda fresh: fresh_state)
+    before = _snapshot(params, state)
+    with pytest.raises(type(expected)) as raised:
+        rule.step(params, grads, state)
+    assert str(raised.value) == str(expected)
+    _unchanged(before, params, state)
+
+
+def _variants_on_numpy():
+    from helpers import VARIANTS, variant_id
+
+    return [pytest.param(v, id=variant_id(v)) for v in VARIANTS]
+
+
+@pytest.mark.parametrize("variant", _variants_on_numpy())
+def test_steps_on_the_same_arrays_give_the_bits_of_update(variant):
+    """A training loop's pattern: the gradients refilled in place, the same params and state
+    each step; in place (the repeated step) and through update, every variant, the same bits.
+    A gradient that is the param itself, one step in, is read as update reads it (a copy)."""
+    from helpers import make_rule, random_arrays, same_bits
+
+    rule = make_rule(variant)
+    values = random_arrays(3, (7,), "float32", 12)
+    params = {"w": random_arrays(4, (7,), "float32", 1)[0], "b": np.ones(3, np.float32)}
+    grads = {"w": np.empty(7, np.float32), "b": np.empty(3, np.float32)}
+    pure, pure_state = {k: v.copy() for k, v in params.items()}, rule.init(params)
+    state = rule.init(params)
+    for k, g in enumerate(values):
+        grads["w"][...] = g
+        grads["b"][...] = g[:3]
+        step_grads = {**grads, "b": params["b"]} if k == 5 else grads  # aliasing, once
+        pure, pure_state = rule.update(pure, {k2: v.copy() for k2, v in step_grads.items()}, pure_state)
+        rule.step(params, step_grads, state)
+    assert state.step == pure_state.step == len(values)
+    for key in params:
+        assert same_bits(params[key], pure[key]), key
+        for name in state.slots:
+            assert same_bits(state.slots[name][key], pure_state.slots[name][key]), (name, key)

@@ -125,32 +125,29 @@ class Adam(Rule):
         weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         beta1, beta2 = self.betas
         t = steps_taken + 1
-        return AdamScalars(
-            maximize=self.maximize,
-            amsgrad=self.amsgrad,
-            scaled_denominator=self.bias_correction and not self.eps_hat,
-            coupled_decay=weight_decay != 0 and not self.decoupled_weight_decay,
-            decoupled_decay=weight_decay != 0 and self.decoupled_weight_decay,
-            weight_decay=weight_decay,
-            decay_factor=1.0 - lr * weight_decay,
-            beta1=beta1,
-            one_minus_beta1=1.0 - beta1,
-            beta2=beta2,
-            one_minus_beta2=1.0 - beta2,
-            step_size=self._step_size(lr, t),
-            bias_correction2_sqrt=math.sqrt(1.0 - power(beta2, t)) if self.bias_correction else 1.0,
-            eps=evaluate("eps", self.eps, steps_taken),
-        )
-
-
-    def _step_size(self, lr: float, t: int) -> float:
-        """``lr / (1 - b1^t)``; with eps_hat ``lr * sqrt(1 - b2^t) / (1 - b1^t)``; without bias correction ``lr``."""
+        correction1, correction2_sqrt = 1.0 - power(beta1, t), math.sqrt(1.0 - power(beta2, t))
         if not self.bias_correction:
-            return lr
-        beta1, beta2 = self.betas
-        if self.eps_hat:
-            return lr * math.sqrt(1.0 - power(beta2, t)) / (1.0 - power(beta1, t))
-        return lr / (1.0 - power(beta1, t))
+            step_size, correction2_sqrt = lr, 1.0
+        elif self.eps_hat:
+            step_size = lr * correction2_sqrt / correction1
+        else:
+            step_size = lr / correction1
+        return AdamScalars(
+            self.maximize,
+            weight_decay != 0 and not self.decoupled_weight_decay,  # coupled_decay
+            weight_decay != 0 and self.decoupled_weight_decay,  # decoupled_decay
+            self.amsgrad,
+            self.bias_correction and not self.eps_hat,  # scaled_denominator
+            weight_decay,
+            1.0 - lr * weight_decay,  # decay_factor
+            beta1,
+            1.0 - beta1,
+            beta2,
+            1.0 - beta2,
+            step_size,
+            correction2_sqrt,  # bias_correction2_sqrt
+            evaluate("eps", self.eps, steps_taken),
+        )
 
 
 class AdamW(Adam):
