@@ -3,10 +3,13 @@
 Default tier (``pytest``): every golden case on NumPy; torch on the shapes where backends
 differ (0-d, strided, transposed, tree); array-api-strict, whose every operation costs
 about 15 µs of checks, on every case's 0-d
-shape and, in float32, a strided view (its trees cost 2-6 s a case: the long tier); the
+shape and, in float32, a strided view (its trees cost 2-6 s a case: the long tier); eager JAX,
+which compiles each case's kernel (about 0.3-0.6 s a case), on the float32 trees; the
 primitive tier everywhere.
-Long tier (``pytest -m long``; CI runs it too): torch and array-api-strict on the other cases, and
-every case again on NumPy and torch with the fast path off (the reference) and blocked.
+Long tier (``pytest -m long``; CI runs it too): torch and array-api-strict on the other cases
+(JAX's: tests/test_jax.py, eager and jitted in lockstep), and every case again with
+the fast path off (the reference) and blocked, on NumPy and torch (blocked: torch on the shapes
+above, where its memory differs from NumPy's).
 ``portopt conformance`` (the main job) always runs every case on every backend.
 
 The plugin's own tests (what a third party runs with ``pytest -p portopt.conformance.plugin
@@ -31,6 +34,9 @@ STRICT_FLOAT32_SHAPES_BY_DEFAULT = ("strided",)
 # torch runs NumPy's compiled loops on its own memory: in the default tier, the shapes where a
 # backend's views, strides and trees differ (the long tier: the rest)
 TORCH_SHAPES_BY_DEFAULT = ("scalar", "strided", "transposed", "tree")
+# eager JAX compiles each case's kernel: in the default tier, the float32 trees (several leaves,
+# whole-tree sums); tests/test_jax.py checks every rule on random inputs there
+JAX_FLOAT32_SHAPES_BY_DEFAULT = ("tree",)
 _GOLDEN: dict = {}
 
 
@@ -59,6 +65,8 @@ def _by_default(label: str, case) -> bool:
             case.dtype == "float32" and case.shape in STRICT_FLOAT32_SHAPES_BY_DEFAULT)
     if label == "torch-cpu":
         return case.shape in TORCH_SHAPES_BY_DEFAULT
+    if label == "jax":
+        return case.dtype == "float32" and case.shape in JAX_FLOAT32_SHAPES_BY_DEFAULT
     return True
 
 
@@ -90,9 +98,13 @@ def test_golden_vectors_the_default_tier_leaves_out(case, label):
 @pytest.mark.parametrize("mode", ["off", "blocked"])
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_golden_vectors_with_each_fast_path_setting(case, mode):
-    """Every case again with the reference path and with the blocked path, on the backends
-    that have fast paths (tests/test_fast_paths.py checks every path against the reference
-    on random inputs in the default tier)."""
-    targets = {label: TARGETS[label] for label in ("numpy", "torch-cpu") if label in TARGETS}
+    """Every case again with the reference path (torch's own operations, on every case) and
+    with the blocked path (portopt's loops over blocks: on torch they run on the tensor's memory,
+    so torch adds to NumPy only where its arrays differ: 0-d, strided, transposed, tree), on NumPy
+    and torch; tests/test_fast_paths.py checks every path against the reference on random inputs
+    in the default tier."""
+    torch_too = mode == "off" or case.shape in TORCH_SHAPES_BY_DEFAULT
+    targets = {label: TARGETS[label] for label in ("numpy", "torch-cpu") if label in TARGETS
+               and (label == "numpy" or torch_too)}
     with portopt.fast_path(mode):
         _check(case, targets)

@@ -513,16 +513,25 @@ def _first_difference(result) -> tuple | None:
     return None if m is None else (m.checkpoint, m.step, m.array, m.index, m.expected_hex, m.got_hex)
 
 
+# Each case compiles an eager and a jitted kernel (about 0.8 s a case): the long tier takes the
+# contiguous and the tree shapes of every variant and dtype (2 of the 8 shapes), one test per
+# variant; the whole matrix is `portopt conformance --backends numpy jax jax-jit` (docs/jax.md).
+LOCKSTEP_SHAPES = ("prime", "tree")
+
+
 @pytest.mark.long
-@pytest.mark.parametrize("rule", sorted({case.rule for case in load_matrix().cases}))
-def test_eager_jax_differs_from_the_reference_exactly_where_jax_jit_does(rule):
-    """Every golden case of ``rule`` on eager JAX and on jax-jit in lockstep: neither has a
-    mismatch, and where one differs (XLA's flush of subnormals, the listed known exception:
-    docs/jax.md says how it was measured), the other differs at the same checkpoint, step and
-    element, with the same bits. So eager JAX is left with jax-jit's exception only."""
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_eager_jax_differs_from_the_reference_exactly_where_jax_jit_does(variant):
+    """The golden cases of ``variant`` (LOCKSTEP_SHAPES) on eager JAX and on jax-jit in lockstep:
+    neither has a mismatch, and where one differs (XLA's flush of subnormals, the listed known
+    exception: docs/jax.md says how it was measured), the other differs at the same checkpoint,
+    step and element, with the same bits. So eager JAX is left with jax-jit's exception only."""
     targets, missing = find_targets(("jax", "jax-jit"))
     assert not missing, missing
-    cases = [case for case in load_matrix().cases if case.rule == rule]
+    rule = variant["rule"]
+    cases = [case for case in load_matrix().cases
+             if case.rule == rule and case.variant == variant["name"] and case.shape in LOCKSTEP_SHAPES]
+    assert cases, variant_id(variant)
     golden = load_golden(rule)
     counts: dict[str, int] = {}
     for case in cases:
@@ -532,7 +541,7 @@ def test_eager_jax_differs_from_the_reference_exactly_where_jax_jit_does(rule):
         assert eager.status in ("pass", "known exception"), (case.id, eager.detail)
         assert (eager.status, _first_difference(eager)) == (jitted.status, _first_difference(jitted)), case.id
         counts[f"{case.dtype} {eager.status}"] = counts.get(f"{case.dtype} {eager.status}", 0) + 1
-    print(f"{rule}: {len(cases)} cases, {dict(sorted(counts.items()))}")
+    print(f"{variant_id(variant)}: {len(cases)} cases, {dict(sorted(counts.items()))}")
 
 
 def test_demo_reports_a_listed_difference_as_the_known_exception():
