@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -65,6 +66,14 @@ def _host_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_host_value(v) for v in value)
     return value
+
+
+def _immutable(value: Any) -> bool:
+    """A value that cannot change while the same object: a number, bool, string or None, or a
+    tuple of them (not a tensor or a list, which can be edited in place)."""
+    if type(value) is tuple:
+        return all(map(_immutable, value))
+    return value is None or type(value) in (float, int, bool, str)
 
 
 class _GroupValue:
@@ -176,16 +185,24 @@ class PortoptOptimizer(torch.optim.Optimizer):
         checked step plans with it); schedulable ones (``lr``, ``eps``, ``weight_decay``) are
         read from the group at each step."""
         names, schedulable = self.hyperparameter_names, self.rule_class.schedulable
-        values = {name: _host_value(_as_torch_takes_it(self.rule_class, name, group[name])) for name in names}
-        fixed = tuple((name, values[name]) for name in names if name not in schedulable)
         cache = self.__dict__.setdefault("_rules", {})
         cached = cache.get(id(group))
+        fixed_names = [name for name in names if name not in schedulable]
+        raw = tuple(group[name] for name in fixed_names)
+        # the very same immutable values as last step (floats, bools, tuples of them): the same rule
+        if cached is not None and cached[0] is group and cached[3] is not None and all(map(operator.is_, raw,
+                                                                                           cached[3])):
+            return cached[2]
+        values = {name: _host_value(_as_torch_takes_it(self.rule_class, name, group[name])) for name in names}
+        fixed = tuple((name, values[name]) for name in fixed_names)
+        same_objects = raw if all(map(_immutable, raw)) else None
         if cached is not None and cached[0] is group and cached[1] == fixed:
+            cache[id(group)] = (group, fixed, cached[2], same_objects)
             return cached[2]
         self.rule_class(**values)  # the group's values checked as numbers, with portopt's messages
         rule = self.rule_class(**{**dict(fixed), **{name: _GroupValue(group, name) for name in names
                                                       if name in schedulable}})
-        cache[id(group)] = (group, fixed, rule)
+        cache[id(group)] = (group, fixed, rule, same_objects)
         return rule
 
     @torch.no_grad()

@@ -174,3 +174,49 @@ def test_drop_in_is_a_torch_optimizer_with_torch_state_keys():
     keys = set(optimizer.state[next(model.parameters())])
     assert keys == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
     assert isinstance(np.asarray(optimizer.state_dict()["state"][0]["exp_avg"]), np.ndarray)
+
+
+GRADIENTS = (1.0, 1.0, 1e-3, 1e-3)  # falling: v falls from step 3, so AMSGrad's max differs from v
+
+
+@pytest.mark.parametrize("edit", ["betas replaced", "betas list edited in place", "amsgrad switched on"])
+def test_a_group_hyperparameter_edited_between_steps_takes_effect(edit):
+    """The drop-in keeps a group's rule while the group's values are the same objects: an edit
+    of any kind, even inside a list it holds, gives the steps a fresh optimizer with those
+    values would take."""
+    import portopt.torch as pt
+    import torch
+
+    def run(edited_from_the_start: bool) -> bytes:
+        torch.manual_seed(0)
+        param = torch.nn.Parameter(torch.randn(6, dtype=torch.float64))
+        optimizer = pt.Adam([param], lr=0.01, betas=[0.9, 0.999] if "list" in edit else (0.9, 0.999))
+        group = optimizer.param_groups[0]
+        for k in range(4):
+            if k == 2 or edited_from_the_start:
+                if edit == "betas replaced":
+                    group["betas"] = (0.5, 0.9)
+                elif edit == "betas list edited in place":
+                    group["betas"][0], group["betas"][1] = 0.5, 0.9
+                else:
+                    group["amsgrad"] = True
+            param.grad = torch.full((6,), GRADIENTS[k], dtype=torch.float64)
+            optimizer.step()
+        return param.detach().numpy().tobytes()
+
+    torch.manual_seed(0)
+    reference = torch.nn.Parameter(torch.randn(6, dtype=torch.float64))
+    first, later = pt.Adam([reference], lr=0.01), None
+    for k in range(4):
+        if k == 2:  # the same two steps, then an optimizer taking the edited values with its state
+            state = first.state_dict()
+            state["param_groups"][0].update({"betas": (0.5, 0.9) if "betas" in edit else (0.9, 0.999),
+                                             "amsgrad": edit == "amsgrad switched on"})
+            if edit == "amsgrad switched on":
+                state["state"][0]["max_exp_avg_sq"] = torch.zeros(6, dtype=torch.float64)
+            later = pt.Adam([reference], lr=0.01)
+            later.load_state_dict(state)
+        reference.grad = torch.full((6,), GRADIENTS[k], dtype=torch.float64)
+        (later or first).step()
+    assert run(False) == reference.detach().numpy().tobytes()
+    assert run(False) != run(True)  # the edit changed the steps
