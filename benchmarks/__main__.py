@@ -194,6 +194,21 @@ def torch_optim(rule_name: str, workload: Workload, mode: str) -> Implementation
     return Implementation(f"torch {mode}", optimizer.step, repeat=workload.repeat)
 
 
+def jax_jitted(rule_name: str, workload: Workload) -> list[Implementation]:
+    """``jax.jit(portopt.Adam().update)`` beside jitted ``optax.adam``, for float32 Adam where JAX
+    and optax are installed (benchmarks/jax_step.py: each step waits for its new params)."""
+    if rule_name != "Adam" or workload.dtype != "float32" or workload.small or workload.state_dtype:
+        return []
+    try:
+        import jax  # noqa: F401
+        import optax  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return []
+    from . import jax_step
+
+    return [Implementation(name, make(list(workload.shapes))) for name, make in jax_step.IMPLEMENTATIONS.items()]
+
+
 def torch_optimi(rule_name: str, workload: Workload) -> Implementation | None:
     """torch-optimi's Adam/AdamW with ``kahan_sum=True`` beside portopt's ``master_weights="kahan"``
     (what low-precision training with compensation is measured against), where torch-optimi is installed."""
@@ -267,6 +282,7 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
                     implementations.append(portopt_drop_in(rule_name, workload))
                 implementations += [i for m in torch_modes if (i := torch_optim(rule_name, workload, m))]
                 implementations += [i for i in (torch_optimi(rule_name, workload),) if i is not None]
+            implementations += jax_jitted(rule_name, workload)
             for implementation in implementations:  # warm-up: compilation, first-touch
                 implementation.step()
                 implementation.step()
@@ -282,6 +298,7 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
             hand = medians.get("hand-written numpy")
             default = medians.get("torch default")
             foreach = medians.get("torch foreach")
+            optax = medians.get("optax.adam, jax.jit")
             for implementation in implementations:
                 median = medians[implementation.name]
                 extra = implementation.memory() if implementation.memory else None
@@ -292,6 +309,7 @@ def run(workloads: list[str], rules: list[str], rounds: int) -> dict:
                     "x_hand": median / hand if hand else None,
                     "x_torch_default": median / default if default else None,
                     "x_torch_foreach": median / foreach if foreach else None,
+                    "x_optax": median / optax if optax else None,
                     "peak_extra_MB": extra / 1e6 if extra is not None else None,
                 })
             del implementations
@@ -342,6 +360,16 @@ def table(results: dict) -> str:
             extra = f"{row['peak_extra_MB']:.2f}" if row["peak_extra_MB"] is not None else "—"
             lines.append(f"| {row['workload']} | {row['rule']} | {row['implementation']} | {row['median_ms']:.2f} | "
                          f"{row['x_bound']:.2f} | {ratio(row['x_torch_fused'])} | {extra} |")
+    from .jax_step import IMPLEMENTATIONS as JAX_IMPLEMENTATIONS
+
+    jax_rows = [row for row in large if row["implementation"] in JAX_IMPLEMENTATIONS and row.get("x_optax")]
+    if jax_rows:
+        lines += ["", "JAX on the CPU (ms per step, each step waiting for its params; portopt's jitted step "
+                  "calls the host once per step for its scalars):", "",
+                  "| workload | rule | implementation | median ms/step | × optax.adam jitted |", "|---|---|---|---|---|"]
+        for row in jax_rows:
+            lines.append(f"| {row['workload']} | {row['rule']} | {row['implementation']} | {row['median_ms']:.2f} | "
+                         f"{ratio(row['x_optax'])} |")
     if small:
         lines += ["", "Small problems (µs per step; ratios to the hand-written NumPy loop and to torch.optim's "
                   "default and foreach steps, in the same run):", "",

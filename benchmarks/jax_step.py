@@ -24,19 +24,24 @@ WORKLOADS = {"1e3 float32": 1_000, "1e6 float32": 1_000_000}
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
 
 
-def _arrays(size: int) -> tuple[Any, Any]:
-    """Params and gradients of ``size`` float32 elements, committed to the CPU device."""
+def _arrays(size: int | list[tuple[int, ...]]) -> tuple[Any, Any]:
+    """Params and gradients of ``size`` float32 elements (or a list of leaves of these shapes),
+    committed to the CPU device."""
     import jax
     import numpy as np
 
     rng = np.random.default_rng(0)
     device = jax.devices("cpu")[0]
-    params = jax.device_put(rng.standard_normal(size).astype(np.float32), device)
-    grads = jax.device_put(rng.standard_normal(size).astype(np.float32), device)
-    return params, grads
+
+    def leaves(shape: tuple[int, ...]) -> Any:
+        return jax.device_put(rng.standard_normal(shape).astype(np.float32), device)
+
+    if isinstance(size, int):
+        return leaves((size,)), leaves((size,))
+    return [leaves(shape) for shape in size], [leaves(shape) for shape in size]
 
 
-def portopt_step(size: int) -> Callable[[], Any]:
+def portopt_step(size: int | list[tuple[int, ...]]) -> Callable[[], Any]:
     """One ``jax.jit(portopt.Adam().update)`` step per call, on a state it keeps."""
     import jax
 
@@ -54,7 +59,7 @@ def portopt_step(size: int) -> Callable[[], Any]:
     return step
 
 
-def optax_step(size: int) -> Callable[[], Any]:
+def optax_step(size: int | list[tuple[int, ...]]) -> Callable[[], Any]:
     """One jitted ``optax.adam`` update and ``apply_updates`` per call, on a state it keeps."""
     import jax
     import optax  # type: ignore[import-untyped]
@@ -76,7 +81,7 @@ def optax_step(size: int) -> Callable[[], Any]:
     return step
 
 
-IMPLEMENTATIONS: dict[str, Callable[[int], Callable[[], Any]]] = {
+IMPLEMENTATIONS: dict[str, Callable[[Any], Callable[[], Any]]] = {
     "portopt jax.jit(Adam.update)": portopt_step,
     "optax.adam, jax.jit": optax_step,
 }
