@@ -195,7 +195,7 @@ class Plan:
     def address(self, x: Any, remembered: dict[int, tuple[Any, int]] | None) -> int:
         """The address of ``x`` (planned to have one); kept in ``remembered`` for the next step."""
         known = self.known.get(id(x)) if self.remembers else None
-        address = known[1] if known is not None and known[0] is x else self.adapter.address(x)
+        address = known[1] if known is not None and known[0] is x else self.adapter.planned_address(x)
         if address is None:  # the signature promised one
             raise RuntimeError("portopt internal error: a planned array has no address")
         if self.remembers and remembered is not None:

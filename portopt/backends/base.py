@@ -57,6 +57,11 @@ class Adapter:
         pending view transform (the compiled loops read and write there), else None."""
         return None
 
+    def planned_address(self, x: Any) -> int | None:
+        """:meth:`address` of an array whose signature this step matched to a plan's that had
+        an address (so what ``address`` checks besides the pointer is known to hold)."""
+        return self.address(x)
+
     def memory_bounds(self, x: Any) -> tuple[int, int] | None:
         """``(first byte, one past the last byte)`` of ``x``'s elements, or None if this
         backend cannot tell (then only identity shows that two arrays share memory)."""

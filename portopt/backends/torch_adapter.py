@@ -57,8 +57,15 @@ class TorchAdapter(Adapter):
             return None
         return x.data_ptr()
 
+    def planned_address(self, x: Any) -> int | None:
+        # the signature holds device, contiguity and the negative and conjugate bits
+        return x.data_ptr()
+
     def memory_bounds(self, x: Any) -> tuple[int, int] | None:
         item = x.element_size()
+        if x.is_contiguous():
+            start = x.data_ptr()
+            return start, start + x.numel() * item
         return strided_bounds(x.data_ptr(), tuple(x.shape), tuple(s * item for s in x.stride()), item)
 
     def overlaps_itself(self, x: Any) -> bool:
