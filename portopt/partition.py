@@ -21,6 +21,7 @@ from .checkpoint import PARTITION_FORMAT
 from .checks import Leaves, check_params
 from .optimizer import Rule
 from .plan import _check_no_shared_memory, _Spans, interrupts_deferred
+from .state import counter_leaf, python_int, register_composite
 from .trees import TreeDef, flatten, leaf_paths, unflatten
 
 __all__ = ["Partition", "PartitionState", "partition", "masked"]
@@ -35,6 +36,18 @@ class PartitionState:
     rule: str
     step: int
     parts: dict[str, Any] = field(default_factory=dict)
+
+
+def _flatten_state(state: PartitionState) -> tuple[tuple, tuple]:
+    return (state.parts, counter_leaf(state.step)), (state.rule,)
+
+
+def _unflatten_state(static: tuple, children: tuple) -> PartitionState:
+    parts, step = children
+    return PartitionState(rule=static[0], step=python_int(step), parts=parts)
+
+
+register_composite(PartitionState, _flatten_state, _unflatten_state)  # a JAX pytree, as State is
 
 
 class _Planned:

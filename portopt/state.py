@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["State", "register_pytree", "is_traced", "float_bits", "bits_float"]
+__all__ = ["State", "register_pytree", "register_composite", "is_traced", "float_bits", "bits_float", "counter_leaf",
+           "python_int"]
 
 
 @dataclass
@@ -62,7 +64,32 @@ def register_pytree() -> None:
     import jax
 
     jax.tree_util.register_pytree_node(State, _flatten, _unflatten)
+    for cls, flatten, unflatten in _COMPOSITES:
+        jax.tree_util.register_pytree_node(cls, flatten, unflatten)
     _REGISTERED = True
+
+
+# The composite states (PartitionState): registered with State, whenever that happens.
+_COMPOSITES: list[tuple[type, Callable[[Any], tuple], Callable[[Any, Any], Any]]] = []
+
+
+def register_composite(cls: type, flatten: Callable[[Any], tuple], unflatten: Callable[[Any, Any], Any]) -> None:
+    """A composite state class made a JAX pytree as :class:`State` is (now, if it already is)."""
+    _COMPOSITES.append((cls, flatten, unflatten))
+    if _REGISTERED:
+        import jax
+
+        jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+
+
+def counter_leaf(value: Any) -> Any:
+    """A step counter as a pytree leaf (an int32 0-d array for a Python int)."""
+    return _counter_leaf(value)
+
+
+def python_int(value: Any) -> Any:
+    """A step counter leaf back as a Python int where it is concrete."""
+    return _python_int(value)
 
 
 def float_bits(value: float) -> np.ndarray:

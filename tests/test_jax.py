@@ -459,6 +459,33 @@ def test_eager_partition_masked_and_any_gradient_transform_give_the_reference_bi
             assert_same_tree(reference, params, repr(rule))
 
 
+def test_jitted_partition_and_masked_give_the_reference_bits():
+    """PartitionState is a pytree, so ``jax.jit(partition(...).update)`` and ``masked`` trace:
+    each part's rule runs its guarded traced step; params and every state leaf keep NumPy's bits."""
+    rules = [
+        portopt.partition({"decay": portopt.AdamW(weight_decay=0.1), "plain": portopt.NAdam(), "frozen": None},
+                          {"b": "plain", "s": "frozen", "w": "decay"}),
+        portopt.masked(portopt.Clipped(portopt.Adam(lr=0.01), max_norm=0.5), {"b": True, "s": False, "w": True}),
+    ]
+    for rule in rules:
+        rng = np.random.default_rng(25)
+        start = host_tree(rng, "float32")
+        reference, reference_state = start, rule.init(start)
+        params, state = on_jax(start), rule.init(on_jax(start))
+        jitted = jax.jit(rule.update)
+        for _ in range(3):
+            grads = host_tree(rng, "float32")
+            reference, reference_state = rule.update(reference, grads, reference_state)
+            params, state = jitted(params, on_jax(grads), state)
+            assert_same_tree(reference, params, repr(rule))
+        assert type(state) is type(reference_state) and state.step == reference_state.step == 3
+        ours, theirs = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(reference_state)
+        assert len(ours) == len(theirs) and len(ours) > 2
+        for a, b in zip(ours, theirs):
+            assert same_bits(np.asarray(a), np.asarray(b)), repr(rule)
+        assert jitted._cache_size() == 1  # traced once for all three steps
+
+
 # --- bad input ----------------------------------------------------------------------------------
 def test_in_place_step_is_refused_under_jit():
     rule = portopt.Adam()
