@@ -107,6 +107,11 @@ class Plan:
         self.namespace: RuleNamespace = self.adapter.rule_namespace(self.device)
         arrays = [*checked.leaves, *grad_leaves, *(x for name in self.slot_names for x in slots[name])]
         self.signatures = [self.adapter.signature(x) for x in arrays]
+        # in place: the arrays the shared-memory checks passed, and where their elements lie; a
+        # later step re-runs every check unless each written array is in the same place again
+        # (the same bytes, or the same object where the backend cannot tell)
+        written = [*checked.leaves, *(x for name in self.slot_names for x in slots[name])] if writing else []
+        self.written = [(x, self.adapter.memory_layout(x)) for x in written]
         self.groups = self._groups(checked.leaves, grad_leaves, slots)
         # NumPy: addresses of the arrays the last step wrote, by array (a NumPy array's
         # memory cannot move while this plan holds it: NumPy refuses to resize a referenced
@@ -174,7 +179,21 @@ class Plan:
                 wanted = next(expected)
                 if type(x) is not wanted[0] or signature(x) != wanted:  # the type first: another
                     return None                                          # backend's array
+        if self.written and not self._written_in_place(p_leaves, slot_leaves):
+            return None
         return p_leaves, g_leaves, slot_leaves
+
+    def _written_in_place(self, p_leaves: list, slot_leaves: list[list]) -> bool:
+        """Whether every array this in-place step writes occupies the bytes the plan's checks
+        saw (so no new sharing between them, and no moved memory behind a cached address)."""
+        layout = self.adapter.memory_layout
+        planned = iter(self.written)
+        for leaves in (p_leaves, *slot_leaves):
+            for x in leaves:
+                array, where = next(planned)
+                if (x is not array) if where is None else (layout(x) != where):
+                    return False
+        return True
 
     def unshared_grads(self, p_leaves: list, g_leaves: list, slot_leaves: list[list]) -> list:
         """``g_leaves`` with a copy in place of any gradient that shares memory with a param or
@@ -309,27 +328,40 @@ def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: list, p_leaves: li
 
 
 def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -> bool:
-    """The in-place step of a plan of one compiled loop over NumPy arrays when every array is
-    the one the last step read (so the same memory: NumPy does not move a referenced array's
-    data) and its signature is unchanged: the tables of the last step are reused, so what
-    remains per step is :meth:`Plan.bind`, the host scalars and the loop. Returns False, having
-    done nothing, for anything else (the full step then runs, with every check)."""
+    """The in-place step of a plan of one compiled loop over NumPy arrays when the params and
+    slots are the arrays the last step wrote (so the same memory: NumPy does not move a
+    referenced array's data) and every signature is unchanged: the last step's address table
+    is reused, with the gradients' row filled again when they are new arrays (checked, as in
+    the full step, not to share memory with anything the step writes). What remains per step
+    is :meth:`Plan.bind`, the host scalars and the loop. Returns False, having done nothing, for
+    anything else (the full step then runs, with every check)."""
+    group = plan.groups[0]
+    last = group.last_tables
+    if last is None or rule.skip_nonfinite:  # skip_nonfinite: the full step, its skip counts and copies
+        return False
     bound = plan.bind(params, grads, state)
     if bound is None:
         return False
     p_leaves, g_leaves, slot_leaves = bound
-    group = plan.groups[0]
-    last = group.last_tables
-    arrays = (*p_leaves, *g_leaves, *(x for leaves in slot_leaves for x in leaves))
-    if last is None or len(last[0]) != len(arrays) or not all(map(operator.is_, arrays, last[0])):
+    count = len(p_leaves)
+    written = (*p_leaves, *(x for leaves in slot_leaves for x in leaves))
+    last_arrays, read, write = last
+    if len(last_arrays) != count + len(written) or not (all(map(operator.is_, written[:count], last_arrays))
+                                                        and all(map(operator.is_, written[count:],
+                                                                    last_arrays[2 * count:]))):
         return False
-    if rule.skip_nonfinite:
-        return False  # the full step: its skip counts and copies
+    if not all(map(operator.is_, g_leaves, last_arrays[count:2 * count])):
+        if plan.unshared_grads(p_leaves, g_leaves, slot_leaves) is not g_leaves:
+            return False  # a gradient shares memory with what the step writes: the full step copies it
+        read = read.copy()
+        for column, g in enumerate(g_leaves):
+            read[1, column] = plan.address(g, None)
+        group.last_tables = ((*p_leaves, *g_leaves, *written[count:]), read, write)
     scalars, new_host = step_scalars(rule, state, plan.xp, g_leaves, p_leaves)
     loops = group.loops(rule.kernel, scalars, len(slot_leaves))
     values = loops.scalars(scalars)
     try:
-        loops.run(group.compiled_table, last[1], None, values)
+        loops.run(group.compiled_table, read, None, values)
         state.host = new_host
         state.step += 1
     except BaseException:
@@ -442,8 +474,16 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
             computed.append((p0, new_p, slots, new_slots))
         else:
             assert outputs is not None
-            inputs = (p0, g_leaves[index], *slots)
-            outputs.append((index, _fresh(xp, new_p, inputs), [_fresh(xp, x, inputs) for x in new_slots]))
+            # no input comes back, and no two outputs are one array (ASGD's ax can be its new p):
+            # a later in-place step on them would refuse them as sharing memory
+            taken = [p0, g_leaves[index], *slots]
+            fresh_p = _fresh(xp, new_p, tuple(taken))
+            taken.append(fresh_p)
+            fresh_slots = []
+            for x in new_slots:
+                fresh_slots.append(_fresh(xp, x, tuple(taken)))
+                taken.append(fresh_slots[-1])
+            outputs.append((index, fresh_p, fresh_slots))
     if not in_place:
         return None
     write_into = plan.adapter.write

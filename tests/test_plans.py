@@ -228,3 +228,101 @@ def test_steps_on_the_same_arrays_give_the_bits_of_update(variant):
         assert same_bits(params[key], pure[key]), key
         for name in state.slots:
             assert same_bits(state.slots[name][key], pure_state.slots[name][key]), (name, key)
+
+
+# --- sharing and moved memory after warm steps --------------------------------------------------
+def _list_setup(rule, warm: int):
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(8), rng.standard_normal(8)]
+    grads = [rng.standard_normal(8), rng.standard_normal(8)]
+    state = rule.init(params)
+    for _ in range(warm):
+        rule.step(params, grads, state)
+    return params, grads, state
+
+
+NEW_SHARING = {
+    "a param twice": lambda p, s: p.__setitem__(1, p[0]),
+    "a param and a view of it": lambda p, s: p.__setitem__(1, p[0][:]),
+    "a param that is a slot": lambda p, s: p.__setitem__(0, s.slots["exp_avg_sq"][0]),
+    "a slot twice": lambda p, s: s.slots["exp_avg"].__setitem__(1, s.slots["exp_avg"][0]),
+    "one slot tree as two": lambda p, s: s.slots.__setitem__("exp_avg", s.slots["exp_avg_sq"]),
+}
+
+
+@pytest.mark.parametrize("mode", ["auto", "blocked", "off"])
+@pytest.mark.parametrize("sharing", list(NEW_SHARING))
+def test_sharing_made_after_warm_steps_gets_the_first_steps_error(sharing, mode):
+    """A plan's shared-memory checks hold only while the arrays it checked are where they were:
+    arrays made to share memory after two steps get the error a first step gets, nothing written."""
+    with portopt.fast_path(mode):
+        cold = portopt.Adam(lr=0.1)
+        params, grads, state = _list_setup(cold, 0)
+        NEW_SHARING[sharing](params, state)
+        with pytest.raises(ValueError, match="share memory") as first:
+            cold.step(params, grads, state)
+        warm = portopt.Adam(lr=0.1)
+        params, grads, state = _list_setup(warm, 2)
+        NEW_SHARING[sharing](params, state)
+        before = [x.copy() for x in params], {k: [x.copy() for x in v] for k, v in state.slots.items()}
+        with pytest.raises(ValueError, match="share memory") as raised:
+            warm.step(params, grads, state)
+        assert str(raised.value) == str(first.value) and state.step == 2
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(before[0], params))
+
+
+def test_memory_moved_under_the_same_array_is_planned_again():
+    """``resize(refcheck=False)`` moves an array's elements and keeps the object and its
+    signature: the step after it writes the array's new memory (update's bits), not the old."""
+    rule = portopt.Adam(lr=0.1)
+    rng = np.random.default_rng(1)
+    p, g = rng.standard_normal(1000), rng.standard_normal(1000)
+    state = rule.init(p)
+    for _ in range(2):
+        rule.step(p, g, state)
+    expected, _ = rule.update(p.copy(), g, portopt.State(rule="Adam", step=state.step,
+                                                          slots={k: v.copy() for k, v in state.slots.items()}))
+    address = p.ctypes.data
+    p.resize(200 * 1000, refcheck=False)
+    p.resize(1000, refcheck=False)
+    if p.ctypes.data == address:
+        pytest.skip("the allocator gave the same address back")
+    bystander = np.full(1000, 7.0)  # may land where p was
+    rule.step(p, g, state)
+    assert p.tobytes() == expected.tobytes() and np.all(bystander == 7.0) and state.step == 3
+
+
+@pytest.mark.skipif("torch-cpu" not in TARGETS, reason="torch is not installed")
+def test_a_tensor_set_to_share_memory_after_warm_steps_is_refused():
+    """torch's ``set_`` keeps the tensor object and moves its elements: in the drop-in too."""
+    import torch
+
+    import portopt.torch as pt
+
+    a, b = torch.nn.Parameter(torch.randn(8, dtype=torch.float64)), torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
+    optimizer = pt.Adam([a, b], lr=0.1)
+    for _ in range(2):
+        a.grad, b.grad = torch.ones(8, dtype=torch.float64), torch.ones(8, dtype=torch.float64)
+        optimizer.step()
+    with torch.no_grad():
+        b.set_(a.detach())
+    with pytest.raises(ValueError, match="share memory"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+@pytest.mark.parametrize("variant", _variants_on_numpy())
+def test_update_returns_params_and_slots_that_share_no_memory(variant, mode):
+    """What update returns can be stepped in place next: no two of its arrays share memory
+    (ASGD's reference kernel returns its new p as ax at first: a copy comes back)."""
+    from helpers import make_rule, random_arrays
+
+    rule = make_rule(variant)
+    params = random_arrays(5, (6,), "float64", 1)[0]
+    state = rule.init(params)
+    with portopt.fast_path(mode):
+        for g in random_arrays(6, (6,), "float64", 3):
+            params, state = rule.update(params, g, state)
+            arrays = [params, *state.slots.values()]
+            assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:])
+            rule.step(params, g, state)  # and an in-place step takes them

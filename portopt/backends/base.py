@@ -62,6 +62,13 @@ class Adapter:
         an address (so what ``address`` checks besides the pointer is known to hold)."""
         return self.address(x)
 
+    def memory_layout(self, x: Any) -> Any:
+        """Where ``x``'s elements lie, as a value that is equal for two arrays exactly when they
+        occupy the same bytes in the same order (first address and size if contiguous, else also
+        shape and strides), or None if this backend cannot tell (then only identity can show
+        that an array a plan checked is still where it was)."""
+        return None
+
     def memory_bounds(self, x: Any) -> tuple[int, int] | None:
         """``(first byte, one past the last byte)`` of ``x``'s elements, or None if this
         backend cannot tell (then only identity shows that two arrays share memory)."""

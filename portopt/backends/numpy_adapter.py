@@ -55,6 +55,13 @@ class NumpyAdapter(Adapter):
             return None
         return _address(x)
 
+    def memory_layout(self, x: Any) -> Any:
+        if type(x) is not np.ndarray:
+            return None
+        if x.flags.c_contiguous:
+            return _address(x), x.nbytes
+        return _address(x), x.shape, x.strides
+
     def memory_bounds(self, x: Any) -> tuple[int, int] | None:
         if not isinstance(x, np.ndarray):
             return None

@@ -61,6 +61,12 @@ class TorchAdapter(Adapter):
         # the signature holds device, contiguity and the negative and conjugate bits
         return x.data_ptr()
 
+    def memory_layout(self, x: Any) -> Any:
+        # set_(), resize_() and as_strided_() move a tensor's elements and keep the object
+        if x.is_contiguous():
+            return x.data_ptr(), x.numel() * x.element_size()
+        return x.data_ptr(), tuple(x.shape), x.stride(), x.element_size()
+
     def memory_bounds(self, x: Any) -> tuple[int, int] | None:
         item = x.element_size()
         if x.is_contiguous():
