@@ -295,9 +295,8 @@ def test_memory_moved_under_the_same_array_is_planned_again():
 @pytest.mark.skipif("torch-cpu" not in TARGETS, reason="torch is not installed")
 def test_a_tensor_set_to_share_memory_after_warm_steps_is_refused():
     """torch's ``set_`` keeps the tensor object and moves its elements: in the drop-in too."""
-    import torch
-
     import portopt.torch as pt
+    import torch
 
     a, b = torch.nn.Parameter(torch.randn(8, dtype=torch.float64)), torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
     optimizer = pt.Adam([a, b], lr=0.1)
