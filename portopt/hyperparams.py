@@ -90,7 +90,9 @@ def check_real(name: str, value: object, *, low: float = 0.0, high: float | None
 def check_flag(name: str, value: object) -> bool:
     """A boolean option (``amsgrad``, ``maximize``, ...): a real bool, not 1 or "yes"."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        kind = type(value)
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r} of type "
+                        f"{kind.__qualname__ if kind.__module__ == 'builtins' else kind.__module__ + '.' + kind.__qualname__}")
     return value
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import operator
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -68,6 +69,18 @@ def _host_value(value: Any) -> Any:
     return value
 
 
+def _identical(a: Any, b: Any) -> bool:
+    """The same values of the same types, zeros of the same sign (``0 == False`` and ``0.0 ==
+    -0.0`` are not the same hyperparameter), recursively through tuples."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is tuple:
+        return len(a) == len(b) and all(map(_identical, a, b))
+    if type(a) is float:
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b) or (a != a and b != b)
+    return bool(a == b)
+
+
 def _immutable(value: Any) -> bool:
     """A value that cannot change while the same object: a number, bool, string or None, or a
     tuple of them (not a tensor or a list, which can be edited in place)."""
@@ -96,6 +109,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
     rule_class: ClassVar[type[Rule]]
     torch_class: ClassVar[type[torch.optim.Optimizer] | None]  # the torch.optim class of this name, if any
     hyperparameter_names: ClassVar[tuple[str, ...]]  # the rule's constructor arguments
+    own_forms: ClassVar[frozenset[str]]  # portopt's keyword-only forms torch lacks (eps_hat, bias_correction)
     __signature__: ClassVar[inspect.Signature]
 
     def __init__(self, params: Iterable[Any], *args: Any, **kwargs: Any) -> None:
@@ -128,7 +142,8 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{type(self).__name__}: {reason}")
         hyperparameters = {name: _as_torch_takes_it(self.rule_class, name, arguments[name])
                            for name in self.hyperparameter_names if name in arguments}
-        self.rule_class(**{name: _host_value(value) for name, value in hyperparameters.items()})  # portopt's checks
+        self.rule_class(**{name: value if name in self.own_forms else _host_value(value)  # portopt's checks
+                           for name, value in hyperparameters.items()})
         defaults = {**hyperparameters, **{name: arguments[name] for name in _SWITCHES if name in arguments}}
         super().__init__(params, defaults)
         self.skip_group = skip_group
@@ -193,10 +208,13 @@ class PortoptOptimizer(torch.optim.Optimizer):
         if cached is not None and cached[0] is group and cached[3] is not None and all(map(operator.is_, raw,
                                                                                            cached[3])):
             return cached[2]
-        values = {name: _host_value(_as_torch_takes_it(self.rule_class, name, group[name])) for name in names}
+        own = self.own_forms  # portopt's forms torch lacks: checked as the rule checks them, not converted
+        values = {name: group[name] if name in own else _host_value(_as_torch_takes_it(self.rule_class, name,
+                                                                                          group[name]))
+                  for name in names}
         fixed = tuple((name, values[name]) for name in fixed_names)
         same_objects = raw if all(map(_immutable, raw)) else None
-        if cached is not None and cached[0] is group and cached[1] == fixed:
+        if cached is not None and cached[0] is group and _identical(cached[1], fixed):
             cache[id(group)] = (group, fixed, cached[2], same_objects)
             return cached[2]
         self.rule_class(**values)  # the group's values checked as numbers, with portopt's messages
@@ -325,6 +343,15 @@ def _export_param_state(rule: Rule, state: dict) -> dict:
     return state
 
 
+def _own_forms(rule_class: type[Rule], torch_class: type | None) -> list[str]:
+    """The rule's keyword-only options that torch's class lacks (Adam's eps_hat, bias_correction)."""
+    if torch_class is None:
+        return []
+    torch_names = _torch_parameters(torch_class)
+    return [name for name, p in inspect.signature(rule_class).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in torch_names and name not in _OWN_NAMES]
+
+
 def _torch_parameters(torch_class: type) -> Any:
     """The names torch.optim's class takes."""
     return inspect.signature(torch_class).parameters
@@ -365,8 +392,9 @@ def _drop_in(rule_class: type[Rule], name: str) -> type[PortoptOptimizer]:
     doc = f"torch.optim drop-in running :class:`portopt.{rule_class.__name__}`.\n\n{rule_class.__doc__}"
     signature = _signature(rule_class, torch_class)
     names = tuple(inspect.signature(rule_class).parameters)
+    own_forms = frozenset(_own_forms(rule_class, torch_class))
     return type(name, (PortoptOptimizer,), {"rule_class": rule_class, "torch_class": torch_class,
-                                            "hyperparameter_names": names,
+                                            "hyperparameter_names": names, "own_forms": own_forms,
                                             "__doc__": doc, "__signature__": signature,
                                             "__module__": __name__})
 

@@ -220,3 +220,43 @@ def test_a_group_hyperparameter_edited_between_steps_takes_effect(edit):
         (later or first).step()
     assert run(False) == reference.detach().numpy().tobytes()
     assert run(False) != run(True)  # the edit changed the steps
+
+
+@pytest.mark.parametrize(("name", "before", "after"), [
+    ("betas", (0.0, 0.999), (-0.0, 0.999)),  # equal as numbers, not as steps: -0.0 * m is -0.0
+    ("eps_hat", False, 0),                   # equal as numbers, but not a bool
+    ("bias_correction", True, 1.0),
+])
+def test_a_group_edit_equal_only_as_a_number_is_not_taken_for_the_old_value(name, before, after):
+    """The cached rule is kept only for the same values of the same types, zeros of the same
+    sign: -0.0 for 0.0 steps as a fresh optimizer would, and 0 for False is refused naming it."""
+    import portopt.torch as pt
+    import torch
+
+    param = torch.nn.Parameter(torch.full((3,), -0.0, dtype=torch.float64))
+    optimizer = pt.Adam([param], lr=0.01, **{name: before})
+    param.grad = torch.full((3,), -0.0, dtype=torch.float64)
+    optimizer.step()
+    optimizer.param_groups[0][name] = after
+    if isinstance(after, tuple):
+        fresh_param = torch.nn.Parameter(param.detach().clone())
+        fresh = pt.Adam([fresh_param], lr=0.01, **{name: after})
+        fresh.load_state_dict(optimizer.state_dict())
+        for p in (param, fresh_param):
+            p.grad = torch.full((3,), -0.0, dtype=torch.float64)
+        optimizer.step()
+        fresh.step()
+        assert param.detach().numpy().tobytes() == fresh_param.detach().numpy().tobytes()
+        assert (optimizer.state[param]["exp_avg"].numpy().tobytes()
+                == fresh.state[fresh_param]["exp_avg"].numpy().tobytes())
+    else:
+        with pytest.raises(TypeError, match=f"{name} must be a bool"):
+            optimizer.step()
+
+
+def test_portopts_own_forms_are_not_converted_from_tensors():
+    import portopt.torch as pt
+    import torch
+
+    with pytest.raises(TypeError, match="eps_hat must be a bool"):
+        pt.Adam([torch.nn.Parameter(torch.zeros(2))], eps_hat=torch.tensor(True))
