@@ -38,6 +38,51 @@ class PartitionState:
     parts: dict[str, Any] = field(default_factory=dict)
 
 
+def _sorted_key_rank(treedef: TreeDef) -> list[int]:
+    """Each leaf's place when dicts are walked in sorted key order (as JAX flattens them), so a
+    part's leaves, its state and its whole-tree sums are in one order eagerly and under jax.jit
+    whatever the order of the params' dict keys."""
+    order: list[int] = []
+
+    def walk(node: TreeDef, first: int) -> int:
+        if node.kind == "leaf":
+            order.append(first)
+            return first + 1
+        starts, position = [], first
+        for child in node.children:
+            starts.append(position)
+            position += _leaf_count(child)
+        children = list(range(len(node.children)))
+        if node.kind == "dict":
+            try:
+                children.sort(key=lambda k: node.keys[k])
+            except TypeError:  # keys that do not compare: their own order (JAX refuses such dicts)
+                pass
+        for k in children:
+            walk(node.children[k], starts[k])
+        return position
+
+    walk(treedef, 0)
+    rank = [0] * len(order)
+    for place, leaf in enumerate(order):
+        rank[leaf] = place
+    return rank
+
+
+def _leaf_count(node: TreeDef) -> int:
+    return 1 if node.kind == "leaf" else sum(_leaf_count(child) for child in node.children)
+
+
+def _in_order_of(tree: Any, params: Any) -> Any:
+    """``tree`` with each dict that has the same keys as params' dict there in params' key order
+    (labels go by key: JAX hands a jitted function its dicts with sorted keys)."""
+    if isinstance(tree, dict) and isinstance(params, dict) and tree.keys() == params.keys():
+        return {key: _in_order_of(tree[key], params[key]) for key in params}
+    if isinstance(tree, (list, tuple)) and isinstance(params, (list, tuple)) and len(tree) == len(params):
+        return type(tree)(_in_order_of(t, p) for t, p in zip(tree, params))
+    return tree
+
+
 def _flatten_state(state: PartitionState) -> tuple[tuple, tuple]:
     return (state.parts, counter_leaf(state.step)), (state.rule,)
 
@@ -91,10 +136,10 @@ class Partition:
         """The leaves of ``self.labels`` (or of what it returns for ``params``), checked to have
         the params' tree; errors name ``argument``."""
         tree = self.labels(params) if callable(self.labels) else self.labels
-        leaves, found = flatten(tree)
+        leaves, found = flatten(_in_order_of(tree, params))
         if found != treedef:
-            raise ValueError(f"{argument} must have the tree of params (dict keys in the same order): {argument} "
-                             f"is {found.describe()}, params {treedef.describe()}")
+            raise ValueError(f"{argument} must have the tree of params (the same dict keys, list lengths and "
+                             f"nesting): {argument} is {found.describe()}, params {treedef.describe()}")
         return leaves
 
     def _label_leaves(self, params: Any, treedef: TreeDef) -> list:
@@ -108,9 +153,10 @@ class Partition:
         """The leaf positions of each label that has a rule and leaves, in ``rules`` order."""
         labels = self._label_leaves(params, treedef)
         groups: dict[Any, list[int]] = {}
+        rank = _sorted_key_rank(treedef)
         for label in self.rules:
             if self.rules[label] is not None:
-                positions = [i for i, x in enumerate(labels) if x == label]
+                positions = sorted((i for i, x in enumerate(labels) if x == label), key=rank.__getitem__)
                 if positions:
                     groups[label] = positions
         return groups

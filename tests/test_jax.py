@@ -610,3 +610,22 @@ def test_demo_exits_0_with_known_exceptions_only_and_1_with_an_unlisted_differen
     assert demo.main(["--steps", "10", "--size", "16"]) == 1
     out = capsys.readouterr().out
     assert f"{unlisted[0]}: DIFFERENT BITS" in out and "backends disagree" in out
+
+
+def test_labels_and_masks_go_by_key_under_jit():
+    """JAX hands a jitted function its dicts with sorted keys; labels and masks in any key order
+    (docs/minimize.md's example has w, b, embedding) mean the same leaves eagerly and under jit."""
+    labels = {"w": "decay", "b": "plain", "embedding": "frozen", "v": "decay"}
+    for rule in (portopt.partition({"decay": portopt.AdamW(weight_decay=0.1), "plain": portopt.Adam(),
+                                    "frozen": None}, labels),
+                 portopt.masked(portopt.Clipped(portopt.Adam(lr=0.01), 0.5),
+                                {"w": True, "b": False, "embedding": True, "v": True})):
+        rng = np.random.default_rng(26)
+        start = {"w": rng.standard_normal((3, 2)).astype(np.float32), "b": rng.standard_normal(2).astype(np.float32),
+                 "embedding": rng.standard_normal(4).astype(np.float32),
+                 "v": rng.standard_normal((3, 2)).astype(np.float32)}  # w's shape: a swap would pass unseen
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in start.items()}
+        reference, _ = rule.update(start, grads, rule.init(start))
+        params = on_jax(start)
+        jitted, _ = jax.jit(rule.update)(params, on_jax(grads), rule.init(params))
+        assert_same_tree(reference, jitted, repr(rule))
