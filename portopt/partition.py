@@ -10,6 +10,7 @@ mask)`` is the partition ``{True: rule, False: None}`` of a boolean mask tree.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,8 @@ class PartitionState:
     parts: dict[str, Any] = field(default_factory=dict)
 
 
-def _sorted_key_rank(treedef: TreeDef) -> list[int]:
+@functools.lru_cache(maxsize=64)  # per tree structure: looked up on every step
+def _sorted_key_rank(treedef: TreeDef) -> tuple[int, ...]:
     """Each leaf's place when dicts are walked in sorted key order (as JAX flattens them), so a
     part's leaves, its state and its whole-tree sums are in one order eagerly and under jax.jit
     whatever the order of the params' dict keys."""
@@ -51,7 +53,7 @@ def _sorted_key_rank(treedef: TreeDef) -> list[int]:
         starts, position = [], first
         for child in node.children:
             starts.append(position)
-            position += _leaf_count(child)
+            position += child.num_leaves
         children = list(range(len(node.children)))
         if node.kind == "dict":
             try:
@@ -66,11 +68,7 @@ def _sorted_key_rank(treedef: TreeDef) -> list[int]:
     rank = [0] * len(order)
     for place, leaf in enumerate(order):
         rank[leaf] = place
-    return rank
-
-
-def _leaf_count(node: TreeDef) -> int:
-    return 1 if node.kind == "leaf" else sum(_leaf_count(child) for child in node.children)
+    return tuple(rank)
 
 
 def _in_order_of(tree: Any, params: Any) -> Any:
