@@ -82,16 +82,6 @@ def register_composite(cls: type, flatten: Callable[[Any], tuple], unflatten: Ca
         jax.tree_util.register_pytree_node(cls, flatten, unflatten)
 
 
-def counter_leaf(value: Any) -> Any:
-    """A step counter as a pytree leaf (an int32 0-d array for a Python int)."""
-    return _counter_leaf(value)
-
-
-def python_int(value: Any) -> Any:
-    """A step counter leaf back as a Python int where it is concrete."""
-    return _python_int(value)
-
-
 def float_bits(value: float) -> np.ndarray:
     """A Python float's float64 bits as two uint32 (low word first)."""
     return np.frombuffer(struct.pack("<d", value), dtype="<u4").astype(np.uint32)
@@ -106,18 +96,19 @@ def bits_float(bits: Any) -> float:
 def _flatten(state: State) -> tuple[tuple, tuple]:
     keys = tuple(state.host)
     host = tuple(float_bits(v) if type(v) is float else v for v in state.host.values())
-    return (state.slots, _counter_leaf(state.step), _counter_leaf(state.skipped), host), (state.rule, keys, state.torn)
+    return (state.slots, counter_leaf(state.step), counter_leaf(state.skipped), host), (state.rule, keys, state.torn)
 
 
 def _unflatten(static: tuple, children: tuple) -> State:
     rule, keys, torn = static
     slots, step, skipped, host = children
     values = {key: _host_number(value) for key, value in zip(keys, host)}
-    return State(rule=rule, step=_python_int(step), slots=slots, skipped=_python_int(skipped), host=values, torn=torn)
+    return State(rule=rule, step=python_int(step), slots=slots, skipped=python_int(skipped), host=values, torn=torn)
 
 
-def _counter_leaf(value: Any) -> Any:
-    """A Python int as an int32 0-d array (every step then traces alike); anything else as it is."""
+def counter_leaf(value: Any) -> Any:
+    """A step counter as a pytree leaf: a Python int as an int32 0-d array (every step then traces
+    alike); anything else as it is."""
     if type(value) is int and 0 <= value <= _INT32_MAX:
         return np.asarray(value, dtype=np.int32)
     return value
@@ -132,7 +123,7 @@ def _concrete(value: Any) -> bool:
             and value.is_fully_addressable)
 
 
-def _python_int(value: Any) -> Any:
+def python_int(value: Any) -> Any:
     """A concrete 0-d integer array as a Python int (the State outside a trace); else as it is."""
     if _concrete(value) and value.shape == () and np.issubdtype(value.dtype, np.integer):
         return int(value)
