@@ -132,17 +132,18 @@ class PortoptOptimizer(torch.optim.Optimizer):
         if torch_class is not None:
             # torch's own checks of the same arguments, so bad ones raise what torch raises
             # (a portopt schedule in place of a number is checked at its value for the first step)
+            torch_names = _torch_parameters(torch_class)
             torch_class([torch.zeros(1, requires_grad=True)],
                         **{name: value(0) if callable(value) and name in self.rule_class.schedulable else value
-                           for name, value in arguments.items() if name in _torch_parameters(torch_class)})
+                           for name, value in arguments.items() if name in torch_names})
         if skip_group is not None and skip_group != "world" and not _is_process_group(skip_group):
             raise TypeError(f"skip_group must be 'world' or a torch.distributed ProcessGroup, got {skip_group!r}")
         for switch, reason in _REFUSED.items():
             if arguments.get(switch):
                 raise ValueError(f"{type(self).__name__}: {reason}")
-        hyperparameters = {name: _as_torch_takes_it(self.rule_class, name, arguments[name])
+        hyperparameters = {name: _as_torch_takes_it(self, name, arguments[name])
                            for name in self.hyperparameter_names if name in arguments}
-        self.rule_class(**{name: value if name in self.own_forms else _host_value(value)  # portopt's checks
+        self.rule_class(**{name: _as_the_rule_takes_it(self, name, value)  # portopt's checks
                            for name, value in hyperparameters.items()})
         defaults = {**hyperparameters, **{name: arguments[name] for name in _SWITCHES if name in arguments}}
         super().__init__(params, defaults)
@@ -208,9 +209,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
         if cached is not None and cached[0] is group and cached[3] is not None and all(map(operator.is_, raw,
                                                                                            cached[3])):
             return cached[2]
-        own = self.own_forms  # portopt's forms torch lacks: checked as the rule checks them, not converted
-        values = {name: group[name] if name in own else _host_value(_as_torch_takes_it(self.rule_class, name,
-                                                                                          group[name]))
+        values = {name: _as_the_rule_takes_it(self, name, _as_torch_takes_it(self, name, group[name]))
                   for name in names}
         fixed = tuple((name, values[name]) for name in fixed_names)
         same_objects = raw if all(map(_immutable, raw)) else None
@@ -289,18 +288,25 @@ class PortoptOptimizer(torch.optim.Optimizer):
         return new_states[p] if p in new_states else self.state[p]
 
 
-def _as_torch_takes_it(rule_class: type[Rule], name: str, value: Any) -> Any:
-    """A flag as torch reads it (``amsgrad=1`` is true there); other values as given."""
-    return bool(value) if name in _flags(rule_class) and not isinstance(value, bool) else value
+def _as_torch_takes_it(optimizer: PortoptOptimizer, name: str, value: Any) -> Any:
+    """A flag as torch reads it (``amsgrad=1`` is true there); portopt's own forms (``eps_hat``)
+    and other values as given."""
+    if name in optimizer.own_forms or isinstance(value, bool) or name not in _flags(optimizer.rule_class):
+        return value
+    return bool(value)
+
+
+def _as_the_rule_takes_it(optimizer: PortoptOptimizer, name: str, value: Any) -> Any:
+    """A group value as the rule is given it: a 0-d tensor (lr, betas) as a float, except for
+    portopt's own forms, which the rule checks as they are."""
+    return value if name in optimizer.own_forms else _host_value(value)
 
 
 def _flags(rule_class: type[Rule]) -> frozenset[str]:
     flags = _FLAGS.get(rule_class)
     if flags is None:
-        # not the rule's keyword-only forms torch lacks (eps_hat): those are checked as the rule checks them
         flags = _FLAGS[rule_class] = frozenset(name for name, p in inspect.signature(rule_class).parameters.items()
-                                               if isinstance(p.default, bool)
-                                               and p.kind is not inspect.Parameter.KEYWORD_ONLY)
+                                               if isinstance(p.default, bool))
     return flags
 
 
@@ -378,9 +384,7 @@ def _signature(rule_class: type[Rule], torch_class: type | None) -> inspect.Sign
             elif name in _SWITCHES:
                 parameters.append(p.replace(annotation=inspect.Parameter.empty))
         # the rule's own keyword-only forms that torch lacks (Adam's bias_correction, eps_hat)
-        torch_names = _torch_parameters(torch_class)
-        parameters += [p for name, p in rule_parameters.items()
-                       if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in torch_names]
+        parameters += [rule_parameters[name] for name in _own_forms(rule_class, torch_class)]
     ordered = [p for p in parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
     ordered += [p for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
     return inspect.Signature([*ordered, *_OWN])
