@@ -393,9 +393,9 @@ class PreparedStep:
     def repeatable(self, caller: Rule) -> bool:
         """Whether the next in-place step of ``caller`` on the same arrays can be
         :func:`portopt.plan.repeat_step`: this one was ``caller``'s own, untransformed,
-        and one compiled loop over NumPy arrays."""
+        and one compiled loop over NumPy arrays or torch tensors."""
         plan = self.plan
-        return (self.rule is caller and not self.transformed and not self.skip and plan.writing and plan.remembers
+        return (self.rule is caller and not self.transformed and not self.skip and plan.writing and plan.repeats
                 and len(plan.groups) == 1 and plan.groups[0].executor == "compiled")
 
     def _cache(self) -> ScalarCache:

@@ -117,6 +117,11 @@ class Plan:
         # memory cannot move while this plan holds it: NumPy refuses to resize a referenced
         # array). Looking an address up costs more than a whole small step.
         self.remembers = self.adapter.name == "numpy"
+        # The next in-place step may reuse this one's address tables (repeat_step) where the
+        # backend can tell where an array's elements lie (memory_layout): bind then finds a
+        # written array that moved. A torch tensor can move and stay the same object (set_()),
+        # so there the gradients are addressed again at every step.
+        self.repeats = writing and (self.remembers or self.adapter.name == "torch")
         self.known: dict[int, tuple[Any, int]] = {}
 
     # --- executors ---------------------------------------------------------------------
@@ -328,11 +333,13 @@ def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: list, p_leaves: li
 
 
 def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -> bool:
-    """The in-place step of a plan of one compiled loop over NumPy arrays when the params and
-    slots are the arrays the last step wrote (so the same memory: NumPy does not move a
-    referenced array's data) and every signature is unchanged: the last step's address table
-    is reused, with the gradients' row filled again when they are new arrays (checked, as in
-    the full step, not to share memory with anything the step writes). What remains per step
+    """The in-place step of a plan of one compiled loop over NumPy arrays or torch CPU tensors
+    when the params and slots are the arrays the last step wrote, in the same memory (bind
+    compares each one's memory_layout with the plan's), and every signature is unchanged: the
+    last step's address table is reused, with the gradients' row filled again when they are
+    new arrays, and on torch at every step (a tensor can move and stay the same object); the
+    gradients are then checked, as in the full step, not to share memory with anything the step
+    writes. What remains per step
     is :meth:`Plan.bind`, the host scalars and the loop. Returns False, having done nothing, for
     anything else (the full step then runs, with every check)."""
     group = plan.groups[0]
@@ -350,7 +357,7 @@ def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -
                                                         and all(map(operator.is_, written[count:],
                                                                     last_arrays[2 * count:]))):
         return False
-    if not all(map(operator.is_, g_leaves, last_arrays[count:2 * count])):
+    if not plan.remembers or not all(map(operator.is_, g_leaves, last_arrays[count:2 * count])):
         if plan.unshared_grads(p_leaves, g_leaves, slot_leaves) is not g_leaves:
             return False  # a gradient shares memory with what the step writes: the full step copies it
         read = read.copy()
@@ -415,12 +422,13 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
     in_place = outputs is None
     if executor == "compiled":
         loops = group.loops(kernel, scalars, slot_count)
-        if in_place and plan.remembers:
+        if in_place and plan.repeats:
             indexes = group.indexes  # p, g, then each slot, of every leaf (repeat_step's order too)
             arrays = (*(p_leaves[i] for i in indexes), *(g_leaves[i] for i in indexes),
                       *(leaves[i] for leaves in slot_leaves for i in indexes))
             last = group.last_tables
-            if last is not None and len(last[0]) == len(arrays) and all(map(operator.is_, arrays, last[0])):
+            if (plan.remembers and last is not None and len(last[0]) == len(arrays)
+                    and all(map(operator.is_, arrays, last[0]))):
                 read, write = last[1], last[2]
                 remembered.update(plan.known)  # the same params and slots as last step
             else:

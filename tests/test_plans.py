@@ -325,3 +325,66 @@ def test_update_returns_params_and_slots_that_share_no_memory(variant, mode):
             arrays = [params, *state.slots.values()]
             assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:])
             rule.step(params, g, state)  # and an in-place step takes them
+
+
+# --- the repeated step on torch tensors ----------------------------------------------------------
+def _variants_on_torch():
+    from helpers import VARIANTS, variant_id
+
+    return [pytest.param(v, id=variant_id(v)) for v in VARIANTS]
+
+
+@pytest.mark.skipif("torch-cpu" not in TARGETS, reason="torch is not installed")
+@pytest.mark.parametrize("variant", _variants_on_torch())
+def test_steps_on_the_same_tensors_give_the_bits_of_update(variant):
+    """The repeated step on torch tensors: the same params and state each step, the gradients
+    refilled in place, replaced, moved under the same object (``set_``) and, once, made to be
+    a param's own memory; every variant gives update's bits, and the moved param is written
+    where it now lies."""
+    import torch
+    from helpers import make_rule, random_arrays, same_bits
+
+    rule = make_rule(variant)
+    values = [torch.from_numpy(v) for v in random_arrays(3, (7,), "float32", 10)]
+    params = {"w": torch.from_numpy(random_arrays(4, (7,), "float32", 1)[0]), "b": torch.ones(3)}
+    grads = {"w": torch.empty(7), "b": torch.empty(3)}
+    pure, pure_state = {k: v.clone() for k, v in params.items()}, rule.init(params)
+    state = rule.init(params)
+    for k, g in enumerate(values):
+        if k == 3:
+            grads["w"].set_(torch.empty(7))  # the same object, new memory
+        if k == 5:
+            grads["b"] = torch.empty(3)  # a new object
+        if k == 7:
+            params["w"].set_(params["w"].clone())  # a written tensor moved: planned again
+        grads["w"].copy_(g)
+        grads["b"].copy_(g[:3])
+        step_grads = grads
+        if k == 6:  # a gradient that is a param's own memory, under the same object as before
+            kept = grads["b"]
+            grads["b"] = torch.empty(0).set_(params["b"])
+        pure, pure_state = rule.update(pure, {k2: v.clone() for k2, v in step_grads.items()}, pure_state)
+        rule.step(params, step_grads, state)
+        if k == 6:
+            grads["b"] = kept
+    assert state.step == pure_state.step == len(values)
+    for key in params:
+        assert same_bits(params[key].numpy(), pure[key].numpy()), key
+        for name in state.slots:
+            assert same_bits(state.slots[name][key].numpy(), pure_state.slots[name][key].numpy()), (name, key)
+
+
+@pytest.mark.skipif("torch-cpu" not in TARGETS, reason="torch is not installed")
+def test_a_gradient_moved_under_the_same_tensor_is_read_where_it_now_lies():
+    """The repeated step does not keep a torch gradient's address: after ``set_`` it reads the
+    gradient's new elements (not the memory it left, which may hold anything)."""
+    import torch
+
+    rule = portopt.SGD(lr=1.0)
+    p, g = torch.zeros(64, dtype=torch.float64), torch.ones(64, dtype=torch.float64)
+    state = rule.init(p)
+    for _ in range(2):
+        rule.step(p, g, state)
+    g.set_(torch.full((64,), 3.0, dtype=torch.float64))
+    rule.step(p, g, state)
+    assert torch.equal(p, torch.full((64,), -5.0, dtype=torch.float64))
