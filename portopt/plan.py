@@ -44,7 +44,7 @@ from .trees import builder, collector
 if TYPE_CHECKING:
     from .optimizer import Rule
 
-__all__ = ["Plan", "plan_for", "TracedInputs", "repeat_step", "step_scalars"]
+__all__ = ["Plan", "plan_for", "TracedInputs", "repeat_step", "prepare_repeat", "step_scalars"]
 
 
 class TracedInputs(TypeError):
@@ -334,21 +334,34 @@ def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: list, p_leaves: li
 
 def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -> bool:
     """The in-place step of a plan of one compiled loop over NumPy arrays or torch CPU tensors
-    when the params and slots are the arrays the last step wrote, in the same memory (bind
-    compares each one's memory_layout with the plan's), and every signature is unchanged: the
-    last step's address table is reused, with the gradients' row filled again when they are
-    new arrays, and on torch at every step (a tensor can move and stay the same object); the
-    gradients are then checked, as in the full step, not to share memory with anything the step
-    writes. What remains per step
-    is :meth:`Plan.bind`, the host scalars and the loop. Returns False, having done nothing, for
-    anything else (the full step then runs, with every check)."""
+    when the params and slots are the arrays the last step wrote, in the same memory, and every
+    signature is unchanged (:func:`prepare_repeat`), then written. Returns False, having done
+    nothing, for anything else (the full step then runs, with every check)."""
+    write = prepare_repeat(rule, plan, params, grads, state)
+    if write is None:
+        return False
+    write()
+    return True
+
+
+def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -> Callable[[], None] | None:
+    """Everything of a repeated in-place step but its writes, which the returned function runs
+    (and counts); None, having done nothing, unless the step can be repeated.
+
+    It can when the params and slots are the arrays the last step of ``plan`` wrote, in the
+    same memory (bind compares each one's memory_layout with the plan's), and every signature
+    is unchanged: the last step's address table is reused, with the gradients' row filled
+    again when they are new arrays, and on torch at every step (a tensor can move and stay the
+    same object); the gradients are then checked, as in the full step, not to share memory
+    with anything the step writes. What remains per step is :meth:`Plan.bind`, the host
+    scalars and the loop."""
     group = plan.groups[0]
     last = group.last_tables
     if last is None or rule.skip_nonfinite:  # skip_nonfinite: the full step, its skip counts and copies
-        return False
+        return None
     bound = plan.bind(params, grads, state)
     if bound is None:
-        return False
+        return None
     p_leaves, g_leaves, slot_leaves = bound
     count = len(p_leaves)
     written = (*p_leaves, *(x for leaves in slot_leaves for x in leaves))
@@ -356,10 +369,10 @@ def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -
     if len(last_arrays) != count + len(written) or not (all(map(operator.is_, written[:count], last_arrays))
                                                         and all(map(operator.is_, written[count:],
                                                                     last_arrays[2 * count:]))):
-        return False
+        return None
     if not plan.remembers or not all(map(operator.is_, g_leaves, last_arrays[count:2 * count])):
         if plan.unshared_grads(p_leaves, g_leaves, slot_leaves) is not g_leaves:
-            return False  # a gradient shares memory with what the step writes: the full step copies it
+            return None  # a gradient shares memory with what the step writes: the full step copies it
         read = read.copy()
         for column, g in enumerate(g_leaves):
             read[1, column] = plan.address(g, None)
@@ -367,14 +380,18 @@ def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -
     scalars, new_host = step_scalars(rule, state, plan.xp, g_leaves, p_leaves)
     loops = group.loops(rule.kernel, scalars, len(slot_leaves))
     values = loops.scalars(scalars)
-    try:
-        loops.run(group.compiled_table, read, None, values)
-        state.host = new_host
-        state.step += 1
-    except BaseException:
-        state.torn = True
-        raise
-    return True
+    table = group.compiled_table
+
+    def run() -> None:
+        try:
+            loops.run(table, read, None, values)
+            state.host = new_host
+            state.step += 1
+        except BaseException:
+            state.torn = True
+            raise
+
+    return run
 
 
 class ScalarCache:

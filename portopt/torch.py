@@ -41,6 +41,7 @@ from .plan import interrupts_deferred
 from .rules import RULES
 from .state import State
 from .torch_clipping import clip_grad_norm_, global_grad_norm
+from .torch_repeat import RepeatLane
 
 # torch.optim's implementation switches: accepted, kept in the groups, and (where they ask for
 # what a portopt step cannot be) refused when true, with what to use instead.
@@ -194,6 +195,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 group.setdefault(name, value)
         self.__dict__.pop("_rules", None)
         self.__dict__.pop("_torn", None)
+        self.__dict__.pop("_repeat_lane", None)
 
     # --- the step -----------------------------------------------------------------------------
     def _group_rule(self, group: dict) -> Rule:
@@ -232,6 +234,10 @@ class PortoptOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        lane = self.__dict__.pop("_repeat_lane", None)
+        if lane is not None and lane.step(self):
+            self.__dict__["_repeat_lane"] = lane
+            return loss
         new_states: dict[torch.Tensor, dict] = {}
         plans = []
         stepped = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
@@ -259,8 +265,8 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 group_state = State(rule=rule.name, step=steps_taken, slots=slots, host=host)
                 local_params = [torch_sharding.local(p) for p in params]
                 local_grads = [torch_sharding.local(p.grad) for p in params]
-                plans.append((params, rule.plan_step(local_params, local_grads, group_state)))
-        skip = any(plan.skip for _, plan in plans)
+                plans.append((group, params, rule.plan_step(local_params, local_grads, group_state)))
+        skip = any(plan.skip for _, _, plan in plans)
         agreeing = torch_sharding.group_of(stepped) or torch_sharding.world_if_named(self.skip_group)
         if agreeing is not None and any(group.get("skip_nonfinite") for group in self.param_groups):
             device = torch_sharding.local(stepped[0]).device if stepped else torch.device("cpu")
@@ -272,7 +278,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
         for p, fresh in new_states.items():
             self.state[p] = fresh
         with interrupts_deferred(len(plans) > 1):
-            for number, (params, plan) in enumerate(plans):
+            for number, (_, params, plan) in enumerate(plans):
                 try:
                     plan.apply()
                 except BaseException:
@@ -282,6 +288,9 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 for p in params:
                     self.state[p]["step"] = plan.state.step
                     self.state[p].update(plan.state.host)
+        repeated = RepeatLane.after(self, plans)
+        if repeated is not None:
+            self.__dict__["_repeat_lane"] = repeated
         return loss
 
     def _param_state(self, p: torch.Tensor, new_states: dict) -> dict:

@@ -1,0 +1,132 @@
+"""The drop-in's repeated step: a training loop's next ``step()`` with the same param groups,
+params and state tensors costs identity checks and each group's repeated step
+(:func:`portopt.plan.prepare_repeat`), not a new State, lists and checked plan per group.
+
+A lane is made after a full step in which every group stepped all its params, at one step
+count, as one compiled loop over plain CPU tensors. The next step takes it only if each group
+is the same dict with the same params, its rule is the one it had (so no fixed hyperparameter
+changed; ``lr`` and the other schedulable values are read from the group at every step, as in
+the full step), every param has a gradient, and each param's state dict is the one the lane
+wrote, holding the same slot tensors, step and host values. Every group is checked, and its
+host scalars evaluated, before any is written; anything else runs the full step, which makes
+a new lane.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import torch_sharding
+from .plan import interrupts_deferred, prepare_repeat
+
+if TYPE_CHECKING:
+    from .optimizer import PreparedStep, Rule, State
+    from .plan import Plan
+    from .torch import PortoptOptimizer
+
+__all__ = ["RepeatLane"]
+
+
+@dataclass
+class _GroupLane:
+    group: dict
+    params: tuple
+    rule: Rule
+    plan: Plan
+    state: State  # the group's portopt State, stepped again in place (slots: the state dicts' tensors)
+    dicts: tuple[dict, ...]  # each param's torch state dict, as the last step left it
+    host_names: tuple[str, ...]
+    step_value: int  # the object the last step wrote as every dict's "step"
+
+    def unchanged(self, optimizer: PortoptOptimizer) -> list | None:
+        """The group's gradients if everything the lane relies on holds, else None."""
+        group = self.group
+        params = group["params"]
+        if (len(params) != len(self.params) or not all(map(operator.is_, params, self.params))
+                or optimizer._group_rule(group) is not self.rule):
+            return None
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            return None
+        get = optimizer.state.get
+        step_value, slots, host = self.step_value, self.state.slots, self.state.host
+        for index, (p, kept) in enumerate(zip(params, self.dicts)):
+            if get(p) is not kept or kept.get("step") is not step_value:
+                return None
+            for name, leaves in slots.items():
+                if kept.get(name) is not leaves[index]:
+                    return None
+            for name in self.host_names:
+                if kept.get(name) is not host[name]:
+                    return None
+        return grads
+
+    def record(self) -> None:
+        """Write the stepped count and host values into every param's state dict."""
+        state = self.state
+        self.step_value = step_value = state.step
+        host = state.host
+        for kept in self.dicts:
+            kept["step"] = step_value
+            kept.update(host)
+
+
+class RepeatLane:
+    """The repeated step of a drop-in (see the module's docstring)."""
+
+    def __init__(self, groups: list[_GroupLane]) -> None:
+        self.groups = groups
+
+    @classmethod
+    def after(cls, optimizer: PortoptOptimizer, stepped: list[tuple[dict, list, PreparedStep]]) -> RepeatLane | None:
+        """The lane for the next step after the full step ``stepped`` ((group, params, its
+        prepared step) each, as written), or None where the next step cannot be repeated."""
+        groups = optimizer.param_groups
+        if not stepped or len(stepped) != len(groups):
+            return None
+        lanes = []
+        for group, (stepped_group, params, prepared) in zip(groups, stepped):
+            rule, plan = prepared.rule, prepared.plan
+            if (stepped_group is not group or len(params) != len(group["params"])
+                    or not all(map(operator.is_, params, group["params"]))
+                    or not prepared.repeatable(rule) or plan.adapter.name != "torch"
+                    or any(torch_sharding.is_sharded(p) for p in params)):
+                return None
+            state = prepared.state
+            dicts = tuple(optimizer.state[p] for p in params)
+            if any(kept.get("step") is not dicts[0].get("step") for kept in dicts):
+                return None
+            lanes.append(_GroupLane(group, tuple(params), rule, plan, state, dicts, tuple(state.host),
+                                    dicts[0].get("step")))
+        return cls(lanes)
+
+    def step(self, optimizer: PortoptOptimizer) -> bool:
+        """Step every group, or return False having done nothing."""
+        groups = optimizer.param_groups
+        if len(groups) != len(self.groups):  # add_param_group, or groups taken away
+            return False
+        writes = []
+        for group, lane in zip(groups, self.groups):
+            if group is not lane.group:
+                return False
+            grads = lane.unchanged(optimizer)
+            if grads is None:
+                return False
+            write = prepare_repeat(lane.rule, lane.plan, list(lane.params), grads, lane.state)
+            if write is None:
+                return False
+            writes.append(write)
+        with interrupts_deferred(len(writes) > 1):
+            for number, (lane, write) in enumerate(zip(self.groups, writes)):
+                try:
+                    write()
+                except BaseException:
+                    if number or lane.state.torn:
+                        optimizer.__dict__["_torn"] = True
+                    raise
+                lane.record()
+        return True
+
+
