@@ -23,6 +23,11 @@ class StrictAdapter(Adapter):
     def is_writeable(self, x: Any) -> bool:
         return True
 
+    def signature(self, x: Any) -> tuple:
+        # the standard's own attributes (array_api_compat.device asks every other library
+        # first, which costs more than a small step's arithmetic here)
+        return (type(x), x.shape, x.dtype, x.device, True)
+
     def write(self, destination: Any, source: Any) -> None:
         """Copy the elements into the NumPy array a strict array wraps: the same bits as
         ``destination[...] = source``, without the checks that make that (or a DLPack view)
