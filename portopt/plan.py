@@ -37,6 +37,7 @@ from . import fast
 from .checks import Leaves, check_grads, check_params, check_state
 from .fast.blocked import numpy_namespace, run_blocked
 from .kernels import cpu as compiled
+from .kernels import device as device_loops
 from .numerics import RuleNamespace, compute_dtype, dtype_name, flags_of, materialise, scalar_fields, with_param_storage
 from .state import State, is_traced
 from .trees import builder, collector
@@ -53,6 +54,7 @@ class TracedInputs(TypeError):
 
 
 _COMPILED_DTYPE_NAMES = ("float32", "float64")  # the compiled loops compute in these
+_TABLED = ("compiled", "cuda")  # executors of one call over a table of addresses
 
 
 class Group:
@@ -62,15 +64,21 @@ class Group:
                  sizes: list[int], slot_count: int, storage: tuple[str, ...] | None = None) -> None:
         self.executor, self.dtype, self.host_dtype, self.indexes = executor, dtype, host_dtype, indexes
         self.storage = storage  # compiled: the dtype name each array is stored in (p, g, slots)
-        self.table = compiled.Table(sizes, slot_count) if executor == "compiled" else None
-        self.loops_by_flags: dict[tuple, compiled.Loops] = {}  # flags can change between steps
+        self.table = compiled.Table(sizes, slot_count) if executor in _TABLED else None
+        self.loops_by_flags: dict[tuple, Any] = {}  # flags can change between steps
         # NumPy, in place: the arrays of the last step and their address tables, reused while
         # every array is the same object again (a NumPy array's memory cannot move while held)
         self.last_tables: tuple[tuple, np.ndarray, np.ndarray] | None = None
 
-    def loops(self, kernel: Any, scalars: tuple, slot_count: int) -> compiled.Loops:
+    def loops(self, kernel: Any, scalars: tuple, slot_count: int, target: str = "device") -> Any:
+        """The loops of this group's executor for the flags of ``scalars`` (CPU loops, or the
+        generated CUDA source's table kernel on ``target``)."""
         flags = flags_of(scalars)
         loops = self.loops_by_flags.get(flags)
+        if loops is None and self.executor == "cuda":
+            assert self.storage is not None
+            loops = self.loops_by_flags[flags] = device_loops.device_loops_for(kernel, scalars, slot_count,
+                                                                               self.storage[0], target)
         if loops is None:
             assert self.host_dtype is not None  # a compiled group has one
             loops = self.loops_by_flags[flags] = compiled.loops_for(kernel, scalars, slot_count, self.host_dtype,
@@ -130,7 +138,7 @@ class Plan:
         for index, p in enumerate(params):
             arrays = [p, grads[index], *(slots[name][index] for name in self.slot_names)]
             executor = self._executor(p, arrays)
-            storage = tuple(dtype_name(self.xp, x.dtype) for x in arrays) if executor == "compiled" else None
+            storage = tuple(dtype_name(self.xp, x.dtype) for x in arrays) if executor in _TABLED else None
             by_key.setdefault((executor, compute_dtype(self.xp, p.dtype), storage), []).append(index)
         groups = []
         for (executor, dtype, storage), indexes in by_key.items():
@@ -143,6 +151,8 @@ class Plan:
         adapter, mode = self.adapter, self.mode
         if mode == "off":
             return "reference"
+        if self._generated_source_runs_here(mode, p, arrays):
+            return "cuda"
         compute = dtype_name(self.xp, compute_dtype(self.xp, p.dtype))
         # half-precision arrays are converted in the loop, and only to and from float32
         # (from float64 they would be rounded twice)
@@ -157,6 +167,18 @@ class Plan:
                 adapter.flat_host_view(x, writeable=x is not arrays[1]) is not None for x in arrays):
             return "blocked"
         return "reference"
+
+    def _generated_source_runs_here(self, mode: str, p: Any, arrays: list) -> bool:
+        """Whether the generated CUDA table kernel steps this leaf: on CuPy arrays always where
+        it can (CuPy's own ufuncs flush subnormals), on NumPy arrays in the mode "shim" (the
+        source compiled for the host), where every array is contiguous and stored as the kernel
+        reads it."""
+        adapter = self.adapter
+        if not ((adapter.name == "cupy" and mode != "off") or (adapter.name == "numpy" and mode == "shim")):
+            return False
+        names = [dtype_name(self.xp, x.dtype) for x in arrays]
+        return (device_loops.stores_as_the_kernel_reads(names[0], names)
+                and all(adapter.address(x) is not None for x in arrays))
 
     # --- the cheap re-check of every later step -----------------------------------------
     def bind(self, params: Any, grads: Any, state: Any) -> tuple[list, list, list[list]] | None:
@@ -437,8 +459,8 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
     executor = group.executor
     slot_count = len(slot_leaves)
     in_place = outputs is None
-    if executor == "compiled":
-        loops = group.loops(kernel, scalars, slot_count)
+    if executor in _TABLED:
+        loops = group.loops(kernel, scalars, slot_count, "host" if plan.adapter.name == "numpy" else "device")
         if in_place and plan.repeats:
             indexes = group.indexes  # p, g, then each slot, of every leaf (repeat_step's order too)
             arrays = (*(p_leaves[i] for i in indexes), *(g_leaves[i] for i in indexes),

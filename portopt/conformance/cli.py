@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", metavar="VARIANT")
     parser.add_argument("--api", choices=("step", "update"), default="step",
                         help="in-place step (default; update where the backend is immutable) or pure update")
-    parser.add_argument("--fast-path", choices=("auto", "compiled", "blocked", "off"), default=None,
+    parser.add_argument("--fast-path", choices=("auto", "compiled", "blocked", "off", "shim"), default=None,
                         help="CPU fast path for in-place steps (default: the process's, normally auto)")
     parser.add_argument("--skip-primitives", action="store_true", help="run only the golden-vector tier")
     parser.add_argument("--json", metavar="PATH", help="write every result as JSON to PATH ('-' for stdout)")

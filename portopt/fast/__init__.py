@@ -3,8 +3,9 @@
 Modes: ``"compiled"`` (numba loops generated from the traced kernel; float32/float64;
 many leaves in one call), ``"blocked"`` (the kernel itself on cache-sized blocks, on
 threads; every dtype; in-place ``step`` only), ``"auto"`` (compiled where it applies and
-numba is installed, else blocked) and ``"off"`` (the reference: the kernel on whole
-arrays). Every mode gives the reference bits; the conformance suite runs under each
+numba is installed, else blocked), ``"off"`` (the reference: the kernel on whole
+arrays) and ``"shim"`` (NumPy arrays stepped by the generated CUDA source compiled for the
+host, :mod:`portopt.kernels.device`: the GPU's statements, checked without a GPU). Every mode gives the reference bits; the conformance suite runs under each
 (``portopt conformance --fast-path MODE``).
 
 Fast paths take NumPy arrays and CPU torch tensors whose memory is contiguous; anything
@@ -24,7 +25,7 @@ from ..kernels import cpu as compiled
 
 __all__ = ["MODES", "get_mode", "set_mode", "fast_path"]
 
-MODES = ("auto", "compiled", "blocked", "off")
+MODES = ("auto", "compiled", "blocked", "off", "shim")
 _process_mode = os.environ.get("PORTOPT_FAST_PATH", "auto")
 if _process_mode not in MODES:
     raise ValueError(f"PORTOPT_FAST_PATH must be one of {MODES}, got {_process_mode!r}")
