@@ -172,13 +172,15 @@ class Plan:
         """Whether the generated CUDA table kernel steps this leaf: on CuPy arrays always where
         it can (CuPy's own ufuncs flush subnormals), on NumPy arrays in the mode "shim" (the
         source compiled for the host), where every array is contiguous and stored as the kernel
-        reads it."""
+        reads it; torch CUDA tensors too where CuPy is installed to launch it."""
         adapter = self.adapter
-        if not ((adapter.name == "cupy" and mode != "off") or (adapter.name == "numpy" and mode == "shim")):
+        on_gpu = adapter.name == "cupy" or (adapter.name == "torch" and getattr(self.device, "type", "") == "cuda"
+                                           and device_loops.launcher_available())
+        if not ((on_gpu and mode != "off") or (adapter.name == "numpy" and mode == "shim")):
             return False
         names = [dtype_name(self.xp, x.dtype) for x in arrays]
         return (device_loops.stores_as_the_kernel_reads(names[0], names)
-                and all(adapter.address(x) is not None for x in arrays))
+                and all(adapter.device_address(x) is not None for x in arrays))
 
     # --- the cheap re-check of every later step -----------------------------------------
     def bind(self, params: Any, grads: Any, state: Any) -> tuple[list, list, list[list]] | None:
@@ -477,9 +479,10 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
             read, write = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, outputs)
         values = loops.scalars(scalars)
         table = group.compiled_table
+        where = {"device": plan.device} if executor == "cuda" else {}
         if in_place:
-            return lambda: loops.run(table, read, None, values)
-        loops.run(table, read, write, values)
+            return lambda: loops.run(table, read, None, values, **where)
+        loops.run(table, read, write, values, **where)
         return None
     if executor == "blocked":
         adapter = plan.adapter
@@ -575,7 +578,7 @@ def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, sl
     read = table.read.copy()
     write = table.write.copy()
     in_place = outputs is None
-    empty, address_of, device = plan.adapter.empty, plan.adapter.address, plan.device
+    empty, address_of, device = plan.adapter.empty, plan.adapter.device_address, plan.device
     for column, index in enumerate(group.indexes):
         p, slots = p_leaves[index], [leaves[index] for leaves in slot_leaves]
         read[0, column] = plan.address(p, remembered if in_place else None)

@@ -25,9 +25,9 @@ def launches(monkeypatch):
     count = [0]
     run = device.DeviceLoops.run
 
-    def counted(self, *args):
+    def counted(self, *args, **kwargs):
         count[0] += 1
-        return run(self, *args)
+        return run(self, *args, **kwargs)
 
     monkeypatch.setattr(device.DeviceLoops, "run", counted)
     return count

@@ -57,6 +57,11 @@ class Adapter:
         pending view transform (the compiled loops read and write there), else None."""
         return None
 
+    def device_address(self, x: Any) -> int | None:
+        """:meth:`address`, or for an array in GPU memory its device address under the same
+        conditions (the generated CUDA table kernel's operand), else None."""
+        return self.address(x)
+
     def planned_address(self, x: Any) -> int | None:
         """:meth:`address` of an array whose signature this step matched to a plan's that had
         an address (so what ``address`` checks besides the pointer is known to hold)."""

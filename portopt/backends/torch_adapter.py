@@ -57,6 +57,11 @@ class TorchAdapter(Adapter):
             return None
         return x.data_ptr()
 
+    def device_address(self, x: Any) -> int | None:
+        if x.device.type != "cuda" or not x.is_contiguous() or x.is_neg() or x.is_conj():
+            return self.address(x)
+        return x.data_ptr()
+
     def planned_address(self, x: Any) -> int | None:
         # the signature holds device, contiguity and the negative and conjugate bits
         return x.data_ptr()

@@ -30,7 +30,8 @@ from .cpu import Table
 from .cuda import TABLE_KERNEL_NAME, cuda_table_source
 from .trace import trace
 
-__all__ = ["DeviceLoops", "device_loops_for", "stores_as_the_kernel_reads", "THREADS_PER_BLOCK", "SHIM_DTYPES"]
+__all__ = ["DeviceLoops", "device_loops_for", "launcher_available", "stores_as_the_kernel_reads",
+           "THREADS_PER_BLOCK", "SHIM_DTYPES"]
 
 THREADS_PER_BLOCK = 256
 _MAX_BLOCKS = 65535  # a grid-stride loop over the chunks covers any more
@@ -71,9 +72,12 @@ class DeviceLoops:
         """The numbers the kernel reads, in its order, as values of its compute dtype."""
         return np.array([values[k] for k in self.positions], dtype=self.dtype)
 
-    def run(self, table: Table, read: np.ndarray, write: np.ndarray | None, scalars: np.ndarray) -> None:
+    def run(self, table: Table, read: np.ndarray, write: np.ndarray | None, scalars: np.ndarray,
+            device: Any = None) -> None:
         """Every leaf of ``table``: ``read`` holds the addresses of p, g and the slots of each
-        leaf (one column per leaf), ``write`` those of p and the slots to write (None: in place)."""
+        leaf (one column per leaf), ``write`` those of p and the slots to write (None: in place).
+        ``device``: the arrays' (a CuPy device, or a torch CUDA device: then on torch's current
+        stream, so the step is ordered with the rest of the torch program)."""
         chunks = int(table.chunk_leaf.shape[0])
         if chunks == 0:
             return
@@ -81,7 +85,7 @@ class DeviceLoops:
         if self.target == "host":
             self._run_on_host(table, read, read if write is None else write, scalars, chunks, in_place)
         else:
-            self._launch(table, read, read if write is None else write, scalars, chunks, in_place)
+            self._launch(table, read, read if write is None else write, scalars, chunks, in_place, device)
 
     def _run_on_host(self, table: Table, read: np.ndarray, write: np.ndarray, scalars: np.ndarray, chunks: int,
                      in_place: bool) -> None:
@@ -101,16 +105,18 @@ class DeviceLoops:
         return function
 
     def _launch(self, table: Table, read: np.ndarray, write: np.ndarray, scalars: np.ndarray, chunks: int,
-                in_place: bool) -> None:
+                in_place: bool, device: Any) -> None:
         import cupy
 
-        device = cupy.cuda.Device()
-        function = self._device_function(in_place, device.id)
-        on_device = _device_chunks(table, device.id)
-        read_d, write_d = cupy.asarray(read), (None if in_place else cupy.asarray(write))
-        arguments = (read_d, read_d if write_d is None else write_d, *on_device, np.int64(chunks),
-                     np.int64(read.shape[1]), cupy.asarray(scalars))
-        function((min(chunks, _MAX_BLOCKS),), (THREADS_PER_BLOCK,), arguments)
+        device_id, stream = _launch_site(device)
+        with cupy.cuda.Device(device_id), stream:
+            function = self._device_function(in_place, device_id)
+            on_device = _device_chunks(table, device_id)
+            read_d = cupy.asarray(read)
+            write_d = read_d if in_place else cupy.asarray(write)
+            arguments = (read_d, write_d, *on_device, np.int64(chunks), np.int64(read.shape[1]),
+                         cupy.asarray(scalars))
+            function((min(chunks, _MAX_BLOCKS),), (THREADS_PER_BLOCK,), arguments)
 
     def _device_function(self, in_place: bool, device_id: int) -> Any:
         """Compiled once per source and device (CuPy keeps the binary in its own disk cache too)."""
@@ -121,6 +127,29 @@ class DeviceLoops:
             module = cupy.RawModule(code=self.sources[in_place], options=("-std=c++17",))
             function = self._functions[(device_id, in_place)] = module.get_function(TABLE_KERNEL_NAME)
         return function
+
+
+def launcher_available() -> bool:
+    """Whether CuPy, which launches the generated kernels, can be imported."""
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _launch_site(device: Any) -> tuple[int, Any]:
+    """The device number and CuPy stream to launch on for arrays on ``device``: torch's
+    current stream for a torch CUDA device, else CuPy's current stream."""
+    import cupy
+
+    if getattr(device, "type", None) == "cuda":  # a torch.device
+        import torch
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return index, cupy.cuda.ExternalStream(torch.cuda.current_stream(index).cuda_stream, index)
+    device_id = getattr(device, "id", None)
+    return (cupy.cuda.Device().id if device_id is None else device_id), cupy.cuda.get_current_stream()
 
 
 def _device_chunks(table: Table, device_id: int) -> tuple[Any, Any, Any]:
