@@ -101,6 +101,9 @@ class MultiSteps(Rule):
     def initial_host_state(self) -> dict[str, float]:
         return self.rule.initial_host_state()
 
+    def host_state_names(self) -> tuple[str, ...]:
+        return self.rule.host_state_names()
+
     def restore_host_state(self, step: int, host: dict[str, float]) -> dict[str, float]:
         return self.rule.restore_host_state(step // self.k, host)
 

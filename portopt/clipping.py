@@ -184,8 +184,9 @@ class Chain(Rule):
     def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
         return PreparedStep(self.rule, params, grads, state, writing=False, transform=self._transform).compute()
 
-    def plan_step(self, params: Any, grads: Any, state: State) -> PreparedStep:
-        return PreparedStep(self.rule, params, grads, state, writing=True, transform=self._transform)
+    def plan_step(self, params: Any, grads: Any, state: State, *, evaluated: tuple | None = None) -> PreparedStep:
+        return PreparedStep(self.rule, params, grads, state, writing=True, transform=self._transform,
+                            evaluated=evaluated)
 
     def _transform(self, plan: Any, grads: list) -> list:
         for transform in self.transforms:

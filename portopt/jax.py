@@ -367,7 +367,7 @@ def _checked(rule: Rule, params: Any, grads: Any, state: Any) -> tuple[Leaves, l
     if not isinstance(state, State):
         raise TypeError(f"state must be a portopt State (from init), got {type(state).__name__}")
     plain = replace(state, step=0, skipped=0)  # the counters are checked by _counter
-    slots = check_state(plain, rule.name, rule.slot_names(), checked, tuple(rule.initial_host_state()),
+    slots = check_state(plain, rule.name, rule.slot_names(), checked, rule.host_state_names(),
                         rule.slot_dtype)
     return checked, grad_leaves, [slots[name] for name in rule.slot_names()]
 
@@ -431,7 +431,7 @@ def update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[Any, Stat
     transforms, inner = _parts(rule)
     checked, g_leaves, slot_leaves = _checked(inner, params, grads, state)
     step, skipped = _counter("state.step", state.step), _counter("state.skipped", state.skipped)
-    keys = tuple(inner.initial_host_state())
+    keys = inner.host_state_names()
     host = [_host_bits(key, state.host[key]) for key in keys]
     p_leaves = checked.leaves
     dtypes = tuple(sorted({dtype_name(jnp, compute_dtype(jnp, p.dtype)) for p in p_leaves}))

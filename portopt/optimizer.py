@@ -30,9 +30,10 @@ from .plan import (
     Plan,
     ScalarCache,
     TracedInputs,
+    evaluate_first,
     interrupts_deferred,
     plan_for,
-    repeat_step,
+    prepare_repeat,
     run_group,
     step_scalars,
 )
@@ -207,6 +208,11 @@ class Rule:
         """Whole-tree state kept on the host (see State.host); most rules have none."""
         return {}
 
+    def host_state_names(self) -> tuple[str, ...]:
+        """The names of :meth:`initial_host_state`, without evaluating anything (a schedule
+        is evaluated only for the step it serves)."""
+        return tuple(self.initial_host_state())
+
     def restore_host_state(self, step: int, host: dict[str, float]) -> dict[str, float]:
         """The host state for a checkpoint that lacks some of it (an older format); most rules have none."""
         return host
@@ -249,19 +255,24 @@ class Rule:
         bad input leaves params and state as they were. Bit-identical to :meth:`update`.
         """
         plan = self.__dict__.get("_repeatable")
-        if plan is not None and repeat_step(self, plan, params, grads, state):
-            return
-        prepared = self.plan_step(params, grads, state)
+        evaluated = None
+        if plan is not None:
+            write, evaluated = prepare_repeat(self, plan, params, grads, state)
+            if write is not None:
+                write()
+                return
+        prepared = self.plan_step(params, grads, state, evaluated=evaluated)
         prepared.apply()
         self.__dict__["_repeatable"] = prepared.plan if prepared.repeatable(self) else None
 
-    def plan_step(self, params: Any, grads: Any, state: State) -> PreparedStep:
+    def plan_step(self, params: Any, grads: Any, state: State, *, evaluated: tuple | None = None) -> PreparedStep:
         """Check an in-place step and evaluate its scalars; ``.apply()`` then writes it.
 
         Lets a caller with several groups (the torch drop-in) check them all before
-        writing any.
+        writing any. ``evaluated``: this step's host scalars, if the caller evaluated them
+        first (:func:`portopt.plan.evaluate_first`; then the schedules run once, before any check).
         """
-        return PreparedStep(self, params, grads, state, writing=True)
+        return PreparedStep(self, params, grads, state, writing=True, evaluated=evaluated)
 
     def __getstate__(self) -> dict[str, Any]:
         # cached step plans hold arrays; they are rebuilt on the first step after unpickling
@@ -339,7 +350,7 @@ class Rule:
         if not isinstance(host, dict):
             raise CheckpointError(f"state_dict's host state must be a dict, got {type(host).__name__}")
         host = self.restore_host_state(step, dict(host))
-        if set(host) != set(self.initial_host_state()) or not all(type(v) is float for v in host.values()):
+        if set(host) != set(self.host_state_names()) or not all(type(v) is float for v in host.values()):
             raise CheckpointError(f"state_dict's host state {host!r} does not fit {self.name}"[:300])
         for name in names:
             arrays = state_dict["slots"][name]
@@ -376,9 +387,13 @@ class PreparedStep:
     """One checked step: the plan, the step's leaves, whether it is skipped, its scalars."""
 
     def __init__(self, rule: Rule, params: Any, grads: Any, state: State, *, writing: bool,
-                 transform: Callable[[Plan, list], list] | None = None) -> None:
-        """``transform(plan, grads)``: new gradient leaves from the checked ones (clipping)."""
+                 transform: Callable[[Plan, list], list] | None = None, evaluated: tuple | None = None) -> None:
+        """``transform(plan, grads)``: new gradient leaves from the checked ones (clipping).
+        The host scalars are evaluated first (schedules are user code, which could undo a
+        check made before them), unless ``evaluated`` gives them."""
         self.rule, self.state, self.transformed = rule, state, transform is not None
+        if evaluated is None:
+            evaluated = evaluate_first(rule, state)
         self.plan: Plan
         self.plan, (self.p_leaves, self.g_leaves, self.slot_leaves) = plan_for(rule, params, grads, state, writing)
         if writing:
@@ -388,7 +403,7 @@ class PreparedStep:
         self.skip = rule.skip_nonfinite and not _all_finite(self.plan.xp, self.g_leaves)
         if self.skip:
             return
-        self.scalars, self.new_host = step_scalars(rule, state, self.plan.xp, self.g_leaves, self.p_leaves)
+        self.scalars, self.new_host = step_scalars(rule, state, self.plan.xp, self.g_leaves, self.p_leaves, evaluated)
 
     def repeatable(self, caller: Rule) -> bool:
         """Whether the next in-place step of ``caller`` on the same arrays can be

@@ -21,7 +21,7 @@ from .backends import adapter_for
 from .checkpoint import PARTITION_FORMAT
 from .checks import Leaves, check_params
 from .optimizer import Rule
-from .plan import _check_no_shared_memory, _Spans, interrupts_deferred
+from .plan import _check_no_shared_memory, _Spans, evaluate_first, interrupts_deferred
 from .state import counter_leaf, python_int, register_composite
 from .trees import TreeDef, flatten, leaf_paths, unflatten
 
@@ -208,12 +208,21 @@ class Partition:
         leaves = [x if x is not None else _copy(xp, p) for x, p in zip(new, p_leaves)]
         return unflatten(checked.treedef, leaves), PartitionState(rule=self.name, step=state.step + 1, parts=parts)
 
-    def plan_step(self, params: Any, grads: Any, state: PartitionState) -> _Planned:
-        """Every part checked and its scalars evaluated; ``.apply()`` then writes them all.
+    def plan_step(self, params: Any, grads: Any, state: PartitionState, *, evaluated: Any = None) -> _Planned:
+        """Every part checked and its scalars evaluated; ``.apply()`` then writes them all
+        (``evaluated``: for the signature of a rule's plan_step; the parts evaluate their own first).
 
         As one rule's step: no two written params may share memory, even in different parts,
         and a gradient sharing memory with any param is copied first (the step then reads what
         ``update`` reads)."""
+        # every part's schedules (user code) run before any check they could undo
+        from .clipping import Chain  # its step evaluates its inner rule's scalars
+
+        parts = getattr(state, "parts", None)
+        by_part = {label: evaluate_first(rule.rule if isinstance(rule, Chain) else rule,
+                                           parts.get(self._part_name(label)))
+                     for label, rule in self.rules.items()
+                     if rule is not None and isinstance(parts, dict)}
         p_leaves, g_leaves, groups, checked = self._inputs(params, grads, state)
         adapter = adapter_for(checked.xp)
         stepped = sorted(i for positions in groups.values() for i in positions)
@@ -229,7 +238,7 @@ class Partition:
             assert rule is not None
             with _naming_the_part(label, [checked.paths[i] for i in positions]):
                 planned.append(rule.plan_step([p_leaves[i] for i in positions], [g_leaves[i] for i in positions],
-                                              state.parts[self._part_name(label)]))
+                                              state.parts[self._part_name(label)], evaluated=by_part.get(label)))
         return _Planned(state, planned)
 
     def step(self, params: Any, grads: Any, state: PartitionState) -> None:

@@ -45,7 +45,7 @@ from .trees import builder, collector
 if TYPE_CHECKING:
     from .optimizer import Rule
 
-__all__ = ["Plan", "plan_for", "TracedInputs", "repeat_step", "prepare_repeat", "step_scalars"]
+__all__ = ["Plan", "plan_for", "TracedInputs", "repeat_step", "prepare_repeat", "step_scalars", "evaluate_first"]
 
 
 class TracedInputs(TypeError):
@@ -97,7 +97,7 @@ class Plan:
     def __init__(self, rule: Rule, params: Any, grads: Any, state: State, writing: bool) -> None:
         self.rule_name = rule.name
         self.slot_names = rule.slot_names()
-        self.host_names = set(rule.initial_host_state())
+        self.host_names = set(rule.host_state_names())
         self.writing = writing
         self.mode = fast.get_mode()
         checked: Leaves = check_params(params)
@@ -349,11 +349,23 @@ def plan_for(rule: Rule, params: Any, grads: Any, state: State, writing: bool) -
     return plan, bound
 
 
-def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: list, p_leaves: list) -> tuple[tuple, dict[str, float]]:
-    """This step's host scalars and the new host state (Python floats, computed on the host)."""
+def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: list, p_leaves: list,
+                 evaluated: tuple | None = None) -> tuple[tuple, dict[str, float]]:
+    """This step's host scalars and the new host state (Python floats, computed on the host);
+    ``evaluated``: the rule's host_scalars of this step, if already evaluated
+    (:func:`evaluate_first`)."""
     extra, new_host = rule.advance_host_state(state.step, dict(state.host), xp, g_leaves, p_leaves)
-    scalars = rule.host_scalars(state.step)
+    scalars: Any = evaluated if evaluated is not None else rule.host_scalars(state.step)
     return (scalars._replace(**extra) if extra else scalars), new_host
+
+
+def evaluate_first(rule: Rule, state: Any) -> tuple | None:
+    """The rule's host scalars for this step (its schedules are user code, which may move or
+    replace arrays), evaluated before any check of the arrays so no check can be undone by it;
+    None where the state is not one a step could take (its checks then say why)."""
+    if type(state) is not State or type(state.step) is not int or state.step < 0:
+        return None
+    return rule.host_scalars(state.step)
 
 
 def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -> bool:
@@ -361,16 +373,19 @@ def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -
     when the params and slots are the arrays the last step wrote, in the same memory, and every
     signature is unchanged (:func:`prepare_repeat`), then written. Returns False, having done
     nothing, for anything else (the full step then runs, with every check)."""
-    write = prepare_repeat(rule, plan, params, grads, state)
+    write, _ = prepare_repeat(rule, plan, params, grads, state)
     if write is None:
         return False
     write()
     return True
 
 
-def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -> Callable[[], None] | None:
-    """Everything of a repeated in-place step but its writes, which the returned function runs
-    (and counts); None, having done nothing, unless the step can be repeated.
+def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State,
+                   evaluated: tuple | None = None) -> tuple[Callable[[], None] | None, tuple | None]:
+    """Everything of a repeated in-place step but its writes: ``(write, host scalars)``, where
+    ``write`` runs the writes (and counts the step), or is None, nothing having been done,
+    unless the step can be repeated; the host scalars are this step's, evaluated first (or
+    ``evaluated``, given), for the full step to reuse.
 
     It can when the params and slots are the arrays the last step of ``plan`` wrote, in the
     same memory (bind compares each one's memory_layout with the plan's), and every signature
@@ -382,10 +397,14 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     group = plan.groups[0]
     last = group.last_tables
     if last is None or rule.skip_nonfinite:  # skip_nonfinite: the full step, its skip counts and copies
-        return None
+        return None, evaluated
+    if evaluated is None:
+        evaluated = evaluate_first(rule, state)
+        if evaluated is None:
+            return None, None
     bound = plan.bind(params, grads, state)
     if bound is None:
-        return None
+        return None, evaluated
     p_leaves, g_leaves, slot_leaves = bound
     count = len(p_leaves)
     written = (*p_leaves, *(x for leaves in slot_leaves for x in leaves))
@@ -393,15 +412,15 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     if len(last_arrays) != count + len(written) or not (all(map(operator.is_, written[:count], last_arrays))
                                                         and all(map(operator.is_, written[count:],
                                                                     last_arrays[2 * count:]))):
-        return None
+        return None, evaluated
     if not plan.remembers or not all(map(operator.is_, g_leaves, last_arrays[count:2 * count])):
         if plan.unshared_grads(p_leaves, g_leaves, slot_leaves) is not g_leaves:
-            return None  # a gradient shares memory with what the step writes: the full step copies it
+            return None, evaluated  # a gradient shares memory with what the step writes: the full step copies it
         read = read.copy()
         for column, g in enumerate(g_leaves):
             read[1, column] = plan.address(g, None)
         group.last_tables = ((*p_leaves, *g_leaves, *written[count:]), read, write)
-    scalars, new_host = step_scalars(rule, state, plan.xp, g_leaves, p_leaves)
+    scalars, new_host = step_scalars(rule, state, plan.xp, g_leaves, p_leaves, evaluated)
     loops = group.loops(rule.kernel, scalars, len(slot_leaves))
     values = loops.scalars(scalars)
     table = group.compiled_table
@@ -415,7 +434,7 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
             state.torn = True
             raise
 
-    return run
+    return run, evaluated
 
 
 class ScalarCache:

@@ -37,7 +37,7 @@ import torch
 
 from . import torch_sharding
 from .optimizer import Rule
-from .plan import interrupts_deferred
+from .plan import evaluate_first, interrupts_deferred
 from .rules import RULES
 from .state import State
 from .torch_clipping import clip_grad_norm_, global_grad_norm
@@ -238,12 +238,14 @@ class PortoptOptimizer(torch.optim.Optimizer):
         if lane is not None and lane.step(self):
             self.__dict__["_repeat_lane"] = lane
             return loss
+        kept = self.__dict__.pop("_evaluated", {})  # host scalars the lane evaluated for this very step
         new_states: dict[torch.Tensor, dict] = {}
+        pending = []
         plans = []
         stepped = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         for group in self.param_groups:
             rule = self._group_rule(group)
-            host_names = tuple(rule.initial_host_state())
+            host_names = rule.host_state_names()
             by_steps: dict[int, list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
@@ -265,7 +267,16 @@ class PortoptOptimizer(torch.optim.Optimizer):
                 group_state = State(rule=rule.name, step=steps_taken, slots=slots, host=host)
                 local_params = [torch_sharding.local(p) for p in params]
                 local_grads = [torch_sharding.local(p.grad) for p in params]
-                plans.append((group, params, rule.plan_step(local_params, local_grads, group_state)))
+                pending.append((group, params, rule, local_params, local_grads, group_state))
+        # every group's schedules (user code) run before any group is checked; a lane that
+        # fell through has evaluated them already for this step
+        evaluated = []
+        for _, _, rule, _, _, group_state in pending:
+            earlier = kept.get(id(rule))
+            evaluated.append(earlier[2] if earlier is not None and earlier[0] is rule and earlier[1] == group_state.step
+                             else evaluate_first(rule, group_state))
+        for (group, params, rule, local_params, local_grads, group_state), scalars in zip(pending, evaluated):
+            plans.append((group, params, rule.plan_step(local_params, local_grads, group_state, evaluated=scalars)))
         skip = any(plan.skip for _, _, plan in plans)
         agreeing = torch_sharding.group_of(stepped) or torch_sharding.world_if_named(self.skip_group)
         if agreeing is not None and any(group.get("skip_nonfinite") for group in self.param_groups):
@@ -342,7 +353,7 @@ def _import_param_state(rule: Rule, state: dict) -> None:
         state["step"] = 1 if rule.slot_names() else 0
     elif not isinstance(step, int):
         state["step"] = int(_host_value(step))
-    for name in rule.initial_host_state():
+    for name in rule.host_state_names():
         if isinstance(state.get(name), torch.Tensor):
             state[name] = float(state[name].item())
 
@@ -352,7 +363,7 @@ def _export_param_state(rule: Rule, state: dict) -> dict:
     state = dict(state)
     step = state.get("step", 0)
     state["step"] = torch.tensor(float(step), dtype=torch.float32)
-    for name in rule.initial_host_state():  # NAdam's mu_product, ASGD's eta and mu: tensors in torch
+    for name in rule.host_state_names():  # NAdam's mu_product, ASGD's eta and mu: tensors in torch
         if name in state and not isinstance(state[name], torch.Tensor):
             state[name] = torch.tensor(state[name], dtype=torch.get_default_dtype())
     return state

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import torch_sharding
-from .plan import interrupts_deferred, prepare_repeat
+from .plan import evaluate_first, interrupts_deferred, prepare_repeat
 
 if TYPE_CHECKING:
     from .optimizer import PreparedStep, Rule, State
@@ -103,19 +103,27 @@ class RepeatLane:
         return cls(lanes)
 
     def step(self, optimizer: PortoptOptimizer) -> bool:
-        """Step every group, or return False having done nothing."""
+        """Step every group, or return False having written nothing. Every group is checked
+        for what the lane relies on, then every group's host scalars are evaluated (schedules
+        are user code), then each is bound and prepared; only then is any written. The scalars
+        of a lane that falls through are left for the full step (``_evaluated``), so no
+        schedule runs twice for one step."""
         groups = optimizer.param_groups
         if len(groups) != len(self.groups):  # add_param_group, or groups taken away
             return False
-        writes = []
+        all_grads = []
         for group, lane in zip(groups, self.groups):
-            if group is not lane.group:
-                return False
-            grads = lane.unchanged(optimizer)
+            grads = lane.unchanged(optimizer) if group is lane.group else None
             if grads is None:
                 return False
-            write = prepare_repeat(lane.rule, lane.plan, list(lane.params), grads, lane.state)
+            all_grads.append(grads)
+        evaluated = [evaluate_first(lane.rule, lane.state) for lane in self.groups]
+        writes = []
+        for lane, grads, scalars in zip(self.groups, all_grads, evaluated):
+            write, _ = prepare_repeat(lane.rule, lane.plan, list(lane.params), grads, lane.state, scalars)
             if write is None:
+                optimizer.__dict__["_evaluated"] = {id(lane.rule): (lane.rule, lane.state.step, scalars)
+                                                    for lane, scalars in zip(self.groups, evaluated)}
                 return False
             writes.append(write)
         with interrupts_deferred(len(writes) > 1):
@@ -128,5 +136,3 @@ class RepeatLane:
                     raise
                 lane.record()
         return True
-
-

@@ -208,3 +208,143 @@ def test_the_lane_is_taken_and_matches_the_full_step_over_many_steps():
     (arrays, taken), (expected, _) = runs
     assert taken == 19
     assert all(torch.equal(a, b) for a, b in zip(arrays, expected))
+
+
+# --- user code inside a step: schedules run before any check they could undo --------------------
+def _bits(t):
+    return t.detach().view(_torch().int32).clone() if t.dtype == _torch().float32 else t.detach().clone()
+
+
+@pytest.mark.parametrize("what", ["param", "grad", "other group's param"])
+@pytest.mark.parametrize("full", [False, True])
+def test_a_schedule_that_moves_an_array_has_the_new_memory_stepped(what, full):
+    """A group's lr is a callable (user code) that moves a param or a gradient when step 2's
+    scalars are evaluated: the step writes (and reads) the memory it moved to, lane or not, and
+    leaves the memory it left alone — the schedules of every group run before any check."""
+    torch = _torch()
+    import portopt.torch as drop_ins
+
+    torch.manual_seed(0)
+    a, b = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
+    left = []
+
+    def moving_lr(step):
+        if step == 2 and not left:
+            target = a if what != "grad" else a.grad
+            left.append(target.data)
+            if what == "grad":
+                a.grad.set_(torch.full((8,), 0.75))  # new memory, other values: read those
+            else:
+                a.data = a.data.clone()
+        return 0.1
+
+    groups = [{"params": [a]}, {"params": [b], "lr": moving_lr}] if what == "other group's param" else \
+        [{"params": [a], "lr": moving_lr}, {"params": [b]}]
+    opt = drop_ins.Adam(groups, lr=0.1)
+    history = []
+    for _ in range(3):
+        a.grad, b.grad = torch.full((8,), 0.5), torch.full((8,), 0.25)
+        if full:
+            opt.__dict__.pop("_repeat_lane", None)
+        history.append(_bits(a))
+        opt.step()
+    assert left, "the schedule did not run"
+    old = left[0]
+    if what == "grad":
+        assert torch.equal(old, torch.full((8,), 0.5))
+    else:
+        assert torch.equal(_bits(old), history[2]), "the memory the param left was written"
+        assert not torch.equal(_bits(a), history[2]), "the param's new memory was not stepped"
+    reference = drop_ins.Adam([torch.nn.Parameter(history[0].view(torch.float32).clone())], lr=0.1)
+    for k in range(3):
+        reference.param_groups[0]["params"][0].grad = torch.full((8,), 0.75 if what == "grad" and k == 2 else 0.5)
+        reference.step()
+    assert torch.equal(_bits(a), _bits(reference.param_groups[0]["params"][0]))
+
+
+def test_a_schedule_that_moves_a_tensor_under_portopts_own_step():
+    """The same on ``portopt.Adam(lr=schedule).step`` over torch tensors (the repeated step)."""
+    torch = _torch()
+    import portopt
+
+    p, g = torch.randn(8, generator=torch.Generator().manual_seed(1)), torch.full((8,), 0.5)
+    left = []
+
+    def lr(step):
+        if step == 2:
+            left.append(p.data)
+            p.set_(p.clone())
+        return 0.1
+
+    rule = portopt.Adam(lr=lr)
+    state = rule.init(p)
+    expected, expected_state = p.clone(), rule.init(p)
+    for _ in range(3):
+        before = p.clone()
+        rule.step(p, g, state)
+        expected, expected_state = portopt.Adam(lr=0.1).update(expected, g, expected_state)
+    assert torch.equal(left[0], before) and torch.equal(p, expected)
+
+
+def test_no_schedule_runs_twice_in_one_step_when_the_lane_falls_through():
+    """A lane that finds a later group changed leaves the scalars it evaluated to the full step."""
+    torch = _torch()
+    import portopt.torch as drop_ins
+
+    outcomes = []
+    for full in (False, True):
+        a, b = torch.ones(4, requires_grad=True), torch.ones(4, requires_grad=True)
+        calls = []
+
+        def lr(step, calls=calls):
+            calls.append(step)
+            return 0.1 * len(calls)
+
+        opt = drop_ins.SGD([{"params": [a], "lr": lr}, {"params": [b]}], lr=0.1)
+        for k in range(4):
+            a.grad, b.grad = torch.ones(4), (None if k == 2 else torch.ones(4))
+            if full:
+                opt.__dict__.pop("_repeat_lane", None)
+            opt.step()
+        outcomes.append((calls, _bits(a)))
+    assert outcomes[0][0] == outcomes[1][0] == [0, 1, 2, 3]
+    assert torch.equal(outcomes[0][1], outcomes[1][1])
+
+
+def test_asgd_does_not_evaluate_its_lr_at_step_zero_on_later_steps():
+    """ASGD's host state names come without evaluating lr: a schedule valid from step 1 on works
+    in the full step as in the lane."""
+    torch = _torch()
+    import portopt.torch as drop_ins
+
+    results = []
+    for full in (False, True):
+        p = torch.ones(3, requires_grad=True)
+        opt = drop_ins.ASGD([p], lr=0.01)
+        for k in range(4):
+            p.grad = torch.ones(3)
+            if k == 2:
+                opt.param_groups[0]["lr"] = lambda s: -1.0 if s == 0 else 0.01
+            if full:
+                opt.__dict__.pop("_repeat_lane", None)
+            opt.step()
+        results.append(_bits(p))
+    assert torch.equal(*results)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_a_gradient_that_is_a_view_of_its_param_is_read_as_update_reads_it(dtype):
+    """bfloat16 too (NumPy has no bfloat16, so the exact sharing check reads its bit patterns)."""
+    torch = _torch()
+    import portopt.torch as drop_ins
+
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=getattr(torch, dtype)))
+    q = torch.nn.Parameter(p.detach().clone())
+    aliased, separate = drop_ins.Adam([p], lr=0.1), drop_ins.Adam([q], lr=0.1)
+    for _ in range(3):
+        p.grad = p.data[:]
+        q.grad = q.detach().clone()
+        aliased.step()
+        separate.step()
+    assert torch.equal(p.detach().view(torch.int16) if dtype != "float32" else p.detach(),
+                       q.detach().view(torch.int16) if dtype != "float32" else q.detach())

@@ -90,7 +90,7 @@ class TorchAdapter(Adapter):
         if bounds_a is None or bounds_b is None or bounds_a[0] >= bounds_b[1] or bounds_b[0] >= bounds_a[1]:
             return False
         if a.device.type == "cpu" and not (a.is_neg() or a.is_conj() or b.is_neg() or b.is_conj()):
-            return bool(np.shares_memory(a.detach().numpy(), b.detach().numpy()))  # exact on the host
+            return bool(np.shares_memory(_host_view(a), _host_view(b)))  # exact on the host
         return True  # overlapping ranges on a device: counted as shared
 
     def empty(self, shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
@@ -132,3 +132,11 @@ class TorchAdapter(Adapter):
 
         return torch.from_numpy(np.array(bits, dtype=np.uint16, copy=True).view(np.int16)).view(
             torch.bfloat16).to(device=device or "cpu")
+
+
+def _host_view(x: Any) -> np.ndarray:
+    """A NumPy view of a CPU tensor's own memory; bfloat16 (which NumPy lacks) as its 16-bit patterns."""
+    import torch
+
+    x = x.detach()
+    return (x.view(torch.int16) if x.dtype == torch.bfloat16 else x).numpy()

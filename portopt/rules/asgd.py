@@ -75,6 +75,9 @@ class ASGD(Rule):
     def initial_host_state(self) -> dict[str, float]:
         return {"eta": evaluate("lr", self.lr, 0), "mu": 1.0}
 
+    def host_state_names(self) -> tuple[str, ...]:
+        return ("eta", "mu")
+
     def restore_host_state(self, step: int, host: dict[str, float]) -> dict[str, float]:
         """A checkpoint without eta and mu: those of ``step`` steps at this rule's lr."""
         if "eta" in host and "mu" in host:
