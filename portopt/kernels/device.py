@@ -14,7 +14,7 @@ both. Two targets run the same generated statements (:func:`portopt.kernels.cuda
   place) is checked against the golden vectors on any machine with a C++ compiler.
 
 The table kernel reads p and g in the params' dtype and the slots in the compute dtype
-(float32 for float16 params), so a group runs here only when its arrays are stored so.
+(float32 for float16 and bfloat16 params), so a group runs here only when its arrays are stored so.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = ["DeviceLoops", "device_loops_for", "launcher_available", "stores_as_t
 
 THREADS_PER_BLOCK = 256
 _MAX_BLOCKS = 65535  # a grid-stride loop over the chunks covers any more
-SHIM_DTYPES = ("float16", "float32", "float64")  # the param dtypes the generated source has
+SHIM_DTYPES = ("float16", "bfloat16", "float32", "float64")  # the param dtypes the generated source has
 
 
 def stores_as_the_kernel_reads(param_dtype: str, dtype_names: list[str]) -> bool:
@@ -43,7 +43,7 @@ def stores_as_the_kernel_reads(param_dtype: str, dtype_names: list[str]) -> bool
     kernel reads them: p and g in the params' dtype, the slots in the compute dtype."""
     if param_dtype not in SHIM_DTYPES:
         return False
-    compute = "float32" if param_dtype == "float16" else param_dtype
+    compute = "float32" if param_dtype in ("float16", "bfloat16") else param_dtype
     return dtype_names[0] == dtype_names[1] == param_dtype and all(name == compute for name in dtype_names[2:])
 
 
