@@ -74,6 +74,8 @@ def evaluate(name: str, value: Hyperparameter, steps_taken: int, *, low: float =
     if not callable(value):
         return value
     result = value(steps_taken)
+    if type(result) is float and low <= result < math.inf:  # the common case: no message is built
+        return result
     if isinstance(result, bool) or not isinstance(result, numbers.Real):
         raise TypeError(
             f"{name} schedule returned {type(result).__name__} at step {steps_taken}; expected a float"
