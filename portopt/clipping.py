@@ -12,7 +12,7 @@ from .checks import check_params
 from .fast.norms import sum_of_squares
 from .hyperparams import check_real
 from .numerics import compute_dtype, dtype_name, host_dtype
-from .optimizer import PreparedStep, Rule, traceable
+from .optimizer import PreparedStep, Rule, jax_takes, traceable
 from .state import State
 from .trees import unflatten
 
@@ -183,6 +183,13 @@ class Chain(Rule):
     @traceable
     def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
         return PreparedStep(self.rule, params, grads, state, writing=False, transform=self._transform).compute()
+
+    def update_evaluated(self, params: Any, grads: Any, state: State, evaluated: tuple | None = None
+                         ) -> tuple[Any, State]:
+        if evaluated is None or jax_takes(params, state):
+            return self.update(params, grads, state)
+        return PreparedStep(self.rule, params, grads, state, writing=False, transform=self._transform,
+                            evaluated=evaluated).compute()
 
     def plan_step(self, params: Any, grads: Any, state: State, *, evaluated: tuple | None = None) -> PreparedStep:
         return PreparedStep(self.rule, params, grads, state, writing=True, transform=self._transform,

@@ -298,8 +298,8 @@ class _HostStep:
             return self._result(self.skip_index, tuple(np.asarray(b, np.uint32) for b in bits),
                                 [0.0] * len(self.found.numbers))
         host = {key: bits_float(b) for key, b in zip(self.keys, bits)}
+        scalars = self.rule.host_scalars(steps_taken)  # before the advance, which recalls its schedules
         extra, new_host = self._advance(steps_taken, host, reduction)
-        scalars = self.rule.host_scalars(steps_taken)
         scalars = scalars._replace(**extra) if extra else scalars
         flags = flags_of(scalars)
         index = self.found.index.get(flags)

@@ -65,6 +65,11 @@ def traceable(update: Callable[..., tuple[Any, State]]) -> Callable[..., tuple[A
     return dispatching
 
 
+def jax_takes(params: Any, state: Any) -> bool:
+    """Whether :func:`traceable` sends this update to portopt.jax (a trace, or JAX arrays)."""
+    return is_traced(getattr(state, "step", None)) or _eager_jax(params)
+
+
 def _traced_update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[Any, State]:
     from .jax import update
 
@@ -219,8 +224,25 @@ class Rule:
 
     def advance_host_state(self, steps_taken: int, host: dict[str, float], xp: Any, grads: list,
                            params: list) -> tuple[dict[str, float], dict[str, float]]:
-        """Extra host scalars for this step and the new host state, from the gradients if needed."""
+        """Extra host scalars for this step and the new host state, from the gradients if needed.
+        Runs after the step's checks, so it evaluates no schedule itself: a value it needs is
+        the one :meth:`host_scalars` evaluated for the step (:meth:`remember`, :meth:`recalled`)."""
         return {}, host
+
+    def remember(self, name: str, steps_taken: int, value: float) -> float:
+        """Keep ``value``, the schedule ``name`` evaluated by :meth:`host_scalars` for this
+        step, for :meth:`advance_host_state` (which runs after the checks, where user code may
+        not run: a schedule could move an array the checks saw)."""
+        self.__dict__.setdefault("_remembered", {})[name] = (steps_taken, value)
+        return value
+
+    def recalled(self, name: str, steps_taken: int) -> float:
+        """The value :meth:`remember` kept for this step (every step evaluates host_scalars
+        first), else the schedule evaluated now (a caller that did not)."""
+        kept = self.__dict__.get("_remembered", {}).get(name)
+        if kept is not None and kept[0] == steps_taken:
+            return kept[1]
+        return evaluate(name, getattr(self, name), steps_taken)
 
     # --- the shared API ---------------------------------------------------------------
     def init(self, params: Any) -> State:
@@ -245,8 +267,16 @@ class Rule:
 
         No returned array is one of the inputs (a skipped step returns copies).
         """
-        prepared = PreparedStep(self, params, grads, state, writing=False)
-        return prepared.compute()
+        return PreparedStep(self, params, grads, state, writing=False).compute()
+
+    def update_evaluated(self, params: Any, grads: Any, state: State, evaluated: tuple | None = None
+                         ) -> tuple[Any, State]:
+        """:meth:`update`, with this step's host scalars if the caller evaluated them first
+        (a partition evaluates every part's schedules before checking any part). JAX arrays,
+        traced or not, take :meth:`update`'s own paths (nothing of theirs can move)."""
+        if evaluated is None or jax_takes(params, state):
+            return self.update(params, grads, state)
+        return PreparedStep(self, params, grads, state, writing=False, evaluated=evaluated).compute()
 
     def step(self, params: Any, grads: Any, state: State) -> None:
         """One step in place: the results are written into ``params`` and ``state``.
@@ -276,7 +306,8 @@ class Rule:
 
     def __getstate__(self) -> dict[str, Any]:
         # cached step plans hold arrays; they are rebuilt on the first step after unpickling
-        return {k: v for k, v in self.__dict__.items() if k not in ("_plans", "_repeatable", "_constructing")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_plans", "_repeatable", "_constructing", "_remembered")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

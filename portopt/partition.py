@@ -114,15 +114,15 @@ class Partition:
             raise TypeError(f"rules must be a non-empty dict {{label: rule or None}}, got {type(rules).__name__}")
         names: dict[str, Any] = {}
         for label, rule in rules.items():
-            name = self._part_name(label)
-            if not name or "/" in name:
+            part = self._part_name(label)
+            if not part or "/" in part:
                 raise ValueError(f"rules: label {label!r} must be non-empty and must not contain '/' (checkpoints "
                                  "name parts by it)")
-            if rule is not None and name in names:
-                raise ValueError(f"rules: labels {names[name]!r} and {label!r} would both be part {name!r}; use "
+            if rule is not None and part in names:
+                raise ValueError(f"rules: labels {names[part]!r} and {label!r} would both be part {part!r}; use "
                                  "distinct labels")
             if rule is not None:
-                names[name] = label
+                names[part] = label
             if rule is not None and not isinstance(rule, (Rule, Partition)):
                 raise TypeError(f"rules[{label!r}] must be a portopt rule or None, got {type(rule).__name__}")
         if not callable(labels):
@@ -190,8 +190,32 @@ class Partition:
             raise ValueError(f"state has parts {sorted(state.parts)}, these params and labels make {sorted(wanted)}")
         return checked.leaves, g_leaves, groups, checked
 
+    def evaluated_parts(self, state: Any) -> dict[Any, Any]:
+        """Every part's host scalars for this step, by label (a nested partition's: its own
+        dict): the schedules (user code) run before any check they could undo, in step and
+        update alike. A part whose state a step could not take is left out (its check says why)."""
+        from .clipping import Chain  # its step evaluates its inner rule's scalars
+
+        parts = getattr(state, "parts", None)
+        if not isinstance(parts, dict):
+            return {}
+        evaluated: dict[Any, Any] = {}
+        for label, rule in self.rules.items():
+            part = parts.get(self._part_name(label))
+            if isinstance(rule, Partition):
+                evaluated[label] = rule.evaluated_parts(part)
+            elif rule is not None:
+                evaluated[label] = evaluate_first(rule.rule if isinstance(rule, Chain) else rule, part)
+        return evaluated
+
     def update(self, params: Any, grads: Any, state: PartitionState) -> tuple[Any, PartitionState]:
         """One step, pure; untouched leaves come back as copies."""
+        return self.update_evaluated(params, grads, state)
+
+    def update_evaluated(self, params: Any, grads: Any, state: PartitionState, evaluated: Any = None
+                         ) -> tuple[Any, PartitionState]:
+        """:meth:`update` with the parts' scalars evaluated first (:meth:`evaluated_parts`)."""
+        by_part = self.evaluated_parts(state) if evaluated is None else evaluated
         p_leaves, g_leaves, groups, checked = self._inputs(params, grads, state)
         new = [None] * len(p_leaves)
         parts = {}
@@ -200,8 +224,9 @@ class Partition:
             assert rule is not None
             name = self._part_name(label)
             with _naming_the_part(label, [checked.paths[i] for i in positions]):
-                part, parts[name] = rule.update([p_leaves[i] for i in positions], [g_leaves[i] for i in positions],
-                                                state.parts[name])
+                part, parts[name] = rule.update_evaluated([p_leaves[i] for i in positions],
+                                                          [g_leaves[i] for i in positions], state.parts[name],
+                                                          by_part.get(label))
             for i, x in zip(positions, part):
                 new[i] = x
         xp = checked.xp
@@ -210,19 +235,13 @@ class Partition:
 
     def plan_step(self, params: Any, grads: Any, state: PartitionState, *, evaluated: Any = None) -> _Planned:
         """Every part checked and its scalars evaluated; ``.apply()`` then writes them all
-        (``evaluated``: for the signature of a rule's plan_step; the parts evaluate their own first).
+        (``evaluated``: the parts' scalars, as :meth:`evaluated_parts` gives them, if evaluated first).
 
         As one rule's step: no two written params may share memory, even in different parts,
         and a gradient sharing memory with any param is copied first (the step then reads what
         ``update`` reads)."""
         # every part's schedules (user code) run before any check they could undo
-        from .clipping import Chain  # its step evaluates its inner rule's scalars
-
-        parts = getattr(state, "parts", None)
-        by_part = {label: evaluate_first(rule.rule if isinstance(rule, Chain) else rule,
-                                           parts.get(self._part_name(label)))
-                     for label, rule in self.rules.items()
-                     if rule is not None and isinstance(parts, dict)}
+        by_part = self.evaluated_parts(state) if evaluated is None else evaluated
         p_leaves, g_leaves, groups, checked = self._inputs(params, grads, state)
         adapter = adapter_for(checked.xp)
         stepped = sorted(i for positions in groups.values() for i in positions)

@@ -38,6 +38,7 @@ from .checks import Leaves, check_grads, check_params, check_state
 from .fast.blocked import numpy_namespace, run_blocked
 from .kernels import cpu as compiled
 from .kernels import device as device_loops
+from .kernels import host_shim
 from .numerics import RuleNamespace, compute_dtype, dtype_name, flags_of, materialise, scalar_fields, with_param_storage
 from .state import State, is_traced
 from .trees import builder, collector
@@ -178,6 +179,9 @@ class Plan:
                                            and device_loops.launcher_available())
         if not ((on_gpu and mode != "off") or (adapter.name == "numpy" and mode == "shim")):
             return False
+        if not on_gpu and host_shim.compiler() is None:
+            raise RuntimeError('the fast path "shim" runs the generated CUDA source compiled for the host and needs a '
+                               "C++ compiler (set CXX, or install g++); use another fast path")
         names = [dtype_name(self.xp, x.dtype) for x in arrays]
         return (device_loops.stores_as_the_kernel_reads(names[0], names)
                 and all(adapter.device_address(x) is not None for x in arrays))
@@ -354,16 +358,19 @@ def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: list, p_leaves: li
     """This step's host scalars and the new host state (Python floats, computed on the host);
     ``evaluated``: the rule's host_scalars of this step, if already evaluated
     (:func:`evaluate_first`)."""
+    scalars: Any = evaluated if evaluated is not None else rule.host_scalars(state.step)  # first: see remember
     extra, new_host = rule.advance_host_state(state.step, dict(state.host), xp, g_leaves, p_leaves)
-    scalars: Any = evaluated if evaluated is not None else rule.host_scalars(state.step)
     return (scalars._replace(**extra) if extra else scalars), new_host
 
 
 def evaluate_first(rule: Rule, state: Any) -> tuple | None:
     """The rule's host scalars for this step (its schedules are user code, which may move or
     replace arrays), evaluated before any check of the arrays so no check can be undone by it;
-    None where the state is not one a step could take (its checks then say why)."""
-    if type(state) is not State or type(state.step) is not int or state.step < 0:
+    None where the state is not one this rule's step could take (its checks then say why, as
+    for a first step)."""
+    if (type(state) is not State or type(state.step) is not int or state.step < 0 or state.rule != rule.name
+            or state.torn or set(state.slots) != set(rule.slot_names())
+            or set(state.host) != set(rule.host_state_names())):
         return None
     return rule.host_scalars(state.step)
 
@@ -499,6 +506,8 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
         values = loops.scalars(scalars)
         table = group.compiled_table
         where = {"device": plan.device} if executor == "cuda" else {}
+        if where:
+            loops.prepare(in_place, plan.device)  # compiled before any write
         if in_place:
             return lambda: loops.run(table, read, None, values, **where)
         loops.run(table, read, write, values, **where)

@@ -18,6 +18,8 @@ import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+
 from . import torch_sharding
 from .plan import evaluate_first, interrupts_deferred, prepare_repeat
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from .torch import PortoptOptimizer
 
 __all__ = ["RepeatLane"]
+
+_STRIDED = torch.strided
 
 
 @dataclass
@@ -48,7 +52,7 @@ class _GroupLane:
                 or optimizer._group_rule(group) is not self.rule):
             return None
         grads = [p.grad for p in params]
-        if any(g is None for g in grads):
+        if any(g is None or g.layout is not _STRIDED for g in grads):  # sparse: the full step's error
             return None
         get = optimizer.state.get
         step_value, slots, host = self.step_value, self.state.slots, self.state.host

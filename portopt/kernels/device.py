@@ -87,6 +87,18 @@ class DeviceLoops:
         else:
             self._launch(table, read, read if write is None else write, scalars, chunks, in_place, device)
 
+    def prepare(self, in_place: bool, device: Any = None) -> None:
+        """Compile the kernel this step launches now, before any write (a compile that fails
+        then stops the step with nothing written)."""
+        if self.target == "host":
+            self._host_function(in_place)
+        else:
+            import cupy
+
+            device_id, _ = _launch_site(device)
+            with cupy.cuda.Device(device_id):
+                self._device_function(in_place, device_id)
+
     def _run_on_host(self, table: Table, read: np.ndarray, write: np.ndarray, scalars: np.ndarray, chunks: int,
                      in_place: bool) -> None:
         function = self._host_function(in_place)

@@ -34,20 +34,40 @@ def compiler() -> str | None:
 
 
 def build(source: str) -> ctypes.CDLL:
-    """``source`` compiled into a shared library, cached by its digest, and loaded."""
+    """``source`` compiled into a shared library, cached by its digest, and loaded.
+
+    The cache is a folder of this user's alone (created with mode 0700; one that another user
+    owns or others can write to is refused, since a library put there would be loaded); each
+    build writes temporary files of its own and renames the library into place, so processes
+    and threads building the same source at once do not meet."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
     digest = hashlib.sha256((source + " ".join(FLAGS) + cxx).encode()).hexdigest()[:24]
-    folder = Path(tempfile.gettempdir()) / "portopt-host-shim"
-    folder.mkdir(exist_ok=True)
+    folder = _cache_folder()
     library = folder / f"shim_{digest}.so"
     if not library.exists():
-        source_path = folder / f"shim_{digest}.{os.getpid()}.cpp"
-        source_path.write_text(source)
-        partial = library.with_suffix(f".{os.getpid()}.so")
-        subprocess.run([cxx, *FLAGS, "-o", str(partial), str(source_path)], check=True, capture_output=True,
-                       timeout=300)
-        os.replace(partial, library)
-        source_path.unlink(missing_ok=True)
+        handle, source_name = tempfile.mkstemp(prefix=f"shim_{digest}.", suffix=".cpp", dir=folder)
+        with os.fdopen(handle, "w") as file:
+            file.write(source)
+        partial = Path(source_name).with_suffix(".so")
+        try:
+            subprocess.run([cxx, *FLAGS, "-o", str(partial), source_name], check=True, capture_output=True,
+                           timeout=300)
+            os.replace(partial, library)
+        finally:
+            Path(source_name).unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
     return ctypes.CDLL(str(library))
+
+
+def _cache_folder() -> Path:
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"portopt-host-shim-{uid if uid is not None else 'user'}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if uid is not None:
+        status = folder.stat()
+        if status.st_uid != uid or status.st_mode & 0o022:
+            raise RuntimeError(f"{folder} belongs to another user or others can write to it; "
+                               "remove it (the shim's compiled kernels are cached there)")
+    return folder

@@ -91,7 +91,7 @@ class ASGD(Rule):
         the next step's are made with this step's lr: a scheduler's new lr enters one step later,
         as in torch.optim.ASGD."""
         t = steps_taken + 1
-        lr = evaluate("lr", self.lr, steps_taken)
+        lr = self.recalled("lr", steps_taken)
         eta, mu = host["eta"], host["mu"]
         scalars = {"eta": eta, "mu": mu, "decay_factor": 1.0 - self.lambd * eta, "averaging": mu != 1.0}
         following = {"eta": lr / real_power(1.0 + self.lambd * lr * t, self.alpha), "mu": 1.0 / max(1.0, t - self.t0)}
@@ -101,5 +101,6 @@ class ASGD(Rule):
         """``eta``, ``mu`` and ``decay_factor`` are placeholders here: the step takes them from the
         state (:meth:`advance_host_state`); ``averaging`` is set from the state's ``mu`` too."""
         weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
+        self.remember("lr", steps_taken, evaluate("lr", self.lr, steps_taken))  # for advance_host_state
         return ASGDScalars(maximize=self.maximize, coupled_decay=weight_decay != 0, averaging=False,
                            weight_decay=weight_decay, decay_factor=1.0, eta=0.0, mu=1.0)

@@ -109,7 +109,7 @@ class NAdam(Rule):
         """``prod mu`` times this step's mu_t, kept in ``state.host`` (as torch keeps
         ``mu_product``): O(1) per step, and a changed beta1 enters from its step on."""
         t = steps_taken + 1
-        lr = evaluate("lr", self.lr, steps_taken)
+        lr = self.recalled("lr", steps_taken)
         mu, mu_next = self._mu(t), self._mu(t + 1)
         product = host["mu_product"] * mu
         steps = {"gradient_step": lr * (1.0 - mu) / (1.0 - product),
@@ -117,7 +117,7 @@ class NAdam(Rule):
         return steps, {"mu_product": product}
 
     def host_scalars(self, steps_taken: int) -> NAdamScalars:
-        lr = evaluate("lr", self.lr, steps_taken)
+        lr = self.remember("lr", steps_taken, evaluate("lr", self.lr, steps_taken))
         weight_decay = evaluate("weight_decay", self.weight_decay, steps_taken)
         beta1, beta2 = self.betas
         t = steps_taken + 1
