@@ -64,18 +64,19 @@ def test_every_golden_case_under_the_shim_executor(launches):
     """The whole matrix (every dtype and shape): what the shim cannot take (strided and
     transposed views have no address) takes the reference."""
     numpy_only = {"numpy": TARGETS["numpy"]}
-    failures, ran = [], 0
+    failures, not_run = [], set()
     with portopt.fast_path("shim"):
         for case in _golden_cases((), numpy_only["numpy"].dtypes):
             golden = load_golden(case.rule)
             golden = golden.get("cases", golden)
             before = launches[0]
             results, _ = run_case(case, numpy_only, golden[case.id])
-            ran += launches[0] > before
+            if launches[0] == before:
+                not_run.add(case.shape)
             if results["numpy"].status != "pass":
                 failures.append(f"{case.id}: {results['numpy'].detail}")
     assert not failures, "\n".join(failures)
-    assert ran >= 0.8 * len(_golden_cases((), numpy_only["numpy"].dtypes))
+    assert not_run <= {"strided", "transposed"}, f"shapes that never ran the generated source: {sorted(not_run)}"
 
 
 def test_the_shim_takes_only_what_the_kernel_reads():
