@@ -52,3 +52,20 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """How many runs of the generated CUDA table kernel (portopt.kernels.device) a test made,
+    on a GPU or through the host shim."""
+    from portopt.kernels import device
+
+    count = [0]
+    run = device.DeviceLoops.run
+
+    def counted(self, *args, **kwargs):
+        count[0] += 1
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(device.DeviceLoops, "run", counted)
+    return count

@@ -11,7 +11,6 @@ import pytest
 
 import portopt
 from helpers import VARIANTS, make_rule, same_bits_any_nan, variant_id
-from portopt.kernels import device
 
 
 def _cupy_device():
@@ -35,19 +34,6 @@ cupy = _cupy_device()
 torch = _torch_cuda()
 needs_cupy = pytest.mark.skipif(cupy is None, reason="no CUDA device through CuPy here")
 needs_torch_cuda = pytest.mark.skipif(torch is None, reason="torch has no CUDA device here")
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    count = [0]
-    run = device.DeviceLoops.run
-
-    def counted(self, *args, **kwargs):
-        count[0] += 1
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(device.DeviceLoops, "run", counted)
-    return count
 
 
 def _problem(dtype, seed=0, leaves=((7,), (3, 5), (40_000,), (0,))):

@@ -14,23 +14,9 @@ from helpers import VARIANTS, make_rule, variant_id
 from portopt.conformance.cases import load_matrix
 from portopt.conformance.golden import load_golden
 from portopt.conformance.runner import run_case
-from portopt.kernels import device, host_shim
+from portopt.kernels import host_shim
 
 pytestmark = pytest.mark.skipif(host_shim.compiler() is None, reason="no C++ compiler (g++ or clang++) found")
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    """How many table-kernel runs the generated source did."""
-    count = [0]
-    run = device.DeviceLoops.run
-
-    def counted(self, *args, **kwargs):
-        count[0] += 1
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(device.DeviceLoops, "run", counted)
-    return count
 
 
 def _golden_cases(shapes, dtypes=("float16", "bfloat16", "float32", "float64")):
