@@ -136,7 +136,7 @@ class DeviceLoops:
         if function is None:
             import cupy
 
-            module = cupy.RawModule(code=self.sources[in_place], options=("-std=c++17",))
+            module = cupy.RawModule(code=self.sources[in_place])  # CuPy's own options; the PTX helpers fix the rounding
             function = self._functions[(device_id, in_place)] = module.get_function(TABLE_KERNEL_NAME)
         return function
 
