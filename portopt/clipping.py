@@ -12,7 +12,7 @@ from .checks import check_params
 from .fast.norms import sum_of_squares
 from .hyperparams import check_real
 from .numerics import compute_dtype, dtype_name, host_dtype
-from .optimizer import PreparedStep, Rule, jax_takes, traceable
+from .optimizer import PreparedStep, Rule
 from .state import State
 from .trees import unflatten
 
@@ -180,20 +180,13 @@ class Chain(Rule):
     def init(self, params: Any) -> State:
         return self.rule.init(params)
 
-    @traceable
-    def update(self, params: Any, grads: Any, state: State) -> tuple[Any, State]:
-        return PreparedStep(self.rule, params, grads, state, writing=False, transform=self._transform).compute()
-
-    def update_evaluated(self, params: Any, grads: Any, state: State, evaluated: tuple | None = None
-                         ) -> tuple[Any, State]:
-        if evaluated is None or jax_takes(params, state):
-            return self.update(params, grads, state)
-        return PreparedStep(self.rule, params, grads, state, writing=False, transform=self._transform,
-                            evaluated=evaluated).compute()
-
-    def plan_step(self, params: Any, grads: Any, state: State, *, evaluated: tuple | None = None) -> PreparedStep:
-        return PreparedStep(self.rule, params, grads, state, writing=True, transform=self._transform,
+    def prepared(self, params: Any, grads: Any, state: State, *, writing: bool,
+                 evaluated: tuple | None = None) -> PreparedStep:
+        return PreparedStep(self.rule, params, grads, state, writing=writing, transform=self._transform,
                             evaluated=evaluated)
+
+    def evaluate_schedules(self, state: Any) -> tuple | None:
+        return self.rule.evaluate_schedules(state)  # the step evaluates its rule's scalars
 
     def _transform(self, plan: Any, grads: list) -> list:
         for transform in self.transforms:

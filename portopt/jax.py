@@ -549,11 +549,7 @@ def eager_update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[Any
 
 def _prepared(rule: Rule, params: Any, grads: Any, state: State) -> Any:
     """The eager step's checks and host side, as ``rule.update`` prepares them."""
-    from .optimizer import PreparedStep
-
-    if isinstance(rule, Chain):
-        return PreparedStep(rule.rule, params, grads, state, writing=False, transform=rule._transform)
-    return PreparedStep(rule, params, grads, state, writing=False)
+    return rule.prepared(params, grads, state, writing=False)
 
 
 def _numbers(scalars: Any, p_leaves: Sequence[Any]) -> dict[str, Any]:

@@ -267,7 +267,7 @@ class Rule:
 
         No returned array is one of the inputs (a skipped step returns copies).
         """
-        return PreparedStep(self, params, grads, state, writing=False).compute()
+        return self.prepared(params, grads, state, writing=False).compute()
 
     def update_evaluated(self, params: Any, grads: Any, state: State, evaluated: tuple | None = None
                          ) -> tuple[Any, State]:
@@ -276,7 +276,17 @@ class Rule:
         traced or not, take :meth:`update`'s own paths (nothing of theirs can move)."""
         if evaluated is None or jax_takes(params, state):
             return self.update(params, grads, state)
-        return PreparedStep(self, params, grads, state, writing=False, evaluated=evaluated).compute()
+        return self.prepared(params, grads, state, writing=False, evaluated=evaluated).compute()
+
+    def prepared(self, params: Any, grads: Any, state: State, *, writing: bool,
+                 evaluated: tuple | None = None) -> PreparedStep:
+        """This rule's checked step (update and step share it; a chain prepares its rule's,
+        with its transforms)."""
+        return PreparedStep(self, params, grads, state, writing=writing, evaluated=evaluated)
+
+    def evaluate_schedules(self, state: Any) -> tuple | None:
+        """This step's host scalars, evaluated before any check (:func:`portopt.plan.evaluate_first`)."""
+        return evaluate_first(self, state)
 
     def step(self, params: Any, grads: Any, state: State) -> None:
         """One step in place: the results are written into ``params`` and ``state``.
@@ -302,7 +312,7 @@ class Rule:
         writing any. ``evaluated``: this step's host scalars, if the caller evaluated them
         first (:func:`portopt.plan.evaluate_first`; then the schedules run once, before any check).
         """
-        return PreparedStep(self, params, grads, state, writing=True, evaluated=evaluated)
+        return self.prepared(params, grads, state, writing=True, evaluated=evaluated)
 
     def __getstate__(self) -> dict[str, Any]:
         # cached step plans hold arrays; they are rebuilt on the first step after unpickling
@@ -438,7 +448,7 @@ class PreparedStep:
 
     def repeatable(self, caller: Rule) -> bool:
         """Whether the next in-place step of ``caller`` on the same arrays can be
-        :func:`portopt.plan.repeat_step`: this one was ``caller``'s own, untransformed,
+        :func:`portopt.plan.prepare_repeat`: this one was ``caller``'s own, untransformed,
         and one compiled loop over NumPy arrays or torch tensors."""
         plan = self.plan
         return (self.rule is caller and not self.transformed and not self.skip and plan.writing and plan.repeats

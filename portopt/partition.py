@@ -21,7 +21,7 @@ from .backends import adapter_for
 from .checkpoint import PARTITION_FORMAT
 from .checks import Leaves, check_params
 from .optimizer import Rule
-from .plan import _check_no_shared_memory, _Spans, evaluate_first, interrupts_deferred
+from .plan import _check_no_shared_memory, _Spans, interrupts_deferred
 from .state import counter_leaf, python_int, register_composite
 from .trees import TreeDef, flatten, leaf_paths, unflatten
 
@@ -190,23 +190,15 @@ class Partition:
             raise ValueError(f"state has parts {sorted(state.parts)}, these params and labels make {sorted(wanted)}")
         return checked.leaves, g_leaves, groups, checked
 
-    def evaluated_parts(self, state: Any) -> dict[Any, Any]:
+    def evaluate_schedules(self, state: Any) -> dict[Any, Any]:
         """Every part's host scalars for this step, by label (a nested partition's: its own
         dict): the schedules (user code) run before any check they could undo, in step and
-        update alike. A part whose state a step could not take is left out (its check says why)."""
-        from .clipping import Chain  # its step evaluates its inner rule's scalars
-
+        update alike. A part whose state a step could not take gets None (its check says why)."""
         parts = getattr(state, "parts", None)
         if not isinstance(parts, dict):
             return {}
-        evaluated: dict[Any, Any] = {}
-        for label, rule in self.rules.items():
-            part = parts.get(self._part_name(label))
-            if isinstance(rule, Partition):
-                evaluated[label] = rule.evaluated_parts(part)
-            elif rule is not None:
-                evaluated[label] = evaluate_first(rule.rule if isinstance(rule, Chain) else rule, part)
-        return evaluated
+        return {label: rule.evaluate_schedules(parts.get(self._part_name(label)))
+                for label, rule in self.rules.items() if rule is not None}
 
     def update(self, params: Any, grads: Any, state: PartitionState) -> tuple[Any, PartitionState]:
         """One step, pure; untouched leaves come back as copies."""
@@ -214,8 +206,8 @@ class Partition:
 
     def update_evaluated(self, params: Any, grads: Any, state: PartitionState, evaluated: Any = None
                          ) -> tuple[Any, PartitionState]:
-        """:meth:`update` with the parts' scalars evaluated first (:meth:`evaluated_parts`)."""
-        by_part = self.evaluated_parts(state) if evaluated is None else evaluated
+        """:meth:`update` with the parts' scalars evaluated first (:meth:`evaluate_schedules`)."""
+        by_part = self.evaluate_schedules(state) if evaluated is None else evaluated
         p_leaves, g_leaves, groups, checked = self._inputs(params, grads, state)
         new = [None] * len(p_leaves)
         parts = {}
@@ -235,13 +227,13 @@ class Partition:
 
     def plan_step(self, params: Any, grads: Any, state: PartitionState, *, evaluated: Any = None) -> _Planned:
         """Every part checked and its scalars evaluated; ``.apply()`` then writes them all
-        (``evaluated``: the parts' scalars, as :meth:`evaluated_parts` gives them, if evaluated first).
+        (``evaluated``: the parts' scalars, as :meth:`evaluate_schedules` gives them, if evaluated first).
 
         As one rule's step: no two written params may share memory, even in different parts,
         and a gradient sharing memory with any param is copied first (the step then reads what
         ``update`` reads)."""
         # every part's schedules (user code) run before any check they could undo
-        by_part = self.evaluated_parts(state) if evaluated is None else evaluated
+        by_part = self.evaluate_schedules(state) if evaluated is None else evaluated
         p_leaves, g_leaves, groups, checked = self._inputs(params, grads, state)
         adapter = adapter_for(checked.xp)
         stepped = sorted(i for positions in groups.values() for i in positions)

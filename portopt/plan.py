@@ -46,7 +46,7 @@ from .trees import builder, collector
 if TYPE_CHECKING:
     from .optimizer import Rule
 
-__all__ = ["Plan", "plan_for", "TracedInputs", "repeat_step", "prepare_repeat", "step_scalars", "evaluate_first"]
+__all__ = ["Plan", "plan_for", "TracedInputs", "prepare_repeat", "step_scalars", "evaluate_first"]
 
 
 class TracedInputs(TypeError):
@@ -126,7 +126,7 @@ class Plan:
         # memory cannot move while this plan holds it: NumPy refuses to resize a referenced
         # array). Looking an address up costs more than a whole small step.
         self.remembers = self.adapter.name == "numpy"
-        # The next in-place step may reuse this one's address tables (repeat_step) where the
+        # The next in-place step may reuse this one's address tables (prepare_repeat) where the
         # backend can tell where an array's elements lie (memory_layout): bind then finds a
         # written array that moved. A torch tensor can move and stay the same object (set_()),
         # so there the gradients are addressed again at every step.
@@ -375,18 +375,6 @@ def evaluate_first(rule: Rule, state: Any) -> tuple | None:
     return rule.host_scalars(state.step)
 
 
-def repeat_step(rule: Rule, plan: Plan, params: Any, grads: Any, state: State) -> bool:
-    """The in-place step of a plan of one compiled loop over NumPy arrays or torch CPU tensors
-    when the params and slots are the arrays the last step wrote, in the same memory, and every
-    signature is unchanged (:func:`prepare_repeat`), then written. Returns False, having done
-    nothing, for anything else (the full step then runs, with every check)."""
-    write, _ = prepare_repeat(rule, plan, params, grads, state)
-    if write is None:
-        return False
-    write()
-    return True
-
-
 def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State,
                    evaluated: tuple | None = None) -> tuple[Callable[[], None] | None, tuple | None]:
     """Everything of a repeated in-place step but its writes: ``(write, host scalars)``, where
@@ -490,7 +478,7 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
     if executor in _TABLED:
         loops = group.loops(kernel, scalars, slot_count, "host" if plan.adapter.name == "numpy" else "device")
         if in_place and plan.repeats:
-            indexes = group.indexes  # p, g, then each slot, of every leaf (repeat_step's order too)
+            indexes = group.indexes  # p, g, then each slot, of every leaf (prepare_repeat's order too)
             arrays = (*(p_leaves[i] for i in indexes), *(g_leaves[i] for i in indexes),
                       *(leaves[i] for leaves in slot_leaves for i in indexes))
             last = group.last_tables

@@ -154,7 +154,7 @@ def _copy_torch_state(state):
                          slots={k: {kk: vv.clone() for kk, vv in v.items()} for k, v in state.slots.items()})
 
 
-# --- the repeated step: the same arrays again (portopt.plan.repeat_step) -----------------------
+# --- the repeated step: the same arrays again (portopt.plan.prepare_repeat) -----------------------
 def _reshaped(x, shape):
     x.shape = shape  # in place: the same object, another shape
     return x
