@@ -12,7 +12,6 @@ Times are CUDA-event medians after warm-up steps. Not yet run: no GPU was at han
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 import portopt
 
 from .__main__ import BENCHMARKED, TORCH_PEERS, bytes_per_step
+from .report import add_output_options, report
 from .workloads import resnet50_shapes
 
 WORKLOADS: dict[str, tuple[list[tuple[int, ...]], str]] = {
@@ -145,14 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--rules", nargs="+", default=list(BENCHMARKED), choices=list(BENCHMARKED))
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", help="write the results as JSON here")
+    add_output_options(parser, "benchmarks/gpu.json", "gpu")
     args = parser.parse_args(argv)
-    results = run(args.workloads, args.rules, args.repeats)
-    print(table(results))
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(results, file, indent=1)
-    return 0
+    partial = args.workloads != list(WORKLOADS) or args.rules != list(BENCHMARKED)
+    return report(args, lambda: run(args.workloads, args.rules, args.repeats), table, "gpu", partial=partial)
 
 
 if __name__ == "__main__":
