@@ -3,8 +3,9 @@
 A small MLP fits a synthetic regression with AdamW at a small learning rate, so that many
 updates are below half a bfloat16 ulp of their weight. Runs: float32 params (the reference),
 bfloat16 params with float32 state, with bfloat16 state, with bfloat16 state and
-``master_weights="kahan"`` (bfloat16 compensation), and torch-optimi's Kahan-summation AdamW
-where it is installed. Prints the final losses and the bytes per parameter each run keeps
+``master_weights="kahan"`` (bfloat16 compensation), with ``master_weights="split"`` (the params
+and a uint16 buffer of low halves are a float32 master weight; float32 and bfloat16 state), and
+torch-optimi's Kahan-summation AdamW where it is installed. Prints the final losses and the bytes per parameter each run keeps
 (params plus optimizer state, measured on the tensors), and with ``--plot`` saves the loss curves.
 
     python examples/bf16_training.py [--steps N] [--plot PATH]
@@ -67,6 +68,10 @@ def runs() -> dict[str, tuple[torch.dtype, Callable]]:
                                             lambda ps: pt.AdamW(ps, **options, state_dtype="bfloat16")),
         "bfloat16, bfloat16 state, kahan": (torch.bfloat16, lambda ps: pt.AdamW(
             ps, **options, state_dtype="bfloat16", master_weights="kahan")),
+        "bfloat16, float32 state, split": (torch.bfloat16, lambda ps: pt.AdamW(
+            ps, **options, master_weights="split")),
+        "bfloat16, bfloat16 state, split": (torch.bfloat16, lambda ps: pt.AdamW(
+            ps, **options, state_dtype="bfloat16", master_weights="split")),
     }
     try:
         import optimi

@@ -73,6 +73,9 @@ class MultiSteps(Rule):
         if type(rule).host_state_uses_gradients:
             raise TypeError(f"MultiSteps cannot accumulate for {rule.name}: its whole-tree state needs the mean "
                             "gradient before the step")
+        if rule.master_weights == "split":
+            raise TypeError("MultiSteps cannot accumulate for a rule with master_weights='split' yet (its step is "
+                            "the float32 master's, not one kernel); use master_weights='kahan' or float32 params")
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         self.rule: Rule = rule

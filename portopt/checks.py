@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import array_api_compat
@@ -110,9 +110,10 @@ def check_grads(grads: Any, params: Leaves) -> list:
 
 
 def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: Leaves,
-                host_names: Sequence[str] = (), slot_dtype: Callable[[Any, Any], Any] = compute_dtype) -> dict[str, list]:
+                host_names: Sequence[str] = (), slot_dtype: Callable[[Any, Any], Any] = compute_dtype,
+                fixed_dtypes: Mapping[str, Any] | None = None) -> dict[str, list]:
     """Slot leaves of ``state``, checked to belong to this rule and these params (slots of
-    ``slot_dtype(xp, param dtype)``: the rule's)."""
+    ``slot_dtype(xp, param dtype)``: the rule's; a slot named in ``fixed_dtypes`` has that dtype)."""
     if not isinstance(state, State):
         raise TypeError(f"state must be a portopt State (from init), got {type(state).__name__}")
     if state.rule != rule_name:
@@ -133,7 +134,9 @@ def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: L
     for name in slot_names:
         leaves, treedef = flatten(state.slots[name])
         _check_tree(f"state.slots[{name!r}]", treedef, params)
+        fixed = fixed_dtypes.get(name) if fixed_dtypes else None
         for path, x, p in zip(params.paths, leaves, params.leaves):
-            _check_like(f"state.slots[{name!r}]", path, x, p, params, slot_dtype(params.xp, p.dtype))
+            _check_like(f"state.slots[{name!r}]", path, x, p, params,
+                        slot_dtype(params.xp, p.dtype) if fixed is None else fixed)
         slots[name] = leaves
     return slots

@@ -12,7 +12,7 @@ from .checks import check_params
 from .fast.norms import sum_of_squares
 from .hyperparams import check_real
 from .numerics import compute_dtype, dtype_name, host_dtype
-from .optimizer import PreparedStep, Rule
+from .optimizer import Rule
 from .state import State
 from .trees import unflatten
 
@@ -161,6 +161,7 @@ class Chain(Rule):
         self.name = rule.name
         self.skip_nonfinite = rule.skip_nonfinite
         self.state_dtype = rule.state_dtype
+        self.master_weights = rule.master_weights
 
     def hyperparameters(self) -> dict[str, Any]:
         return self.rule.hyperparameters()
@@ -180,10 +181,11 @@ class Chain(Rule):
     def init(self, params: Any) -> State:
         return self.rule.init(params)
 
-    def prepared(self, params: Any, grads: Any, state: State, *, writing: bool,
-                 evaluated: tuple | None = None) -> PreparedStep:
-        return PreparedStep(self.rule, params, grads, state, writing=writing, transform=self._transform,
-                            evaluated=evaluated)
+    def prepared(self, params: Any, grads: Any, state: State, *, writing: bool, evaluated: tuple | None = None,
+                 transform: Any = None) -> Any:
+        """The rule's prepared step with this chain's transforms (then ``transform``, if given)."""
+        transforms = self._transform if transform is None else lambda plan, g: transform(plan, self._transform(plan, g))
+        return self.rule.prepared(params, grads, state, writing=writing, evaluated=evaluated, transform=transforms)
 
     def evaluate_schedules(self, state: Any) -> tuple | None:
         return self.rule.evaluate_schedules(state)  # the step evaluates its rule's scalars

@@ -101,18 +101,16 @@ def check_flag(name: str, value: object) -> bool:
 STATE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-MASTER_WEIGHTS = (None, "kahan")
+MASTER_WEIGHTS = (None, "kahan", "split")
 
 
 def check_master_weights(value: object) -> str | None:
-    """``master_weights``: None, or "kahan" (a compensation slot adds back what rounding the
-    params dropped). "split" (the low half of a float32 master weight in a slot) is not
-    implemented yet."""
-    if value == "split":
-        raise ValueError('master_weights="split" is not implemented yet; use None or "kahan"')
-    if value not in MASTER_WEIGHTS or isinstance(value, bool):
-        raise ValueError(f"master_weights must be None or 'kahan', got {value!r}")
-    return None if value is None else "kahan"
+    """``master_weights``: None, "kahan" (a compensation slot adds back what rounding the
+    params dropped) or "split" (bfloat16 params and a slot of the low halves are a float32
+    master weight: :mod:`portopt.split_master`)."""
+    if not isinstance(value, str | None) or value not in MASTER_WEIGHTS:
+        raise ValueError(f"master_weights must be None, 'kahan' or 'split', got {value!r}")
+    return value
 
 
 def check_state_dtype(value: object) -> str | None:

@@ -37,6 +37,7 @@ from .plan import (
     run_group,
     step_scalars,
 )
+from .split_master import SPLIT_SLOT, SplitStep, check_split_params, inner_state, master_rule
 from .state import State, is_traced, register_pytree
 from .trees import flatten, unflatten
 
@@ -51,6 +52,12 @@ def traceable(update: Callable[..., tuple[Any, State]]) -> Callable[..., tuple[A
 
     @functools.wraps(update)
     def dispatching(self: Rule, params: Any, grads: Any, state: State) -> tuple[Any, State]:
+        if self.master_weights == "split":  # the master's update between a join and a split
+            if jax_takes(params, state):
+                from .split_master import update_on_jax
+
+                return update_on_jax(self, params, grads, state)
+            return update(self, params, grads, state)
         if is_traced(getattr(state, "step", None)):
             return _traced_update(self, params, grads, state)
         if _eager_jax(params):
@@ -123,7 +130,9 @@ class Rule:
     maximize: bool = False
     skip_nonfinite: bool = False
     state_dtype: str | None = None  # the state arrays' dtype (None: float32 for half-precision params)
-    master_weights: str | None = None  # "kahan": a compensation slot (portopt.compensation)
+    # "kahan": a compensation slot (portopt.compensation); "split": bfloat16 params and their
+    # float32 master's low halves (portopt.split_master)
+    master_weights: str | None = None
     # hyperparameters that may be schedules (callables of the steps taken), read at every step
     schedulable: ClassVar[tuple[str, ...]] = ("lr", "eps", "weight_decay")
     # the registry: what the exports, the drop-ins, the peers report and the tests read
@@ -139,7 +148,8 @@ class Rule:
             @functools.wraps(names)
             def with_compensation(self: Rule) -> tuple[str, ...]:
                 own = names(self)
-                return (*own, COMPENSATION_SLOT) if self.master_weights == "kahan" else own
+                extra = {"kahan": COMPENSATION_SLOT, "split": SPLIT_SLOT}.get(self.master_weights)  # type: ignore[arg-type]
+                return own if extra is None else (*own, extra)
 
             cls.slot_names = with_compensation  # type: ignore[method-assign]
         init = cls.__dict__.get("__init__")
@@ -247,17 +257,17 @@ class Rule:
     # --- the shared API ---------------------------------------------------------------
     def init(self, params: Any) -> State:
         """A fresh state for ``params`` (one array or a dict/list/tuple tree of arrays)."""
-        checked = check_params(params)
+        checked = check_split_params(params) if self.master_weights == "split" else check_params(params)
+        xp = checked.xp
         slots = {}
         for slot in self.slot_names():
-            value = 0.0 if slot == COMPENSATION_SLOT else self.slot_initial_value(slot)
-            slots[slot] = unflatten(
-                checked.treedef,
-                [
-                    checked.xp.full(p.shape, value, dtype=self.slot_dtype(checked.xp, p.dtype), device=checked.device)
-                    for p in checked.leaves
-                ],
-            )
+            if slot == SPLIT_SLOT:  # the low halves: the master weights start as the params
+                leaves = [xp.zeros(p.shape, dtype=xp.uint16, device=checked.device) for p in checked.leaves]
+            else:
+                value = 0.0 if slot == COMPENSATION_SLOT else self.slot_initial_value(slot)
+                leaves = [xp.full(p.shape, value, dtype=self.slot_dtype(xp, p.dtype), device=checked.device)
+                          for p in checked.leaves]
+            slots[slot] = unflatten(checked.treedef, leaves)
         register_pytree()  # a no-op unless jax is imported
         return State(rule=self.name, step=0, slots=slots, host=self.initial_host_state())
 
@@ -278,14 +288,18 @@ class Rule:
             return self.update(params, grads, state)
         return self.prepared(params, grads, state, writing=False, evaluated=evaluated).compute()
 
-    def prepared(self, params: Any, grads: Any, state: State, *, writing: bool,
-                 evaluated: tuple | None = None) -> PreparedStep:
+    def prepared(self, params: Any, grads: Any, state: State, *, writing: bool, evaluated: tuple | None = None,
+                 transform: Callable[[Plan, list], list] | None = None) -> PreparedStep | SplitStep:
         """This rule's checked step (update and step share it; a chain prepares its rule's,
-        with its transforms)."""
-        return PreparedStep(self, params, grads, state, writing=writing, evaluated=evaluated)
+        with its transforms); with ``master_weights="split"``, its master's (a SplitStep)."""
+        if self.master_weights == "split":
+            return SplitStep(self, params, grads, state, writing=writing, transform=transform, evaluated=evaluated)
+        return PreparedStep(self, params, grads, state, writing=writing, transform=transform, evaluated=evaluated)
 
     def evaluate_schedules(self, state: Any) -> tuple | None:
         """This step's host scalars, evaluated before any check (:func:`portopt.plan.evaluate_first`)."""
+        if self.master_weights == "split":
+            return master_rule(self).evaluate_schedules(inner_state(state))
         return evaluate_first(self, state)
 
     def step(self, params: Any, grads: Any, state: State) -> None:
@@ -305,7 +319,8 @@ class Rule:
         prepared.apply()
         self.__dict__["_repeatable"] = prepared.plan if prepared.repeatable(self) else None
 
-    def plan_step(self, params: Any, grads: Any, state: State, *, evaluated: tuple | None = None) -> PreparedStep:
+    def plan_step(self, params: Any, grads: Any, state: State, *, evaluated: tuple | None = None
+                  ) -> PreparedStep | SplitStep:
         """Check an in-place step and evaluate its scalars; ``.apply()`` then writes it.
 
         Lets a caller with several groups (the torch drop-in) check them all before
@@ -317,7 +332,7 @@ class Rule:
     def __getstate__(self) -> dict[str, Any]:
         # cached step plans hold arrays; they are rebuilt on the first step after unpickling
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_plans", "_repeatable", "_constructing", "_remembered")}
+                if k not in ("_plans", "_repeatable", "_constructing", "_remembered", "_master")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -398,7 +413,7 @@ class Rule:
             if not isinstance(arrays, (list, tuple)) or len(arrays) != len(checked.leaves):
                 raise CheckpointError(f"state_dict slot {name!r} must be a list of {len(checked.leaves)} arrays")
             for path, array, p in zip(checked.paths, arrays, checked.leaves):
-                want = dtype_name(checked.xp, self.slot_dtype(checked.xp, p.dtype))
+                want = "uint16" if name == SPLIT_SLOT else dtype_name(checked.xp, self.slot_dtype(checked.xp, p.dtype))
                 if not isinstance(array, np.ndarray):
                     raise CheckpointError(f"state_dict slot {name!r}{path} is a {type(array).__name__}, not a "
                                           "NumPy array")
@@ -408,13 +423,13 @@ class Rule:
                                           f"like{path} needs {want}{tuple(p.shape)}")
         _warn_about_other_hyperparameters(self, state_dict.get("hyperparameters"))
         adapter = adapter_for(checked.xp)
-        def restored(array: np.ndarray, p: Any) -> Any:
-            if array.dtype == np.uint16:  # bfloat16 bits
+        def restored(name: str, array: np.ndarray) -> Any:
+            if array.dtype == np.uint16 and name != SPLIT_SLOT:  # bfloat16 bits
                 return adapter.bfloat16_from_bits(array, checked.device)
             return adapter.from_numpy(array, checked.device)
 
-        slots = {name: unflatten(checked.treedef, [restored(_bfloat16_as_bits(a), p) for a, p in
-                                                   zip(state_dict["slots"][name], checked.leaves)])
+        slots = {name: unflatten(checked.treedef, [restored(name, _bfloat16_as_bits(a))
+                                                   for a in state_dict["slots"][name]])
                  for name in names}
         register_pytree()
         return State(rule=self.name, step=step, slots=slots, skipped=skipped, host=host)

@@ -37,7 +37,7 @@ import torch
 
 from . import torch_sharding
 from .optimizer import Rule
-from .plan import evaluate_first, interrupts_deferred
+from .plan import interrupts_deferred
 from .rules import RULES
 from .state import State
 from .torch_clipping import clip_grad_norm_, global_grad_norm
@@ -274,7 +274,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
         for _, _, rule, _, _, group_state in pending:
             earlier = kept.get(id(rule))
             evaluated.append(earlier[2] if earlier is not None and earlier[0] is rule and earlier[1] == group_state.step
-                             else evaluate_first(rule, group_state))
+                             else rule.evaluate_schedules(group_state))
         for (group, params, rule, local_params, local_grads, group_state), scalars in zip(pending, evaluated):
             plans.append((group, params, rule.plan_step(local_params, local_grads, group_state, evaluated=scalars)))
         skip = any(plan.skip for _, _, plan in plans)

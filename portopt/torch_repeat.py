@@ -26,6 +26,7 @@ from .plan import evaluate_first, interrupts_deferred, prepare_repeat
 if TYPE_CHECKING:
     from .optimizer import PreparedStep, Rule, State
     from .plan import Plan
+    from .split_master import SplitStep
     from .torch import PortoptOptimizer
 
 __all__ = ["RepeatLane"]
@@ -84,7 +85,8 @@ class RepeatLane:
         self.groups = groups
 
     @classmethod
-    def after(cls, optimizer: PortoptOptimizer, stepped: list[tuple[dict, list, PreparedStep]]) -> RepeatLane | None:
+    def after(cls, optimizer: PortoptOptimizer, stepped: list[tuple[dict, list, PreparedStep | SplitStep]]
+              ) -> RepeatLane | None:
         """The lane for the next step after the full step ``stepped`` ((group, params, its
         prepared step) each, as written), or None where the next step cannot be repeated."""
         groups = optimizer.param_groups

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import portopt
-from helpers import VARIANTS, make_rule
+from helpers import ALL_VARIANTS, make_rule
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT = ROOT / "portopt" / "conformance" / "FORMAT.md"
@@ -27,7 +27,7 @@ def test_the_format_page_is_the_packaged_format():
 
 def test_every_state_slot_is_named_in_the_format():
     text = FORMAT.read_text()
-    slots = {slot for variant in VARIANTS for slot in getattr(make_rule(variant), "rule", make_rule(variant)).slot_names()}
+    slots = {slot for variant in ALL_VARIANTS for slot in getattr(make_rule(variant), "rule", make_rule(variant)).slot_names()}
     missing = sorted(slot for slot in slots if f"`{slot}`" not in text)
     assert not missing, f"FORMAT.md does not name the state slots {missing}"
 

@@ -57,6 +57,8 @@ def test_bf16_training_example_measures_the_memory_each_option_keeps():
     assert sizes["bfloat16 params, float32 state"] == 10.0
     assert sizes["bfloat16 params, bfloat16 state"] == 6.0
     assert sizes["bfloat16, bfloat16 state, kahan"] == 8.0  # + a 2 B compensation
+    assert sizes["bfloat16, float32 state, split"] == 12.0  # + 2 B of low halves: a float32 master
+    assert sizes["bfloat16, bfloat16 state, split"] == 8.0
     assert all(losses[-1] < losses[0] for losses, _ in results.values())
 
 

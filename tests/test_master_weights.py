@@ -116,8 +116,8 @@ def test_drop_in_takes_master_weights():
     assert "compensation" in optimizer.state[weight]
 
 
-@pytest.mark.parametrize(("value", "match"), [("split", "not implemented yet"), ("kahn", "master_weights"),
-                                              (True, "master_weights")])
+@pytest.mark.parametrize(("value", "match"), [("kahn", "master_weights"), ("Split", "master_weights"),
+                                              (True, "master_weights"), (1, "master_weights")])
 def test_master_weights_is_checked(value, match):
     with pytest.raises(ValueError, match=match):
         portopt.Adam(master_weights=value)

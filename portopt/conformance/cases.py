@@ -196,7 +196,7 @@ def load_matrix(path: Path | str = CASES_FILE) -> Matrix:
     matrix = Matrix(config)
     checkpoints = tuple(config["checkpoints"])
     for variant in config["variants"]:
-        for dtype in config["dtypes"]:
+        for dtype in variant.get("dtypes", config["dtypes"]):  # a variant may name fewer
             for shape in config["shapes"]:
                 leaves, treedef = _shape_leaves(config["shape_defs"][shape])
                 matrix.cases.append(Case(
