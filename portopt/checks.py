@@ -22,7 +22,18 @@ class Leaves:
         self.treedef = treedef
         self.xp = xp
         self.device = device
-        self.paths = leaf_paths(treedef)
+        self._paths: list[str] | None = None
+
+    @property
+    def paths(self) -> list[str]:
+        """Each leaf's path, e.g. ``['w']`` (made when first read: most steps raise no error)."""
+        if self._paths is None:
+            self._paths = leaf_paths(self.treedef)
+        return self._paths
+
+    @paths.setter
+    def paths(self, paths: list[str]) -> None:
+        self._paths = paths
 
 
 def _where(argument: str, path: str) -> str:
@@ -46,28 +57,35 @@ def _namespace(argument: str, path: str, x: Any) -> Any:
 def check_params(params: Any) -> Leaves:
     """Flatten ``params``; every leaf a real floating array of one backend and device."""
     leaves, treedef = flatten(params)
-    paths = leaf_paths(treedef)
+    checked = Leaves(leaves, treedef, None, None)
     xp = device = None
-    for path, p in zip(paths, leaves):
-        leaf_xp = _namespace("params", path, p)
+    for index, p in enumerate(leaves):
+        leaf_xp = _NAMESPACE_BY_TYPE.get(type(p)) or _namespace("params", _path(checked, index), p)
         if xp is None:
             xp, device = leaf_xp, array_api_compat.device(p)
         elif leaf_xp is not xp:
             raise TypeError(
-                f"params{path} is a {leaf_xp.__name__} array but params{paths[0]} is a "
+                f"params{_path(checked, index)} is a {leaf_xp.__name__} array but params{_path(checked, 0)} is a "
                 f"{xp.__name__} array; all params must come from one backend"
             )
         elif array_api_compat.device(p) != device:
             raise ValueError(
-                f"params{path} is on device {array_api_compat.device(p)} but params{paths[0]} "
-                f"is on {device}; all params must be on one device"
+                f"params{_path(checked, index)} is on device {array_api_compat.device(p)} but "
+                f"params{_path(checked, 0)} is on {device}; all params must be on one device"
             )
         if is_real_floating(xp, p.dtype):
             continue
         if _is_complex(xp, p.dtype):
-            raise TypeError(f"params{path} is complex ({p.dtype}); portopt supports real floating params only")
-        raise TypeError(f"params{path} has dtype {p.dtype}; params must be real floating arrays")
-    return Leaves(leaves, treedef, xp, device)
+            raise TypeError(f"params{_path(checked, index)} is complex ({p.dtype}); portopt supports real floating "
+                            "params only")
+        raise TypeError(f"params{_path(checked, index)} has dtype {p.dtype}; params must be real floating arrays")
+    checked.xp, checked.device = xp, device
+    return checked
+
+
+def _path(checked: Leaves, index: int) -> str:
+    """The path of leaf ``index``, for an error message (paths are made only when one is raised)."""
+    return checked.paths[index]
 
 
 def _is_complex(xp: Any, dtype: Any) -> bool:

@@ -60,14 +60,17 @@ def clip_factor(xp: Any, norm: Any, max_norm: float, eps: float, device: Any) ->
 
     adapter = adapter_for(xp)
     if adapter.address(norm) is not None:
-        value = adapter.to_numpy(norm)
-        dtype = value.dtype.type
-        factor = dtype(max_norm) / (value + dtype(eps))
-        factor = factor if factor < dtype(1.0) else dtype(1.0)
-        return adapter.from_numpy(np.asarray(factor, dtype=value.dtype), device)
+        return adapter.from_numpy(host_clip_factor(adapter.to_numpy(norm), max_norm, eps), device)
     factor = xp.asarray(max_norm, dtype=norm.dtype, device=device) / (norm + xp.asarray(eps, dtype=norm.dtype, device=device))
     one = xp.asarray(1.0, dtype=norm.dtype, device=device)
     return xp.where(factor < one, factor, one)
+
+
+def host_clip_factor(norm: np.ndarray, max_norm: float, eps: float) -> np.ndarray:
+    """:func:`clip_factor` of a norm in host memory, in NumPy scalars of its dtype (a 0-d array)."""
+    dtype = norm.dtype.type
+    factor = dtype(max_norm) / (norm + dtype(eps))
+    return np.asarray(factor if factor < dtype(1.0) else dtype(1.0), dtype=norm.dtype)
 
 
 def scale_by(xp: Any, g: Any, factor: Any) -> Any:

@@ -12,7 +12,8 @@ from portopt.backends import adapter_for
 
 from . import torch_sharding
 from .checks import check_params
-from .clipping import clip_factor, norm_dtype, scale_by
+from .clipping import clip_factor, host_clip_factor, norm_dtype, scale_by
+from .fast import norms
 from .fast.norms import sum_of_squares
 from .hyperparams import check_real
 from .reductions import combine_frontiers, pairwise_frontier, pairwise_sum
@@ -31,6 +32,9 @@ def global_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor) -> torch
     grads = _grads_of(parameters)
     if not grads:
         raise ValueError("parameters have no gradients; their norm is undefined")
+    whole = _whole_cpu_norm(grads)
+    if whole is not None:
+        return torch.from_numpy(whole)
     locals_ = [torch_sharding.local(g) for g in grads]
     xp = check_params(locals_).xp
     dtype = norm_dtype(xp, locals_)
@@ -66,6 +70,15 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm:
     max_norm = check_real("max_norm", max_norm)
     eps = check_real("eps", eps)
     parameters = list(parameters) if not isinstance(parameters, torch.Tensor) else [parameters]
+    grads = _grads_of(parameters)
+    host = _whole_cpu_norm(grads) if grads else None
+    if host is not None:  # the same norm and factor, from the compiled loop, in NumPy scalars
+        factor = host_clip_factor(host, max_norm, eps)
+        if factor != 1.0:
+            scale = torch.from_numpy(factor)
+            for g in grads:
+                g.mul_(scale)
+        return torch.from_numpy(host)
     norm = global_grad_norm(parameters)
     import array_api_compat.torch as xp
 
@@ -79,6 +92,27 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm:
         else:
             g_local.copy_(scale_by(xp, g_local, factor))
     return norm
+
+
+_HOST_DTYPES: dict[torch.dtype, np.dtype] = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def _whole_cpu_norm(grads: list) -> np.ndarray | None:
+    """The norm of :func:`global_grad_norm` (the same bits) of plain, contiguous CPU tensors of one
+    dtype, float32 or float64, by the compiled loop straight from their addresses, as a NumPy 0-d
+    array; None for anything else (sharded, other devices or dtypes, mixed, strided), which takes
+    the general path with its checks."""
+    dtype = grads[0].dtype
+    host = _HOST_DTYPES.get(dtype)
+    if host is None or not norms.compiled_norm_runs():
+        return None
+    addresses, sizes = [], []
+    for g in grads:
+        if type(g) is not torch.Tensor or g.dtype != dtype or g.device.type != "cpu" or not g.is_contiguous():
+            return None
+        addresses.append(g.data_ptr())
+        sizes.append(g.numel())
+    return np.asarray(np.sqrt(norms.pairwise_sum(norms.sums_of_squares(addresses, sizes, host))))
 
 
 def _grads_of(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list:

@@ -140,3 +140,49 @@ def test_compiled_norm_is_the_fixed_order_tree(sizes, seed, dtype):
         fast = np.asarray(sum_of_squares(xp, leaves, np.dtype(dtype)))
     reference = np.asarray(pairwise_sum_of_squares(xp, leaves, np.dtype(dtype)))
     assert fast.tobytes() == reference.tobytes()
+
+
+def _torch_grads(shapes, dtype, seed, scale=3.0):
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.nn.Parameter(torch.zeros(shape, dtype=dtype))
+        p.grad = (torch.randn(shape, generator=generator, dtype=torch.float64) * scale).to(dtype)
+        params.append(p)
+    return params
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64", "float16", "mixed"])
+@pytest.mark.parametrize("max_norm", [0.5, 1e9])  # scales / within the bound
+def test_torch_clip_grad_norm_lane_gives_the_reference_paths_bits(dtype_name, max_norm):
+    """The whole-CPU-tensor lane of portopt.torch.clip_grad_norm_ (the compiled loop straight
+    from data_ptr) against the array implementation (fast path off), on shapes that take the
+    lane, shapes that do not (a strided view) and sizes that split between threads."""
+    torch = pytest.importorskip("torch")
+    import portopt.torch as pt
+    from portopt.kernels import cpu as compiled
+
+    dtypes = {"float32": [torch.float32], "float64": [torch.float64], "float16": [torch.float16],
+              "mixed": [torch.float32, torch.float64]}[dtype_name]
+    shapes = [(), (0,), (1,), (257,), (16, 24), (compiled.PARALLEL_THRESHOLD // 2 + 3,), (64, 64)]
+    results = []
+    for mode in ("auto", "off"):
+        params = _torch_grads(shapes, dtypes[0], 7)
+        if len(dtypes) > 1:  # one float64 tensor among float32 ones: a float64 norm, the general path
+            params[2:3] = _torch_grads([shapes[2]], dtypes[1], 9)
+        with portopt.fast_path(mode):
+            from portopt.torch_clipping import _whole_cpu_norm
+
+            lane = _whole_cpu_norm([p.grad for p in params]) is not None
+            assert lane == (mode == "auto" and dtype_name in ("float32", "float64") and compiled.available())
+            norm = pt.global_grad_norm(params)
+            returned = pt.clip_grad_norm_(params, max_norm)
+        results.append((norm.numpy().tobytes(), returned.numpy().tobytes(),
+                        [p.grad.numpy().tobytes() for p in params]))
+    assert results[0] == results[1]
+    strided = _torch_grads([(40,)], torch.float32, 8)
+    strided[0].grad = torch.randn(80)[::2]  # not contiguous: the general path
+    with portopt.fast_path("off"):
+        expected = pt.global_grad_norm(strided).numpy().tobytes()
+    assert pt.global_grad_norm(strided).numpy().tobytes() == expected

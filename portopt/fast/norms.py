@@ -83,15 +83,17 @@ def pairwise_sums(addresses, sizes, out, square):
 
 
 @functools.cache
-def _loop(dtype: str) -> Any:
-    return compiled.load_module(_SOURCE.format(dtype=dtype), f"norm_{dtype}").pairwise_sums
+def _loop(dtype: Any) -> Any:
+    """The compiled loop for ``dtype`` (a NumPy dtype or its name; cached per either form)."""
+    name = np.dtype(dtype).name
+    return compiled.load_module(_SOURCE.format(dtype=name), f"norm_{name}").pairwise_sums
 
 
 def sums_of_squares(addresses: list[int], sizes: list[int], dtype: np.dtype) -> np.ndarray:
     """Per array (given by address and size, all of ``dtype``): the fixed-order sum of its
     squared elements, rounded in ``dtype``; an empty array gives +0. Large totals are split
     between threads by array (each array's sum is its own)."""
-    loop = _loop(np.dtype(dtype).name)
+    loop = _loop(dtype)
     out = np.empty(len(sizes), dtype=dtype)
     addresses_, sizes_ = np.asarray(addresses, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
     parts = _split(sizes_)
@@ -119,7 +121,7 @@ def pairwise_sum(values: np.ndarray) -> Any:
     """The fixed-order sum of a contiguous 1-D float32/float64 array, as a 0-d array."""
     values = np.ascontiguousarray(values)
     out = np.empty(1, dtype=values.dtype)
-    _loop(values.dtype.name)(np.asarray([values.ctypes.data], dtype=np.int64),
+    _loop(values.dtype)(np.asarray([values.ctypes.data], dtype=np.int64),
                              np.asarray([values.shape[0]], dtype=np.int64), out, False)
     return out.reshape(())
 
@@ -132,9 +134,8 @@ def sum_of_squares(xp: Any, leaves: list, dtype: Any) -> Any:
 
     from ..numerics import dtype_name
     from ..reductions import pairwise_sum_of_squares
-    from . import get_mode
 
-    if leaves and get_mode() in ("auto", "compiled") and compiled.available():
+    if leaves and compiled_norm_runs():
         adapter = adapter_for(xp)
         host = np.dtype(dtype_name(xp, dtype))
         if host in (np.float32, np.float64) and all(leaf.dtype == dtype for leaf in leaves):
@@ -147,3 +148,10 @@ def sum_of_squares(xp: Any, leaves: list, dtype: Any) -> Any:
 
                 return adapter.from_numpy(np.asarray(total), array_api_compat.device(leaves[0]))
     return pairwise_sum_of_squares(xp, leaves, dtype)
+
+
+def compiled_norm_runs() -> bool:
+    """Whether the compiled sum of squares serves this process (the fast path is not off, numba is there)."""
+    from . import get_mode
+
+    return get_mode() in ("auto", "compiled") and compiled.available()
