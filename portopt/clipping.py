@@ -24,7 +24,11 @@ def global_norm(grads: Any) -> Any:
     """``sqrt(sum of g² over every element of the tree)``, a 0-d array, with the same bits on
     every backend: squares and sums in the order of :mod:`portopt.reductions`, a correctly
     rounded sqrt. float64 if any leaf is float64, else float32."""
-    checked = check_params(grads)
+    return _norm_of(check_params(grads))
+
+
+def _norm_of(checked: Any) -> Any:
+    """:func:`global_norm` of checked leaves."""
     if not checked.leaves:
         raise ValueError("grads is an empty tree; its norm is undefined")
     from portopt.backends import adapter_for
@@ -44,7 +48,7 @@ def clip_by_global_norm(grads: Any, max_norm: float, eps: float = 1e-6) -> tuple
     max_norm = check_real("max_norm", max_norm)
     eps = check_real("eps", eps)
     checked = check_params(grads)
-    norm = global_norm(grads)
+    norm = _norm_of(checked)
     factor = clip_factor(checked.xp, norm, max_norm, eps, checked.device)
     clipped = [scale_by(checked.xp, g, factor) for g in checked.leaves]
     return unflatten(checked.treedef, clipped), norm
@@ -76,7 +80,8 @@ def host_clip_factor(norm: np.ndarray, max_norm: float, eps: float) -> np.ndarra
 def scale_by(xp: Any, g: Any, factor: Any) -> Any:
     """``g * factor`` rounded in ``g``'s compute dtype, returned in ``g``'s dtype."""
     dtype = compute_dtype(xp, g.dtype)
-    scaled = xp.astype(g, dtype) * xp.astype(factor, dtype)
+    wide = g if g.dtype == dtype else xp.astype(g, dtype)  # astype would copy a g of that dtype
+    scaled = wide * (factor if factor.dtype == dtype else xp.astype(factor, dtype))
     return scaled if scaled.dtype == g.dtype else xp.astype(scaled, g.dtype)
 
 

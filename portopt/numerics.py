@@ -31,12 +31,25 @@ HALF_PRECISION_DTYPE_NAMES = ("float16", "bfloat16")
 
 
 def dtype_name(xp: Any, dtype: Any) -> str:
-    """'float32', 'bfloat16', ... for a dtype of any namespace."""
+    """'float32', 'bfloat16', ... for a dtype of any namespace (looked up once per namespace and dtype)."""
+    try:
+        return _DTYPE_NAMES[xp, dtype]
+    except KeyError:
+        name = _DTYPE_NAMES[xp, dtype] = _find_dtype_name(xp, dtype)
+        return name
+    except TypeError:  # an unhashable namespace or dtype
+        return _find_dtype_name(xp, dtype)
+
+
+def _find_dtype_name(xp: Any, dtype: Any) -> str:
     for name in ("float16", "bfloat16", "float32", "float64"):
         candidate = getattr(xp, name, None)
         if candidate is not None and dtype == candidate:
             return name
     return str(dtype).rsplit(".", 1)[-1]
+
+
+_DTYPE_NAMES: dict[tuple[Any, Any], str] = {}
 
 
 def compute_dtype(xp: Any, dtype: Any) -> Any:
@@ -74,8 +87,22 @@ def host_dtype(name: str) -> np.dtype:
 
 
 def is_real_floating(xp: Any, dtype: Any) -> bool:
-    """``xp.isdtype(dtype, "real floating")``, ml_dtypes' bfloat16 included (NumPy's isdtype refuses it)."""
-    if dtype_name(xp, dtype) == "bfloat16":
+    """``xp.isdtype(dtype, "real floating")``, ml_dtypes' bfloat16 included (NumPy's isdtype refuses
+    it); looked up once per namespace and dtype."""
+    try:
+        return _REAL_FLOATING[xp, dtype]
+    except KeyError:
+        answer = _REAL_FLOATING[xp, dtype] = _is_real_floating(xp, dtype)
+        return answer
+    except TypeError:  # an unhashable namespace or dtype
+        return _is_real_floating(xp, dtype)
+
+
+_REAL_FLOATING: dict[tuple[Any, Any], bool] = {}
+
+
+def _is_real_floating(xp: Any, dtype: Any) -> bool:
+    if _find_dtype_name(xp, dtype) == "bfloat16":
         return True
     try:
         return bool(xp.isdtype(dtype, "real floating"))
