@@ -225,7 +225,8 @@ def torch_optimi(rule_name: str, workload: Workload) -> Implementation | None:
 
 def clipping_implementations(workload: Workload) -> list[Implementation]:
     """``clip_grad_norm_`` on the workload's gradients: torch's, portopt's drop-in (the
-    fixed-order norm), and :func:`portopt.clip_by_global_norm` on NumPy arrays; once where
+    fixed-order norm), and :func:`portopt.clip_by_global_norm` (new arrays) and
+    :func:`portopt.clip_by_global_norm_` (in place) on NumPy arrays; once where
     the gradients are scaled (max_norm half the norm; they are put back before each call,
     untimed) and once where they are within max_norm (nothing to scale)."""
     grads = _host_arrays(workload.shapes, workload.dtype, 1)
@@ -234,6 +235,15 @@ def clipping_implementations(workload: Workload) -> list[Implementation]:
     for label, max_norm in (("scales", half), ("within max_norm", 1e30)):
         implementations.append(Implementation(f"portopt clip_by_global_norm numpy, {label}",
                                               lambda m=max_norm: portopt.clip_by_global_norm(grads, m)))
+        own = [g.copy() for g in grads]
+
+        def put_back(own=own) -> None:
+            for mine, g in zip(own, grads):
+                np.copyto(mine, g)
+
+        implementations.append(Implementation(f"portopt clip_by_global_norm_ numpy (in place), {label}",
+                                              lambda m=max_norm, o=own: portopt.clip_by_global_norm_(o, m),
+                                              setup=put_back))
     try:
         import portopt.torch as drop_ins
         import torch

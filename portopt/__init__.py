@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from .accumulation import MultiSteps
 from .checkpoint import CheckpointError, load, save
-from .clipping import Chain, ClipByGlobalNorm, ClipByValue, Clipped, chain, clip_by_global_norm, global_norm
+from .clipping import (
+    Chain,
+    ClipByGlobalNorm,
+    ClipByValue,
+    Clipped,
+    chain,
+    clip_by_global_norm,
+    clip_by_global_norm_,
+    global_norm,
+)
 from .divergence import DivergenceWarning
 from .fast import fast_path
 from .fast import get_mode as get_fast_path
@@ -26,7 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     *_rules, "Rule", "State",
     "flatten", "unflatten", "tree_map", "save", "load", "CheckpointError", "CheckpointWarning",
-    "fast_path", "get_fast_path", "set_fast_path", "Clipped", "clip_by_global_norm", "global_norm",
+    "fast_path", "get_fast_path", "set_fast_path", "Clipped", "clip_by_global_norm", "clip_by_global_norm_", "global_norm",
     "DivergenceWarning", "__version__", "minimize", "scipy_method", "MultiSteps", "chain", "Chain",
     "ClipByGlobalNorm", "ClipByValue", "masked", "partition", "Partition", "PartitionState",
 ]

@@ -54,6 +54,38 @@ def clip_by_global_norm(grads: Any, max_norm: float, eps: float = 1e-6) -> tuple
     return unflatten(checked.treedef, clipped), norm
 
 
+def clip_by_global_norm_(grads: Any, max_norm: float, eps: float = 1e-6) -> Any:
+    """:func:`clip_by_global_norm` in place: every gradient array is scaled in its own memory
+    (the same bits) and the norm returned, as ``torch.nn.utils.clip_grad_norm_`` does for a
+    model's gradients, on any backend with writeable arrays. Every array is checked (writeable,
+    none sharing memory with another) before any is written; a KeyboardInterrupt waits for the
+    writes."""
+    from portopt.backends import adapter_for
+
+    from .plan import _check_no_shared_memory, _check_writeable, interrupts_deferred
+
+    max_norm = check_real("max_norm", max_norm)
+    eps = check_real("eps", eps)
+    checked = check_params(grads)
+    xp, adapter = checked.xp, adapter_for(checked.xp)
+    _check_writeable(adapter, checked, {}, "grads", "use clip_by_global_norm(), which returns new arrays")
+    _check_no_shared_memory(adapter, checked, {}, "grads")
+    norm = _norm_of(checked)
+    factor = clip_factor(xp, norm, max_norm, eps, checked.device)
+    if bool(factor == 1):
+        return norm  # g * 1 is g, bit for bit: nothing to write
+    same = {dtype: xp.astype(factor, dtype) for dtype in {g.dtype for g in checked.leaves}
+            if compute_dtype(xp, dtype) == dtype}  # the factor in each dtype computed in as it is
+    widened = [None if g.dtype in same else scale_by(xp, g, factor) for g in checked.leaves]  # before any write
+    with interrupts_deferred(True):
+        for g, scaled in zip(checked.leaves, widened):
+            if scaled is None:
+                adapter.multiply_into(g, same[g.dtype])
+            else:
+                adapter.write(g, scaled)
+    return norm
+
+
 def clip_factor(xp: Any, norm: Any, max_norm: float, eps: float, device: Any) -> Any:
     """``min(1, max_norm / (norm + eps))`` in the norm's dtype, a 0-d array.
 

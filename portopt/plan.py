@@ -291,21 +291,23 @@ def _size(x: Any) -> int:
     return size
 
 
-def _check_writeable(adapter: Adapter, params: Leaves, slots: dict[str, list]) -> None:
+def _check_writeable(adapter: Adapter, params: Leaves, slots: dict[str, list], argument: str = "params",
+                     remedy: str = "use update(), which returns new arrays") -> None:
     for path, p in zip(params.paths, params.leaves):
         if not adapter.is_writeable(p):
-            raise TypeError(f"params{path} is read-only ({adapter.label(params.device)}); "
-                            "use update(), which returns new arrays")
+            raise TypeError(f"{argument}{path} is read-only ({adapter.label(params.device)}); {remedy}")
     for name, leaves in slots.items():
         for path, x in zip(params.paths, leaves):
             if not adapter.is_writeable(x):
                 raise TypeError(f"state.slots[{name!r}]{path} is read-only; use update()")
 
 
-def _check_no_shared_memory(adapter: Adapter, params: Leaves, slots: dict[str, list]) -> None:
+def _check_no_shared_memory(adapter: Adapter, params: Leaves, slots: dict[str, list],
+                            argument: str = "params") -> None:
     """An in-place step writes each param and slot element once: none may share memory with
-    itself (a zero stride) or with another written array (the same array twice in a tree)."""
-    written = [(f"params{path}", p) for path, p in zip(params.paths, params.leaves)]
+    itself (a zero stride) or with another written array (the same array twice in a tree).
+    ``argument``: what the written leaves are called in the messages."""
+    written = [(f"{argument}{path}", p) for path, p in zip(params.paths, params.leaves)]
     written += [(f"state.slots[{name!r}]{path}", x) for name, leaves in slots.items()
                 for path, x in zip(params.paths, leaves)]
     for name, x in written:

@@ -186,3 +186,49 @@ def test_torch_clip_grad_norm_lane_gives_the_reference_paths_bits(dtype_name, ma
     with portopt.fast_path("off"):
         expected = pt.global_grad_norm(strided).numpy().tobytes()
     assert pt.global_grad_norm(strided).numpy().tobytes() == expected
+
+
+def _clip_trees():
+    rng = np.random.default_rng(11)
+    return {
+        "float32": {"w": rng.standard_normal((16, 24)).astype(np.float32) * 4, "b": np.float32(3.0) * np.ones(5, np.float32),
+                    "scalar": np.asarray(2.5, np.float32), "empty": np.zeros(0, np.float32)},
+        "mixed": [rng.standard_normal(30).astype(np.float32), rng.standard_normal(7) * 9.0],
+        "float16": [rng.standard_normal(40).astype(np.float16) * 8],
+    }
+
+
+@pytest.mark.parametrize("kind", list(_clip_trees()))
+@pytest.mark.parametrize("max_norm", [0.5, 1e9])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "array_api_strict"])
+def test_clip_by_global_norm_in_place_gives_the_pure_forms_bits(kind, max_norm, backend):
+    tree = _clip_trees()[kind]
+    pure, pure_norm = portopt.clip_by_global_norm(tree, max_norm)
+    if backend == "numpy":
+        convert, back = (lambda x: np.array(x, copy=True)), np.asarray
+    elif backend == "torch":
+        torch = pytest.importorskip("torch")
+        convert, back = (lambda x: torch.from_numpy(np.array(x, copy=True))), (lambda x: x.numpy())
+    else:
+        strict = pytest.importorskip("array_api_strict")
+        if kind == "float16":
+            pytest.skip("array-api-strict has no float16")
+        convert, back = (lambda x: strict.asarray(np.array(x, copy=True))), (lambda x: np.asarray(x))
+    grads = portopt.tree_map(convert, tree)
+    norm = portopt.clip_by_global_norm_(grads, max_norm)
+    assert back(norm).tobytes() == np.asarray(pure_norm).tobytes()
+    for ours, want in zip(portopt.flatten(grads)[0], portopt.flatten(pure)[0]):
+        assert back(ours).dtype == np.asarray(want).dtype and back(ours).tobytes() == np.asarray(want).tobytes()
+
+
+def test_clip_by_global_norm_in_place_refuses_what_it_cannot_write_and_writes_nothing():
+    a = np.full(4, 10.0)
+    readonly = np.full(3, 10.0)
+    readonly.flags.writeable = False
+    for grads, error, match in (([a, readonly], TypeError, r"grads\[1\] is read-only"),
+                                ([a, a], ValueError, r"grads\[0\] and grads\[1\] share memory"),
+                                ([a, np.broadcast_to(np.ones(1), (3,))], (TypeError, ValueError), r"grads\[1\]"),
+                                ([a], ValueError, "max_norm")):
+        with pytest.raises(error, match=match):
+            portopt.clip_by_global_norm_(grads, -1.0 if match == "max_norm" else 1.0)
+        assert np.array_equal(a, np.full(4, 10.0)), "nothing was written"

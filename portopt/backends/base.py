@@ -97,6 +97,11 @@ class Adapter:
         """Copy ``source`` into ``destination``'s memory, wherever it lives (views too)."""
         destination[...] = source
 
+    def multiply_into(self, x: Any, factor: Any) -> None:
+        """``x *= factor`` in ``x``'s memory: one correctly rounded product per element, as
+        ``x * factor``; ``factor`` a 0-d array of ``x``'s dtype."""
+        self.write(x, x * factor)
+
     def flat_host_view(self, x: Any, writeable: bool) -> np.ndarray | None:
         """A flat NumPy view of ``x``'s own memory for the CPU fast paths, or None if there is none."""
         return None

@@ -98,6 +98,12 @@ class TorchAdapter(Adapter):
 
         return torch.empty(shape, dtype=dtype, device=device)
 
+    def multiply_into(self, x: Any, factor: Any) -> None:
+        import torch
+
+        with torch.no_grad():
+            x.mul_(factor)
+
     def write(self, destination: Any, source: Any) -> None:
         import torch
 
