@@ -50,12 +50,10 @@ def power(base: float, exponent: int) -> float:
     not ``log2(e)``: the products, and so the bits, are those of the loop.
     """
     memo = _MEMO.get(base)
-    if memo is not None and type(exponent) is int:  # the common case first: one product, or none
+    if memo is not None and type(exponent) is int and exponent > 0:  # the common case first
         value = memo.get(exponent)
         if value is None:
-            previous = memo.get(exponent - 1 if exponent & 1 else exponent >> 1)
-            if previous is not None and exponent > 0:
-                value = memo[exponent] = _multiply(previous, (base, 0.0) if exponent & 1 else previous)
+            value = _next_power(memo, base, exponent)
         if value is not None:
             if len(memo) > 4096:
                 _prune(memo, exponent)
@@ -80,6 +78,28 @@ def power(base: float, exponent: int) -> float:
     if len(memo) > 4096:  # every exponent of a 1000-step run stays (the conformance suite's)
         _prune(memo, exponent)
     return result
+
+
+def _next_power(memo: dict[int, tuple[float, float]], base: float, exponent: int) -> tuple[float, float] | None:
+    """``base ** exponent`` from remembered powers in one or two products (those of
+    :func:`_power_of`: ``x^(e-1) · x`` for odd ``e``, ``(x^(e/2))²`` for even, the half made from
+    the power below it if need be), remembered; None where they are not there. A run of
+    consecutive exponents, one per step, always finds them."""
+    if exponent & 1:
+        below = memo.get(exponent - 1)
+        if below is None:
+            return None
+        value = memo[exponent] = _multiply(below, (base, 0.0))
+        return value
+    half_exponent = exponent >> 1
+    half = memo.get(half_exponent)
+    if half is None:
+        below = memo.get(half_exponent - 1) if half_exponent & 1 else None
+        if below is None:
+            return None
+        half = memo[half_exponent] = _multiply(below, (base, 0.0))
+    value = memo[exponent] = _multiply(half, half)
+    return value
 
 
 def _power_loop(base: float, exponent: int) -> float:

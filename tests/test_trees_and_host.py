@@ -53,3 +53,14 @@ def test_power_edge_cases():
     assert power(2.0, 10) == 1024.0 and power(0.5, 3) == 0.125
     with pytest.raises(ValueError, match="exponent must be >= 0"):
         power(0.9, -1)
+
+
+def test_remembered_powers_are_the_loops_products_through_pruning_and_jumps():
+    """A run of consecutive exponents (one per step, past the memo's pruning at 4096 entries),
+    jumps, and runs after jumps give the bits of the square-and-multiply loop itself."""
+    from portopt import host_arithmetic
+
+    for base in (0.9, 0.999, 0.5, 0.99999):
+        host_arithmetic._MEMO.pop(base, None)
+        exponents = [*range(0, 9000), 123457, 2, *range(500000, 500300), 77, 1 << 20, (1 << 20) + 1]
+        assert [power(base, e) for e in exponents] == [host_arithmetic._power_loop(base, e) for e in exponents]
