@@ -189,7 +189,7 @@ def load(path: str | os.PathLike) -> dict:
 
 
 _MAX_MANIFEST_BYTES = 64 << 20
-_DTYPES = {"<f2", "<f4", "<f8", "<u2", "|u1"}  # float16/32/64; bfloat16 bit patterns; manifest bytes
+_DTYPES = {"<f2", "<f4", "<f8", "<u2", "<i2", "|u1"}  # float16/32/64; bfloat16 bits; master_low bits; manifest
 _HEX = set("0123456789abcdef")
 
 

@@ -518,7 +518,8 @@ def _step_leaf(graph: Graph, p: Any, g: Any, slots: list, names: tuple[str, ...]
 
 
 # --- eager JAX: the reference's host side, the guarded kernel compiled ------------------------
-def eager_update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[Any, State]:
+def eager_update(rule: Rule, params: Any, grads: Any, state: State, evaluated: tuple | None = None
+                 ) -> tuple[Any, State]:
     """One step of ``rule`` on concrete JAX arrays, outside any trace: what ``rule.update``
     runs for them (the module docstring's "Eager JAX" says why and how).
 
@@ -527,8 +528,9 @@ def eager_update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[Any
     non-finite skip, the host state and the host scalars, in Python floats. The kernel's graph
     for this step's flags is then evaluated with the guarded operations under ``jax.jit``
     (compiled once per graph and per shapes and dtypes of the leaves), with the numbers and the
-    ``-0.0`` as arguments: runtime values, and no host callback."""
-    prepared = _prepared(rule, params, grads, state)
+    ``-0.0`` as arguments: runtime values, and no host callback. ``evaluated``: this step's host
+    scalars, if the caller evaluated them first (a split rule: before its own checks)."""
+    prepared = _prepared(rule, params, grads, state, evaluated)
     if prepared.skip:
         return prepared.compute()  # copies of the inputs: no arithmetic
     inner = prepared.rule
@@ -547,9 +549,9 @@ def eager_update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[Any
                                skipped=state.skipped, host=prepared.new_host)
 
 
-def _prepared(rule: Rule, params: Any, grads: Any, state: State) -> Any:
+def _prepared(rule: Rule, params: Any, grads: Any, state: State, evaluated: tuple | None = None) -> Any:
     """The eager step's checks and host side, as ``rule.update`` prepares them."""
-    return rule.prepared(params, grads, state, writing=False)
+    return rule.prepared(params, grads, state, writing=False, evaluated=evaluated)
 
 
 def _numbers(scalars: Any, p_leaves: Sequence[Any]) -> dict[str, Any]:

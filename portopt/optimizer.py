@@ -37,7 +37,7 @@ from .plan import (
     run_group,
     step_scalars,
 )
-from .split_master import SPLIT_SLOT, SplitStep, check_split_params, inner_state, master_rule
+from .split_master import SPLIT_SLOT, SplitStep, check_split_params, inner_state, low_bits_dtype, master_rule
 from .state import State, is_traced, register_pytree
 from .trees import flatten, unflatten
 
@@ -262,7 +262,7 @@ class Rule:
         slots = {}
         for slot in self.slot_names():
             if slot == SPLIT_SLOT:  # the low halves: the master weights start as the params
-                leaves = [xp.zeros(p.shape, dtype=xp.uint16, device=checked.device) for p in checked.leaves]
+                leaves = [xp.zeros(p.shape, dtype=low_bits_dtype(xp), device=checked.device) for p in checked.leaves]
             else:
                 value = 0.0 if slot == COMPENSATION_SLOT else self.slot_initial_value(slot)
                 leaves = [xp.full(p.shape, value, dtype=self.slot_dtype(xp, p.dtype), device=checked.device)
@@ -372,7 +372,7 @@ class Rule:
         torch.optim lets them change, with a :class:`portopt.CheckpointWarning` naming each
         difference: from then on this rule's values apply.
         """
-        checked = check_params(like)
+        checked = check_split_params(like) if self.master_weights == "split" else check_params(like)
         if not isinstance(state_dict, dict):
             raise CheckpointError(f"state_dict must be a dict from state_dict() or portopt.load, got "
                                   f"{type(state_dict).__name__}")
@@ -413,7 +413,7 @@ class Rule:
             if not isinstance(arrays, (list, tuple)) or len(arrays) != len(checked.leaves):
                 raise CheckpointError(f"state_dict slot {name!r} must be a list of {len(checked.leaves)} arrays")
             for path, array, p in zip(checked.paths, arrays, checked.leaves):
-                want = "uint16" if name == SPLIT_SLOT else dtype_name(checked.xp, self.slot_dtype(checked.xp, p.dtype))
+                want = "int16" if name == SPLIT_SLOT else dtype_name(checked.xp, self.slot_dtype(checked.xp, p.dtype))
                 if not isinstance(array, np.ndarray):
                     raise CheckpointError(f"state_dict slot {name!r}{path} is a {type(array).__name__}, not a "
                                           "NumPy array")
@@ -424,7 +424,7 @@ class Rule:
         _warn_about_other_hyperparameters(self, state_dict.get("hyperparameters"))
         adapter = adapter_for(checked.xp)
         def restored(name: str, array: np.ndarray) -> Any:
-            if array.dtype == np.uint16 and name != SPLIT_SLOT:  # bfloat16 bits
+            if array.dtype == np.uint16:  # bfloat16 bits
                 return adapter.bfloat16_from_bits(array, checked.device)
             return adapter.from_numpy(array, checked.device)
 

@@ -93,6 +93,22 @@ def _unflatten_state(static: tuple, children: tuple) -> PartitionState:
 register_composite(PartitionState, _flatten_state, _unflatten_state)  # a JAX pytree, as State is
 
 
+def _part_slots(state: PartitionState, names: list[str]) -> list[tuple[str, Any]]:
+    """Every slot array of the stepped parts, by name: a step writes them too, so none may share
+    memory with a param or slot of another part (a part's own are its step's to check; a part
+    whose state is malformed is left to its check)."""
+    named = []
+    for name in names:
+        part = state.parts.get(name)
+        slots = getattr(part, "slots", None)
+        if not isinstance(slots, dict):
+            continue
+        for slot, tree in slots.items():
+            for position, x in enumerate(flatten(tree)[0]):
+                named.append((f"state.parts[{name!r}].slots[{slot!r}][{position}]", x))
+    return named
+
+
 class _Planned:
     """The checked steps of every part, written together by :meth:`apply`."""
 
@@ -250,6 +266,9 @@ class Partition:
             with _naming_the_part(label, [checked.paths[i] for i in positions]):
                 planned.append(rule.plan_step([p_leaves[i] for i in positions], [g_leaves[i] for i in positions],
                                               state.parts[self._part_name(label)], evaluated=by_part.get(label)))
+        # each part checked its own slots; no slot may share memory with another part's arrays either
+        _check_no_shared_memory(adapter, written, {}, more=_part_slots(state, [self._part_name(label)
+                                                                                for label in groups]))
         return _Planned(state, planned)
 
     def step(self, params: Any, grads: Any, state: PartitionState) -> None:

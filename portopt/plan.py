@@ -303,13 +303,15 @@ def _check_writeable(adapter: Adapter, params: Leaves, slots: dict[str, list], a
 
 
 def _check_no_shared_memory(adapter: Adapter, params: Leaves, slots: dict[str, list],
-                            argument: str = "params") -> None:
+                            argument: str = "params", more: Sequence[tuple[str, Any]] = ()) -> None:
     """An in-place step writes each param and slot element once: none may share memory with
     itself (a zero stride) or with another written array (the same array twice in a tree).
-    ``argument``: what the written leaves are called in the messages."""
+    ``argument``: what the written leaves are called in the messages; ``more``: other written
+    arrays, by name (a partition's parts' slots)."""
     written = [(f"{argument}{path}", p) for path, p in zip(params.paths, params.leaves)]
     written += [(f"state.slots[{name!r}]{path}", x) for name, leaves in slots.items()
                 for path, x in zip(params.paths, leaves)]
+    written += more
     for name, x in written:
         if adapter.overlaps_itself(x):
             raise ValueError(f"{name} has elements that share memory (a zero or overlapping stride, e.g. from "

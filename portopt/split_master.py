@@ -1,7 +1,7 @@
 """Split master weights: ``master_weights="split"`` on any rule, for bfloat16 params.
 
-A float32's high 16 bits are a bfloat16. The params hold them; the slot ``master_low`` (uint16)
-holds the low 16 bits; together they are exactly a float32 master weight (as bf16-fused-adam keeps
+A float32's high 16 bits are a bfloat16. The params hold them; the slot ``master_low`` (int16: the bit
+patterns, two's complement) holds the low 16 bits; together they are exactly a float32 master weight (as bf16-fused-adam keeps
 its weights). A step joins the two halves, runs the rule on the float32 master exactly as on
 float32 params (the bfloat16 gradients widened, exactly), and splits the result again::
 
@@ -32,9 +32,16 @@ from .trees import unflatten
 if TYPE_CHECKING:
     from .optimizer import PreparedStep, Rule
 
-__all__ = ["SPLIT_SLOT", "SplitStep", "join_halves", "split_halves", "master_rule"]
+__all__ = ["SPLIT_SLOT", "SplitStep", "join_halves", "split_halves", "master_rule", "low_bits_dtype", "update_on_jax"]
 
 SPLIT_SLOT = "master_low"
+# int16, not uint16: torch 2.13 cannot unpickle a uint16 tensor (pickle, copy of a state_dict)
+
+
+def low_bits_dtype(xp: Any) -> Any:
+    """The dtype of ``master_low`` arrays in namespace ``xp``: int16 (the low halves' bit patterns)."""
+    return xp.int16
+
 _QUIET_NAN_BITS = 0x7FC00000  # a NaN master is stored as this: its halves are then a NaN and 0
 
 
@@ -48,20 +55,20 @@ def _bitcast(x: Any, dtype: Any) -> Any:
 
 def join_halves(xp: Any, high: Any, low: Any) -> Any:
     """The float32 whose high 16 bits are the bfloat16 ``high`` and whose low 16 bits are the
-    uint16 ``low``."""
+    int16 ``low``'s bit pattern."""
     wide = xp.astype(_bitcast(high, xp.int16), xp.int32)  # sign-extended: its low 16 bits are high's
-    bits = (wide << 16) | xp.astype(low, xp.int32)
+    bits = (wide << 16) | (xp.astype(low, xp.int32) & 0xFFFF)
     return _bitcast(bits, xp.float32)
 
 
 def split_halves(xp: Any, master: Any, bfloat16: Any) -> tuple[Any, Any]:
     """``(high, low)`` of the float32 ``master``: its high 16 bits as a ``bfloat16`` array (the
-    value truncated toward zero) and its low 16 bits as uint16. A NaN becomes the quiet NaN
+    value truncated toward zero) and its low 16 bits as int16 (the same pattern). A NaN becomes the quiet NaN
     ``7fc00000`` first, so neither half depends on a NaN's payload."""
     bits = _bitcast(master, xp.int32)
     bits = xp.where(master != master, xp.asarray(_QUIET_NAN_BITS, dtype=xp.int32), bits)
     high = _bitcast(xp.astype(bits >> 16, xp.int16), bfloat16)  # arithmetic shift: fits int16
-    low = xp.astype(bits & 0xFFFF, xp.uint16)
+    low = xp.astype((bits << 16) >> 16, xp.int16)  # the low half, sign-extended: fits int16
     return high, low
 
 
@@ -99,12 +106,19 @@ def check_split_params(params: Any) -> Any:
 def update_on_jax(rule: Rule, params: Any, grads: Any, state: State) -> tuple[Any, State]:
     """A split rule's ``update`` on JAX arrays, traced (``jax.jit``) or not: the master's update
     (portopt.jax's paths, the reference's bits) between the join and the split. Checks what a
-    trace can see: the trees, the params' dtype, the ``master_low`` slot's dtype and shapes (the
-    master's update checks the rest)."""
+    trace can see: the trees, the backend, the params' and gradients' dtypes and shapes, the
+    ``master_low`` slot's (the master's update checks the rest). Outside a trace the schedules
+    are evaluated first, before any check, as on every other backend."""
+    import jax
     import jax.numpy as jnp
 
+    from .jax import eager_update
+    from .state import is_traced
     from .trees import flatten, leaf_paths
 
+    twin = master_rule(rule)
+    traced = is_traced(getattr(state, "step", None))
+    evaluated = None if traced else twin.evaluate_schedules(inner_state(state))  # user code, before the checks
     p_leaves, treedef = flatten(params)
     for path, p in zip(leaf_paths(treedef), p_leaves):
         if p.dtype != jnp.bfloat16:
@@ -113,6 +127,13 @@ def update_on_jax(rule: Rule, params: Any, grads: Any, state: State) -> tuple[An
     g_leaves, g_treedef = flatten(grads)
     if g_treedef != treedef:
         raise ValueError(f"grads has tree structure {g_treedef.describe()} but params has {treedef.describe()}")
+    for path, p, g in zip(leaf_paths(treedef), p_leaves, g_leaves):
+        if not isinstance(g, jax.Array):
+            raise TypeError(f"grads{path} is a {type(g).__module__}.{type(g).__name__}, params{path} a JAX array; "
+                            "grads must be JAX arrays too")
+        if g.dtype != jnp.bfloat16 or tuple(g.shape) != tuple(p.shape):
+            raise TypeError(f"grads{path} is {g.dtype}{tuple(g.shape)}, params{path} is bfloat16{tuple(p.shape)}; "
+                            "grads must have the params' dtype and shape")
     slots = getattr(state, "slots", None)
     if not isinstance(state, State) or not isinstance(slots, dict) or SPLIT_SLOT not in slots:
         raise ValueError(f"state must be a State of {rule.name} with its {SPLIT_SLOT!r} slot (from init)")
@@ -121,12 +142,16 @@ def update_on_jax(rule: Rule, params: Any, grads: Any, state: State) -> tuple[An
         raise ValueError(f"state.slots[{SPLIT_SLOT!r}] has tree structure {low_treedef.describe()} but params has "
                          f"{treedef.describe()}")
     for path, p, low in zip(leaf_paths(treedef), p_leaves, lows):
-        if low.dtype != jnp.uint16 or tuple(low.shape) != tuple(p.shape):
-            raise TypeError(f"state.slots[{SPLIT_SLOT!r}]{path} is {low.dtype}{tuple(low.shape)}, params{path} needs "
-                            f"uint16{tuple(p.shape)}")
+        if not isinstance(low, jax.Array) or low.dtype != jnp.int16 or tuple(low.shape) != tuple(p.shape):
+            raise TypeError(f"state.slots[{SPLIT_SLOT!r}]{path} is {type(low).__name__} "
+                            f"{getattr(low, 'dtype', '')}{tuple(getattr(low, 'shape', ()))}, params{path} needs a JAX "
+                            f"int16{tuple(p.shape)}")
     masters = unflatten(treedef, [join_halves(jnp, p, low) for p, low in zip(p_leaves, lows)])
     wide_grads = unflatten(treedef, [jnp.astype(g, jnp.float32) for g in g_leaves])
-    new_masters, new_inner = master_rule(rule).update(masters, wide_grads, inner_state(state))
+    if traced:
+        new_masters, new_inner = twin.update(masters, wide_grads, inner_state(state))
+    else:
+        new_masters, new_inner = eager_update(twin, masters, wide_grads, inner_state(state), evaluated)
     halves = [split_halves(jnp, m, jnp.bfloat16) for m in flatten(new_masters)[0]]
     new_slots = {**new_inner.slots, SPLIT_SLOT: unflatten(treedef, [low for _, low in halves])}
     return unflatten(treedef, [high for high, _ in halves]), State(
@@ -151,7 +176,7 @@ class SplitStep:
         xp = checked.xp
         g_leaves = check_grads(grads, checked)
         slots = check_state(state, rule.name, rule.slot_names(), checked, rule.host_state_names(), rule.slot_dtype,
-                            fixed_dtypes={SPLIT_SLOT: xp.uint16})
+                            fixed_dtypes={SPLIT_SLOT: low_bits_dtype(xp)})
         adapter = adapter_for(xp)
         if writing:
             _check_writeable(adapter, checked, slots)

@@ -36,9 +36,11 @@ from typing import Any, ClassVar
 import torch
 
 from . import torch_sharding
+from .compensation import COMPENSATION_SLOT
 from .optimizer import Rule
 from .plan import interrupts_deferred
 from .rules import RULES
+from .split_master import SPLIT_SLOT
 from .state import State
 from .torch_clipping import clip_grad_norm_, global_grad_norm
 from .torch_repeat import RepeatLane
@@ -296,9 +298,13 @@ class PortoptOptimizer(torch.optim.Optimizer):
                     if number or plan.state.torn:  # an earlier group (or part of this one) was written
                         self.__dict__["_torn"] = True
                     raise
+                stale = _OPTION_BUFFERS.difference(plan.rule.slot_names())
                 for p in params:
-                    self.state[p]["step"] = plan.state.step
-                    self.state[p].update(plan.state.host)
+                    kept = self.state[p]
+                    kept["step"] = plan.state.step
+                    kept.update(plan.state.host)
+                    for name in stale.intersection(kept):  # another master_weights option's buffer
+                        del kept[name]
         repeated = RepeatLane.after(self, plans)
         if repeated is not None:
             self.__dict__["_repeat_lane"] = repeated
@@ -333,6 +339,12 @@ def _flags(rule_class: type[Rule]) -> frozenset[str]:
 _FLAGS: dict[type, frozenset[str]] = {}
 
 
+# The buffers of the master_weights options: a group switched to another option (in its
+# param_group, or by a loaded state dict's) starts that option from the params as they are, and
+# the old option's buffer goes at its next step (a later switch back must not find it stale).
+_OPTION_BUFFERS = frozenset({COMPENSATION_SLOT, SPLIT_SLOT})
+
+
 def _fresh_param_state(rule: Rule, p: torch.Tensor, previous: dict | None) -> dict:
     """A parameter's first state; a slot torch left empty (SGD without a buffer yet) is made."""
     initial = rule.init(torch_sharding.local(p))
@@ -365,7 +377,7 @@ def _export_param_state(rule: Rule, state: dict) -> dict:
     state["step"] = torch.tensor(float(step), dtype=torch.float32)
     for name in rule.host_state_names():  # NAdam's mu_product, ASGD's eta and mu: tensors in torch
         if name in state and not isinstance(state[name], torch.Tensor):
-            state[name] = torch.tensor(state[name], dtype=torch.get_default_dtype())
+            state[name] = torch.tensor(state[name], dtype=torch.float64)  # the host's float, exactly
     return state
 
 

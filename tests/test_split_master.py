@@ -1,4 +1,4 @@
-"""master_weights="split": bfloat16 params and a uint16 slot of low halves are exactly a float32
+"""master_weights="split": bfloat16 params and an int16 slot of low halves (their bit patterns) are exactly a float32
 master weight, stepped bit for bit as float32 params are, on every backend and API."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 
 # --- the test's own halves, in NumPy bit arithmetic (independent of portopt.split_master) -------
 def joined(params: np.ndarray, low: np.ndarray) -> np.ndarray:
-    bits = (params.view(np.uint16).astype(np.uint32) << np.uint32(16)) | low.astype(np.uint32)
+    bits = (params.view(np.uint16).astype(np.uint32) << np.uint32(16)) | low.view(np.uint16).astype(np.uint32)
     return bits.view(np.float32)
 
 
 def halves(master: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bits = np.where(np.isnan(master), np.uint32(0x7FC00000), master.view(np.uint32))
-    return (bits >> np.uint32(16)).astype(np.uint16).view(BF16), (bits & np.uint32(0xFFFF)).astype(np.uint16)
+    return ((bits >> np.uint32(16)).astype(np.uint16).view(BF16),
+            (bits & np.uint32(0xFFFF)).astype(np.uint16).view(np.int16))
 
 
 def bits_of(x) -> bytes:
@@ -167,7 +168,7 @@ def _wrong_inputs():
     return [
         ("float16 params", np.ones(4, np.float16), np.ones(4, np.float16), None, TypeError, r"params .*bfloat16"),
         ("float32 params", np.ones(4, np.float32), np.ones(4, np.float32), None, TypeError, r"params .*bfloat16"),
-        ("low halves as float32", p, np.ones(4, dtype=BF16), low_float, TypeError, r"master_low.*uint16"),
+        ("low halves as float32", p, np.ones(4, dtype=BF16), low_float, TypeError, r"master_low.*int16"),
         ("no low halves", p, np.ones(4, dtype=BF16), no_low, ValueError, r"master_low"),
         ("grads of another shape", p, np.ones(5, dtype=BF16), good, ValueError, r"grads.*shape"),
         ("grads of another dtype", p, np.ones(4, np.float32), good, TypeError, r"grads.*dtype"),
@@ -183,7 +184,7 @@ def test_bad_input_is_named_and_nothing_is_written(what, params, grads, state, e
             rule.init(params)
         state = portopt.State(rule="Adam", step=0, slots={"exp_avg": np.zeros(4, np.float32),
                                                          "exp_avg_sq": np.zeros(4, np.float32),
-                                                         "master_low": np.zeros(4, np.uint16)})
+                                                         "master_low": np.zeros(4, np.int16)})
     before = bits_of(params), {k: bits_of(v) for k, v in state.slots.items()}
     for call in (rule.step, rule.update):
         with pytest.raises(error, match=match):
@@ -259,12 +260,12 @@ def test_torch_split_gives_numpy_bits_and_a_checkpoint_resumes_on_numpy(tmp_path
     for g in grads[:4]:
         rule.step(host, g, on_numpy)
         rule.step(params, tensor(g), on_torch)
-    assert on_torch.slots["master_low"].dtype == torch.uint16
+    assert on_torch.slots["master_low"].dtype == torch.int16
     assert host.tobytes() == params.view(torch.uint16).numpy().tobytes()
     portopt.save(tmp_path / "split.npz", rule.state_dict(on_torch))
     resumed_params = params.view(torch.uint16).numpy().copy().view(BF16)
     resumed = rule.load_state_dict(portopt.load(tmp_path / "split.npz"), resumed_params)
-    assert resumed.slots["master_low"].dtype == np.uint16
+    assert resumed.slots["master_low"].dtype == np.int16
     for g in grads[4:]:
         rule.step(host, g, on_numpy)
         rule.step(resumed_params, g, resumed)
@@ -301,7 +302,7 @@ def test_drop_in_split_matches_the_rule_and_resumes_from_its_state_dict():
         rule.step(params, [p.grad for p in twin.parameters()], state)
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16))
-    assert optimizer.state[next(iter(model.parameters()))]["master_low"].dtype == torch.uint16
+    assert optimizer.state[next(iter(model.parameters()))]["master_low"].dtype == torch.int16
     saved = optimizer.state_dict()
     resumed_model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Tanh(),
                                         torch.nn.Linear(6, 1)).to(torch.bfloat16)
@@ -364,3 +365,93 @@ def test_jax_split_eager_and_jitted_give_numpy_bits():
         assert np.asarray(state.slots["master_low"]).tobytes() == numpy_state.slots["master_low"].tobytes()
     with pytest.raises(TypeError, match="bfloat16"):
         rule.update(jnp.ones(3, jnp.float32), jnp.ones(3, jnp.float32), eager_state)
+
+
+# --- found by an independent attacker --------------------------------------------------------
+def test_a_split_drop_in_and_its_state_dict_survive_pickle():
+    torch = pytest.importorskip("torch")
+    import pickle
+
+    import portopt.torch as pt
+
+    weight = torch.nn.Parameter(torch.randn(5).to(torch.bfloat16))
+    weight.grad = torch.randn(5).to(torch.bfloat16)
+    optimizer = pt.AdamW([weight], master_weights="split")
+    optimizer.step()
+    copy = pickle.loads(pickle.dumps(optimizer))  # torch cannot unpickle uint16 tensors: master_low is int16
+    low = optimizer.state[weight]["master_low"]
+    assert torch.equal(copy.state[copy.param_groups[0]["params"][0]]["master_low"], low)
+    assert torch.equal(pickle.loads(pickle.dumps(optimizer.state_dict()))["state"][0]["master_low"], low)
+
+
+def test_jax_split_refuses_gradients_of_another_dtype_or_backend_after_evaluating_the_schedule():
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    calls = []
+
+    def lr(step):
+        calls.append(step)
+        return 1e-2
+
+    rule = portopt.Adam(lr=lr, master_weights="split")
+    p = jnp.ones(8, jnp.bfloat16)
+    state = rule.init(p)
+    for bad, match in ((jnp.ones(8, jnp.float32), r"grads .*float32"), (np.ones(8, BF16), r"grads .*JAX"),
+                       ([jnp.ones(8, jnp.bfloat16)], "tree structure")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            rule.update(p, bad, state)
+    assert calls == [0, 0, 0], "each refused step evaluated its schedule once, first"
+    bad_state = portopt.State(rule="Adam", step=0, slots={**state.slots, "master_low": np.zeros(8, np.int16)})
+    with pytest.raises(TypeError, match="master_low"):
+        rule.update(p, jnp.ones(8, jnp.bfloat16), bad_state)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_a_split_checkpoint_loads_only_onto_bfloat16_params(dtype):
+    rule = portopt.Adam(master_weights="split")
+    saved = rule.state_dict(rule.init(np.ones(4, BF16)))
+    with pytest.raises(TypeError, match="bfloat16"):
+        rule.load_state_dict(saved, np.ones(4, dtype))
+
+
+def test_a_bfloat16_state_of_zero_dimensional_params_resumes_on_numpy():
+    rule = portopt.Adam(master_weights="split", state_dtype="bfloat16")
+    p = np.array(2.0, BF16)
+    state = rule.init(p)
+    rule.step(p, np.array(0.5, BF16), state)
+    resumed = rule.load_state_dict(rule.state_dict(state), p.copy())
+    assert all(resumed.slots[k].shape == () for k in rule.slot_names())
+    q = p.copy()
+    rule.step(p, np.array(0.25, BF16), state)
+    rule.step(q, np.array(0.25, BF16), resumed)
+    assert bits_of(p) == bits_of(q)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_a_partition_refuses_a_slot_sharing_memory_with_another_parts_arrays(split):
+    options = {"master_weights": "split"} if split else {}
+    dtype = BF16 if split else np.float64
+    part = portopt.partition({"x": portopt.Adam(**options), "y": portopt.SGD(lr=0.1, momentum=0.9, **options)},
+                             {"a": "x", "b": "y"})
+    params = {"a": np.ones(5, dtype), "b": np.ones(4, dtype)}
+    state = part.init(params)
+    stolen = params["a"].view(np.int16)[:4] if split else state.parts["x"].slots["exp_avg"][0][:4]
+    state.parts["y"].slots["master_low" if split else "momentum_buffer"] = [stolen]
+    before = bits_of(params["a"]), bits_of(params["b"])
+    with pytest.raises(ValueError, match="share memory"):
+        part.step(params, {"a": np.ones(5, dtype), "b": np.ones(4, dtype)}, state)
+    assert (bits_of(params["a"]), bits_of(params["b"])) == before
+
+
+def test_a_drop_in_group_switched_to_another_master_weights_option_drops_the_old_buffer():
+    torch = pytest.importorskip("torch")
+    import portopt.torch as pt
+
+    weight = torch.nn.Parameter(torch.randn(6).to(torch.bfloat16))
+    optimizer = pt.AdamW([weight], lr=1e-2, master_weights="split")
+    for option in ("split", None, "split"):
+        optimizer.param_groups[0]["master_weights"] = option
+        weight.grad = torch.randn(6).to(torch.bfloat16)
+        optimizer.step()
+        assert ("master_low" in optimizer.state[weight]) == (option == "split")

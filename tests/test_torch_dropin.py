@@ -260,3 +260,27 @@ def test_portopts_own_forms_are_not_converted_from_tensors():
 
     with pytest.raises(TypeError, match="eps_hat must be a bool"):
         pt.Adam([torch.nn.Parameter(torch.zeros(2))], eps_hat=torch.tensor(True))
+
+
+def test_host_state_resumes_exactly_through_state_dict():
+    """NAdam's Πμ (a float on the host) goes into the state dict as a float64 tensor, so a run
+    resumed from it continues with the same value (a float32 tensor lost bits; found by an
+    independent attacker)."""
+    import portopt.torch as pt
+
+    weight = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 7, dtype=torch.float64))
+    optimizer = pt.NAdam([weight], lr=1e-2)
+    for _ in range(5):
+        weight.grad = torch.cos(weight.detach() * 3)
+        optimizer.step()
+    saved = optimizer.state_dict()
+    resumed_weight = torch.nn.Parameter(weight.detach().clone())
+    resumed = pt.NAdam([resumed_weight], lr=1e-2)
+    resumed.load_state_dict(saved)
+    assert float(resumed.state[resumed_weight]["mu_product"]) == float(optimizer.state[weight]["mu_product"])
+    for p, opt in ((weight, optimizer), (resumed_weight, resumed)):
+        for _ in range(3):
+            p.grad = torch.cos(p.detach() * 3)
+            opt.step()
+    assert torch.equal(weight, resumed_weight)
+    assert float(resumed.state[resumed_weight]["mu_product"]) == float(optimizer.state[weight]["mu_product"])

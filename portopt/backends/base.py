@@ -121,7 +121,8 @@ class Adapter:
         """A bfloat16 array of this backend from its uint16 bit patterns (NumPy: ml_dtypes')."""
         from ..numerics import host_dtype
 
-        return self.from_numpy(np.ascontiguousarray(bits).view(host_dtype("bfloat16")), device)
+        # np.array, not np.ascontiguousarray: that makes a 0-d array 1-d
+        return self.from_numpy(np.array(bits, order="C").view(host_dtype("bfloat16")), device)
 
 
 def strided_bounds(start: int, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
