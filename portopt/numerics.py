@@ -8,6 +8,7 @@ and turns host-side Python floats into 0-d arrays of the compute dtype exactly o
 
 from __future__ import annotations
 
+import functools
 import operator
 import typing
 from collections.abc import Callable, Mapping
@@ -30,26 +31,35 @@ __all__ = [
 HALF_PRECISION_DTYPE_NAMES = ("float16", "bfloat16")
 
 
+_Found = typing.TypeVar("_Found")
+
+
+def _by_namespace_and_dtype(find: Callable[[Any, Any], _Found]) -> Callable[[Any, Any], _Found]:
+    """``find(xp, dtype)`` looked up once per namespace and dtype (an unhashable one each time):
+    these run for every leaf of every step."""
+    cache: dict[tuple[Any, Any], _Found] = {}
+
+    @functools.wraps(find)
+    def lookup(xp: Any, dtype: Any) -> _Found:
+        try:
+            return cache[xp, dtype]
+        except KeyError:
+            found = cache[xp, dtype] = find(xp, dtype)
+            return found
+        except TypeError:  # an unhashable namespace or dtype
+            return find(xp, dtype)
+
+    return lookup
+
+
+@_by_namespace_and_dtype
 def dtype_name(xp: Any, dtype: Any) -> str:
-    """'float32', 'bfloat16', ... for a dtype of any namespace (looked up once per namespace and dtype)."""
-    try:
-        return _DTYPE_NAMES[xp, dtype]
-    except KeyError:
-        name = _DTYPE_NAMES[xp, dtype] = _find_dtype_name(xp, dtype)
-        return name
-    except TypeError:  # an unhashable namespace or dtype
-        return _find_dtype_name(xp, dtype)
-
-
-def _find_dtype_name(xp: Any, dtype: Any) -> str:
+    """'float32', 'bfloat16', ... for a dtype of any namespace."""
     for name in ("float16", "bfloat16", "float32", "float64"):
         candidate = getattr(xp, name, None)
         if candidate is not None and dtype == candidate:
             return name
     return str(dtype).rsplit(".", 1)[-1]
-
-
-_DTYPE_NAMES: dict[tuple[Any, Any], str] = {}
 
 
 def compute_dtype(xp: Any, dtype: Any) -> Any:
@@ -86,23 +96,10 @@ def host_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+@_by_namespace_and_dtype
 def is_real_floating(xp: Any, dtype: Any) -> bool:
-    """``xp.isdtype(dtype, "real floating")``, ml_dtypes' bfloat16 included (NumPy's isdtype refuses
-    it); looked up once per namespace and dtype."""
-    try:
-        return _REAL_FLOATING[xp, dtype]
-    except KeyError:
-        answer = _REAL_FLOATING[xp, dtype] = _is_real_floating(xp, dtype)
-        return answer
-    except TypeError:  # an unhashable namespace or dtype
-        return _is_real_floating(xp, dtype)
-
-
-_REAL_FLOATING: dict[tuple[Any, Any], bool] = {}
-
-
-def _is_real_floating(xp: Any, dtype: Any) -> bool:
-    if _find_dtype_name(xp, dtype) == "bfloat16":
+    """``xp.isdtype(dtype, "real floating")``, ml_dtypes' bfloat16 included (NumPy's isdtype refuses it)."""
+    if dtype_name(xp, dtype) == "bfloat16":
         return True
     try:
         return bool(xp.isdtype(dtype, "real floating"))

@@ -34,6 +34,18 @@ def random_arrays(seed: int, shape, dtype: str, count: int) -> list[np.ndarray]:
     return [rng.standard_normal(shape).astype(dtype) for _ in range(count)]
 
 
+def step_then_update(rule: portopt.Rule, p0: np.ndarray, grads: list) -> bytes:
+    """The bytes of the params and every slot after ``grads``, stepping in place and updating
+    purely in turn (from a copy of ``p0``): what every executor must agree on."""
+    p, state = p0.copy(), rule.init(p0)
+    for index, g in enumerate(grads):
+        if index % 2:
+            p, state = rule.update(p, g, state)
+        else:
+            rule.step(p, g, state)
+    return np.asarray(p).tobytes() + b"".join(np.asarray(x).tobytes() for x in state.slots.values())
+
+
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Bitwise equality (NaN payloads included), dtype and shape too."""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)

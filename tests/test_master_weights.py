@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import portopt
+from helpers import step_then_update
 
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 on NumPy needs ml_dtypes (the bfloat16 extra)")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -69,14 +70,7 @@ def test_every_rule_with_kahan_gives_one_set_of_bits_on_every_executor(name, dty
     results = set()
     for mode in ("off", "blocked", "compiled", "auto"):
         with portopt.fast_path(mode):
-            rule = portopt.RULES[name](master_weights="kahan")
-            p, state = p0.copy(), rule.init(p0)
-            for index, g in enumerate(grads):
-                if index % 2:
-                    p, state = rule.update(p, g, state)
-                else:
-                    rule.step(p, g, state)
-            results.add(p.tobytes() + b"".join(np.asarray(x).tobytes() for x in state.slots.values()))
+            results.add(step_then_update(portopt.RULES[name](master_weights="kahan"), p0, grads))
     assert len(results) == 1
 
 

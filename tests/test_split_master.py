@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import portopt
+from helpers import step_then_update
 from portopt.conformance.cases import load_matrix
 from portopt.conformance.digests import digest
 
@@ -87,14 +88,8 @@ def test_split_gives_one_set_of_bits_on_every_executor(mode):
 
     def run(mode):
         with portopt.fast_path(mode):
-            rule = portopt.AdamW(lr=1e-2, weight_decay=0.1, amsgrad=True, master_weights="split")
-            p, state = p0.copy(), rule.init(p0)
-            for index, g in enumerate(grads):
-                if index % 2:
-                    p, state = rule.update(p, g, state)
-                else:
-                    rule.step(p, g, state)
-            return bits_of(p) + b"".join(bits_of(x) for x in state.slots.values())
+            return step_then_update(portopt.AdamW(lr=1e-2, weight_decay=0.1, amsgrad=True, master_weights="split"),
+                                    p0, grads)
 
     assert run(mode) == run("off")
 
