@@ -1,9 +1,10 @@
 """Split master weights: ``master_weights="split"`` on any rule, for bfloat16 params.
 
-A float32's high 16 bits are a bfloat16. The params hold them; the slot ``master_low`` (int16: the bit
-patterns, two's complement) holds the low 16 bits; together they are exactly a float32 master weight (as bf16-fused-adam keeps
-its weights). A step joins the two halves, runs the rule on the float32 master exactly as on
-float32 params (the bfloat16 gradients widened, exactly), and splits the result again::
+A float32's high 16 bits are a bfloat16. The params hold them; the slot ``master_low`` holds the
+low 16 bits (as int16: the same bit patterns); together they are exactly a float32 master weight
+(as bf16-fused-adam keeps its weights). A step joins the two halves, runs the rule on the float32
+master exactly as on float32 params (the bfloat16 gradients widened, exactly), and splits the
+result again::
 
     master  = bits_to_float32(bits(p) << 16 | master_low)
     master' = the rule's step of master, with float32 gradients
@@ -35,14 +36,13 @@ if TYPE_CHECKING:
 __all__ = ["SPLIT_SLOT", "SplitStep", "join_halves", "split_halves", "master_rule", "low_bits_dtype", "update_on_jax"]
 
 SPLIT_SLOT = "master_low"
-# int16, not uint16: torch 2.13 cannot unpickle a uint16 tensor (pickle, copy of a state_dict)
+_QUIET_NAN_BITS = 0x7FC00000  # a NaN master is stored as this: its halves are then a NaN and 0
 
 
 def low_bits_dtype(xp: Any) -> Any:
-    """The dtype of ``master_low`` arrays in namespace ``xp``: int16 (the low halves' bit patterns)."""
+    """The dtype of ``master_low`` arrays in namespace ``xp``: int16, holding the low halves' bit
+    patterns (not uint16: torch 2.13 cannot unpickle a uint16 tensor, so a state_dict would not copy)."""
     return xp.int16
-
-_QUIET_NAN_BITS = 0x7FC00000  # a NaN master is stored as this: its halves are then a NaN and 0
 
 
 def _bitcast(x: Any, dtype: Any) -> Any:
