@@ -57,7 +57,7 @@ def join_halves(xp: Any, high: Any, low: Any) -> Any:
     """The float32 whose high 16 bits are the bfloat16 ``high`` and whose low 16 bits are the
     int16 ``low``'s bit pattern."""
     wide = xp.astype(_bitcast(high, xp.int16), xp.int32)  # sign-extended: its low 16 bits are high's
-    bits = (wide << 16) | (xp.astype(low, xp.int32) & 0xFFFF)
+    bits = xp.asarray((wide << 16) | (xp.astype(low, xp.int32) & 0xFFFF))  # NumPy makes 0-d results scalars
     return _bitcast(bits, xp.float32)
 
 
@@ -65,10 +65,10 @@ def split_halves(xp: Any, master: Any, bfloat16: Any) -> tuple[Any, Any]:
     """``(high, low)`` of the float32 ``master``: its high 16 bits as a ``bfloat16`` array (the
     value truncated toward zero) and its low 16 bits as int16 (the same pattern). A NaN becomes the quiet NaN
     ``7fc00000`` first, so neither half depends on a NaN's payload."""
-    bits = _bitcast(master, xp.int32)
-    bits = xp.where(master != master, xp.asarray(_QUIET_NAN_BITS, dtype=xp.int32), bits)
-    high = _bitcast(xp.astype(bits >> 16, xp.int16), bfloat16)  # arithmetic shift: fits int16
-    low = xp.astype((bits << 16) >> 16, xp.int16)  # the low half, sign-extended: fits int16
+    bits = _bitcast(xp.asarray(master), xp.int32)
+    bits = xp.asarray(xp.where(master != master, xp.asarray(_QUIET_NAN_BITS, dtype=xp.int32), bits))
+    high = _bitcast(xp.asarray(xp.astype(bits >> 16, xp.int16)), bfloat16)  # arithmetic shift: fits int16
+    low = xp.asarray(xp.astype((bits << 16) >> 16, xp.int16))  # the low half, sign-extended: fits int16
     return high, low
 
 

@@ -100,3 +100,19 @@ def test_flags_that_change_between_steps_get_their_own_kernel(variant):
                 rule.step(params, g, state)
             outcomes.append(params)
     assert all(same_bits_any_nan(a, b) for a, b in zip(*outcomes))
+
+
+@pytest.mark.parametrize("api", ["step", "update"])
+def test_split_master_weights_run_the_generated_source_on_every_shape_with_an_address(api, launches):
+    """Adam/split's float32 master goes through the shim like float32 params, 0-d ones too (NumPy
+    makes 0-d results scalars, which have no address: the join and the split keep arrays)."""
+    if "bfloat16" not in TARGETS["numpy"].dtypes:
+        pytest.skip("NumPy has no bfloat16 here (ml_dtypes gives it)")
+    numpy_only = {"numpy": TARGETS["numpy"]}
+    with portopt.fast_path("shim"):
+        for case in load_matrix().select(variants=("split",), shapes=("scalar", "one", "tree")):
+            golden = load_golden(case.rule)
+            before = launches[0]
+            results, _ = run_case(case, numpy_only, golden.get("cases", golden)[case.id], api=api)
+            assert results["numpy"].status == "pass", results["numpy"].detail
+            assert launches[0] - before >= case.steps, case.id

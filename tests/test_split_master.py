@@ -450,3 +450,11 @@ def test_a_drop_in_group_switched_to_another_master_weights_option_drops_the_old
         weight.grad = torch.randn(6).to(torch.bfloat16)
         optimizer.step()
         assert ("master_low" in optimizer.state[weight]) == (option == "split")
+
+
+def test_update_of_zero_dimensional_params_returns_arrays():
+    rule = portopt.Adam(master_weights="split")
+    p = np.array(1.5, BF16)
+    new_p, state = rule.update(p, np.array(0.5, BF16), rule.init(p))
+    assert isinstance(new_p, np.ndarray) and new_p.shape == () and new_p.dtype == BF16
+    assert isinstance(state.slots["master_low"], np.ndarray) and state.slots["master_low"].shape == ()
