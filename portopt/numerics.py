@@ -59,6 +59,8 @@ def dtype_name(xp: Any, dtype: Any) -> str:
         candidate = getattr(xp, name, None)
         if candidate is not None and dtype == candidate:
             return name
+    if isinstance(dtype, type):  # a scalar type standing for its dtype (NumPy's int16)
+        return dtype.__name__
     return str(dtype).rsplit(".", 1)[-1]
 
 

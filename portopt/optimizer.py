@@ -41,7 +41,10 @@ from .split_master import SPLIT_SLOT, SplitStep, check_split_params, inner_state
 from .state import State, is_traced, register_pytree
 from .trees import flatten, unflatten
 
-__all__ = ["Rule", "TorchPeer", "PreparedStep", "CheckpointWarning"]
+__all__ = ["Rule", "TorchPeer", "PreparedStep", "CheckpointWarning", "MASTER_WEIGHT_SLOTS"]
+
+# the slot each master_weights option adds to a rule's own
+MASTER_WEIGHT_SLOTS = {"kahan": COMPENSATION_SLOT, "split": SPLIT_SLOT}
 
 
 def traceable(update: Callable[..., tuple[Any, State]]) -> Callable[..., tuple[Any, State]]:
@@ -146,12 +149,12 @@ class Rule:
         names = cls.__dict__.get("slot_names")
         if names is not None:
             @functools.wraps(names)
-            def with_compensation(self: Rule) -> tuple[str, ...]:
+            def with_option_buffer(self: Rule) -> tuple[str, ...]:
                 own = names(self)
-                extra = {"kahan": COMPENSATION_SLOT, "split": SPLIT_SLOT}.get(self.master_weights)  # type: ignore[arg-type]
+                extra = MASTER_WEIGHT_SLOTS.get(self.master_weights)  # type: ignore[arg-type]
                 return own if extra is None else (*own, extra)
 
-            cls.slot_names = with_compensation  # type: ignore[method-assign]
+            cls.slot_names = with_option_buffer  # type: ignore[method-assign]
         init = cls.__dict__.get("__init__")
         if init is None:
             return
@@ -207,6 +210,14 @@ class Rule:
         if self.master_weights == "kahan":
             self.kernel = kahan_kernel(type(self).kernel)
 
+    def _checked_params(self, params: Any) -> Any:
+        """``params`` checked as this rule takes them (split: bfloat16 only)."""
+        return check_split_params(params) if self.master_weights == "split" else check_params(params)
+
+    def _array_dtype(self, xp: Any, param_dtype: Any, slot: str) -> Any:
+        """The dtype of slot ``slot``'s arrays: :meth:`slot_dtype`, but ``master_low``'s own."""
+        return low_bits_dtype(xp) if slot == SPLIT_SLOT else self.slot_dtype(xp, param_dtype)
+
     def slot_dtype(self, xp: Any, param_dtype: Any) -> Any:
         """The dtype of this rule's state arrays for params of ``param_dtype``: ``state_dtype``,
         else the compute dtype (float32 for float16/bfloat16 params). A step computes in the
@@ -257,17 +268,15 @@ class Rule:
     # --- the shared API ---------------------------------------------------------------
     def init(self, params: Any) -> State:
         """A fresh state for ``params`` (one array or a dict/list/tuple tree of arrays)."""
-        checked = check_split_params(params) if self.master_weights == "split" else check_params(params)
+        checked = self._checked_params(params)
         xp = checked.xp
         slots = {}
         for slot in self.slot_names():
-            if slot == SPLIT_SLOT:  # the low halves: the master weights start as the params
-                leaves = [xp.zeros(p.shape, dtype=low_bits_dtype(xp), device=checked.device) for p in checked.leaves]
-            else:
-                value = 0.0 if slot == COMPENSATION_SLOT else self.slot_initial_value(slot)
-                leaves = [xp.full(p.shape, value, dtype=self.slot_dtype(xp, p.dtype), device=checked.device)
-                          for p in checked.leaves]
-            slots[slot] = unflatten(checked.treedef, leaves)
+            # an option's buffer starts at zero (split: the master weights start as the params)
+            value = 0 if slot in MASTER_WEIGHT_SLOTS.values() else self.slot_initial_value(slot)
+            slots[slot] = unflatten(checked.treedef, [
+                xp.full(p.shape, value, dtype=self._array_dtype(xp, p.dtype, slot), device=checked.device)
+                for p in checked.leaves])
         register_pytree()  # a no-op unless jax is imported
         return State(rule=self.name, step=0, slots=slots, host=self.initial_host_state())
 
@@ -372,7 +381,7 @@ class Rule:
         torch.optim lets them change, with a :class:`portopt.CheckpointWarning` naming each
         difference: from then on this rule's values apply.
         """
-        checked = check_split_params(like) if self.master_weights == "split" else check_params(like)
+        checked = self._checked_params(like)
         if not isinstance(state_dict, dict):
             raise CheckpointError(f"state_dict must be a dict from state_dict() or portopt.load, got "
                                   f"{type(state_dict).__name__}")
@@ -413,7 +422,7 @@ class Rule:
             if not isinstance(arrays, (list, tuple)) or len(arrays) != len(checked.leaves):
                 raise CheckpointError(f"state_dict slot {name!r} must be a list of {len(checked.leaves)} arrays")
             for path, array, p in zip(checked.paths, arrays, checked.leaves):
-                want = "int16" if name == SPLIT_SLOT else dtype_name(checked.xp, self.slot_dtype(checked.xp, p.dtype))
+                want = dtype_name(checked.xp, self._array_dtype(checked.xp, p.dtype, name))
                 if not isinstance(array, np.ndarray):
                     raise CheckpointError(f"state_dict slot {name!r}{path} is a {type(array).__name__}, not a "
                                           "NumPy array")
@@ -423,12 +432,12 @@ class Rule:
                                           f"like{path} needs {want}{tuple(p.shape)}")
         _warn_about_other_hyperparameters(self, state_dict.get("hyperparameters"))
         adapter = adapter_for(checked.xp)
-        def restored(name: str, array: np.ndarray) -> Any:
+        def restored(array: np.ndarray) -> Any:
             if array.dtype == np.uint16:  # bfloat16 bits
                 return adapter.bfloat16_from_bits(array, checked.device)
             return adapter.from_numpy(array, checked.device)
 
-        slots = {name: unflatten(checked.treedef, [restored(name, _bfloat16_as_bits(a))
+        slots = {name: unflatten(checked.treedef, [restored(_bfloat16_as_bits(a))
                                                    for a in state_dict["slots"][name]])
                  for name in names}
         register_pytree()

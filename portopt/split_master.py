@@ -28,7 +28,7 @@ from .checks import check_grads, check_params, check_state
 from .numerics import dtype_name
 from .plan import _check_no_shared_memory, _check_writeable, interrupts_deferred
 from .state import State
-from .trees import unflatten
+from .trees import flatten, unflatten
 
 if TYPE_CHECKING:
     from .optimizer import PreparedStep, Rule
@@ -114,11 +114,11 @@ def update_on_jax(rule: Rule, params: Any, grads: Any, state: State) -> tuple[An
 
     from .jax import eager_update
     from .state import is_traced
-    from .trees import flatten, leaf_paths
+    from .trees import leaf_paths
 
-    twin = master_rule(rule)
+    twin, inner = master_rule(rule), inner_state(state)
     traced = is_traced(getattr(state, "step", None))
-    evaluated = None if traced else twin.evaluate_schedules(inner_state(state))  # user code, before the checks
+    evaluated = None if traced else twin.evaluate_schedules(inner)  # user code, before the checks
     p_leaves, treedef = flatten(params)
     for path, p in zip(leaf_paths(treedef), p_leaves):
         if p.dtype != jnp.bfloat16:
@@ -149,14 +149,19 @@ def update_on_jax(rule: Rule, params: Any, grads: Any, state: State) -> tuple[An
     masters = unflatten(treedef, [join_halves(jnp, p, low) for p, low in zip(p_leaves, lows)])
     wide_grads = unflatten(treedef, [jnp.astype(g, jnp.float32) for g in g_leaves])
     if traced:
-        new_masters, new_inner = twin.update(masters, wide_grads, inner_state(state))
+        new_masters, new_inner = twin.update(masters, wide_grads, inner)
     else:
-        new_masters, new_inner = eager_update(twin, masters, wide_grads, inner_state(state), evaluated)
+        new_masters, new_inner = eager_update(twin, masters, wide_grads, inner, evaluated)
     halves = [split_halves(jnp, m, jnp.bfloat16) for m in flatten(new_masters)[0]]
-    new_slots = {**new_inner.slots, SPLIT_SLOT: unflatten(treedef, [low for _, low in halves])}
-    return unflatten(treedef, [high for high, _ in halves]), State(
-        rule=rule.name, step=new_inner.step, slots={name: new_slots[name] for name in rule.slot_names()},
-        skipped=new_inner.skipped, host=new_inner.host)
+    return unflatten(treedef, [high for high, _ in halves]), _with_low_halves(
+        rule, new_inner, unflatten(treedef, [low for _, low in halves]))
+
+
+def _with_low_halves(rule: Rule, master_state: State, lows: Any) -> State:
+    """The split rule's state: the master's new state with the ``master_low`` slot ``lows``."""
+    slots = {**master_state.slots, SPLIT_SLOT: lows}
+    return State(rule=rule.name, step=master_state.step, slots={name: slots[name] for name in rule.slot_names()},
+                 skipped=master_state.skipped, host=master_state.host)
 
 
 class SplitStep:
@@ -195,8 +200,6 @@ class SplitStep:
 
     def _new_values(self) -> tuple[list, list, State]:
         """New params and ``master_low`` leaves, and the master's new state."""
-        from .trees import flatten
-
         masters, new_inner = self.master_step.compute()
         bfloat16 = self.p_leaves[0].dtype if self.p_leaves else None
         halves = [split_halves(self.xp, m, bfloat16) for m in flatten(masters)[0]]
@@ -205,17 +208,12 @@ class SplitStep:
     def compute(self) -> tuple[Any, State]:
         """The step's new params and state, as new arrays (update)."""
         highs, lows, new_inner = self._new_values()
-        slots = {**new_inner.slots, SPLIT_SLOT: unflatten(self.treedef, lows)}
-        return unflatten(self.treedef, highs), State(
-            rule=self.rule.name, step=new_inner.step, slots={name: slots[name] for name in self.rule.slot_names()},
-            skipped=new_inner.skipped, host=new_inner.host)
+        return unflatten(self.treedef, highs), _with_low_halves(self.rule, new_inner, unflatten(self.treedef, lows))
 
     def apply(self) -> None:
         """Write the step into the params and the state: every new value is computed first, then
         written (a KeyboardInterrupt waits for the writes; anything that still stops them marks
         the state torn)."""
-        from .trees import flatten
-
         state = self.state
         if self.skip:
             state.skipped += 1

@@ -36,11 +36,9 @@ from typing import Any, ClassVar
 import torch
 
 from . import torch_sharding
-from .compensation import COMPENSATION_SLOT
-from .optimizer import Rule
+from .optimizer import MASTER_WEIGHT_SLOTS, Rule
 from .plan import interrupts_deferred
 from .rules import RULES
-from .split_master import SPLIT_SLOT
 from .state import State
 from .torch_clipping import clip_grad_norm_, global_grad_norm
 from .torch_repeat import RepeatLane
@@ -342,7 +340,7 @@ _FLAGS: dict[type, frozenset[str]] = {}
 # The buffers of the master_weights options: a group switched to another option (in its
 # param_group, or by a loaded state dict's) starts that option from the params as they are, and
 # the old option's buffer goes at its next step (a later switch back must not find it stale).
-_OPTION_BUFFERS = frozenset({COMPENSATION_SLOT, SPLIT_SLOT})
+_OPTION_BUFFERS = frozenset(MASTER_WEIGHT_SLOTS.values())
 
 
 def _fresh_param_state(rule: Rule, p: torch.Tensor, previous: dict | None) -> dict:

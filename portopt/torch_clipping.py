@@ -30,11 +30,14 @@ def global_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor) -> torch
     the unsharded :func:`portopt.global_norm` on every rank, for even and uneven shards.
     """
     grads = _grads_of(parameters)
+    whole = _whole_cpu_norm(grads) if grads else None
+    return torch.from_numpy(whole) if whole is not None else _general_grad_norm(grads)
+
+
+def _general_grad_norm(grads: list) -> torch.Tensor:
+    """:func:`global_grad_norm` of ``grads`` where the whole-CPU-tensor lane does not serve."""
     if not grads:
         raise ValueError("parameters have no gradients; their norm is undefined")
-    whole = _whole_cpu_norm(grads)
-    if whole is not None:
-        return torch.from_numpy(whole)
     locals_ = [torch_sharding.local(g) for g in grads]
     xp = check_params(locals_).xp
     dtype = norm_dtype(xp, locals_)
@@ -79,13 +82,13 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm:
             for g in grads:
                 g.mul_(scale)
         return torch.from_numpy(host)
-    norm = global_grad_norm(parameters)
+    norm = _general_grad_norm(grads)  # the lane did not serve: not tried again
     import array_api_compat.torch as xp
 
     factor = clip_factor(xp, norm, max_norm, eps, norm.device)
     if float(factor) == 1.0:
         return norm  # g * 1 is g, bit for bit: nothing to write
-    for g in _grads_of(parameters):
+    for g in grads:
         g_local = torch_sharding.local(g)
         if g_local.dtype == factor.dtype:
             g_local.mul_(factor)  # one correctly rounded product per element, as scale_by
@@ -94,7 +97,8 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm:
     return norm
 
 
-_HOST_DTYPES: dict[torch.dtype, np.dtype] = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_NUMPY_TYPES = {torch.float32: np.float32, torch.float64: np.float64}  # the norm's dtypes
+_HOST_DTYPES: dict[torch.dtype, np.dtype] = {dtype: np.dtype(kind) for dtype, kind in _NUMPY_TYPES.items()}
 
 
 def _whole_cpu_norm(grads: list) -> np.ndarray | None:
@@ -122,4 +126,4 @@ def _grads_of(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list:
 
 
 def _numpy_dtype(dtype: torch.dtype) -> Any:
-    return {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+    return _NUMPY_TYPES[dtype]
