@@ -139,6 +139,9 @@ def check_state(state: Any, rule_name: str, slot_names: Sequence[str], params: L
     if state.torn:
         raise ValueError("state is torn: an in-place step was stopped while writing it, so params and state may "
                          "hold part of a step; restore both from a checkpoint (portopt.load) and step again")
+    for field, value in (("slots", state.slots), ("host", state.host)):
+        if not isinstance(value, dict):
+            raise TypeError(f"state.{field} must be a dict (as init makes it), got {type(value).__name__}")
     if set(state.slots) != set(slot_names):
         raise ValueError(
             f"state has slots {sorted(state.slots)} but this {rule_name} needs {sorted(slot_names)}; "

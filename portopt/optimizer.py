@@ -239,6 +239,13 @@ class Rule:
         is evaluated only for the step it serves)."""
         return tuple(self.initial_host_state())
 
+    def state_names(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The slot names and the host-state names as sets, made once (a rule is immutable)."""
+        names = self.__dict__.get("_state_names")
+        if names is None:
+            names = self.__dict__["_state_names"] = (frozenset(self.slot_names()), frozenset(self.host_state_names()))
+        return names
+
     def restore_host_state(self, step: int, host: dict[str, float]) -> dict[str, float]:
         """The host state for a checkpoint that lacks some of it (an older format); most rules have none."""
         return host

@@ -189,7 +189,8 @@ class Plan:
     # --- the cheap re-check of every later step -----------------------------------------
     def bind(self, params: Any, grads: Any, state: Any) -> tuple[list, list, list[list]] | None:
         """The leaves of this step if everything still matches the plan, else None."""
-        if (type(state) is not State or state.rule != self.rule_name or len(state.slots) != len(self.slot_names)
+        if (type(state) is not State or state.rule != self.rule_name or not isinstance(state.slots, dict)
+                or not isinstance(state.host, dict) or len(state.slots) != len(self.slot_names)
                 or type(state.step) is not int or state.step < 0 or fast.get_mode() != self.mode or state.torn
                 or ((state.host or self.host_names) and set(state.host) != self.host_names)):
             return None
@@ -372,9 +373,11 @@ def evaluate_first(rule: Rule, state: Any) -> tuple | None:
     replace arrays), evaluated before any check of the arrays so no check can be undone by it;
     None where the state is not one this rule's step could take (its checks then say why, as
     for a first step)."""
-    if (type(state) is not State or type(state.step) is not int or state.step < 0 or state.rule != rule.name
-            or state.torn or set(state.slots) != set(rule.slot_names())
-            or set(state.host) != set(rule.host_state_names())):
+    if type(state) is not State or type(state.step) is not int or state.step < 0 or state.rule != rule.name:
+        return None
+    slot_names, host_names = rule.state_names()
+    if (state.torn or not isinstance(state.slots, dict) or not isinstance(state.host, dict)
+            or state.slots.keys() != slot_names or state.host.keys() != host_names):
         return None
     return rule.host_scalars(state.step)
 
@@ -598,7 +601,7 @@ def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, sl
     read = table.read.copy()
     write = table.write.copy()
     in_place = outputs is None
-    empty, address_of, device = plan.adapter.empty, plan.adapter.device_address, plan.device
+    empty, address_of, device = plan.adapter.empty, plan.adapter.planned_address, plan.device
     for column, index in enumerate(group.indexes):
         p, slots = p_leaves[index], [leaves[index] for leaves in slot_leaves]
         read[0, column] = plan.address(p, remembered if in_place else None)
@@ -612,7 +615,7 @@ def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, sl
             new = [empty(p.shape, p.dtype, device), *(empty(x.shape, x.dtype, device) for x in slots)]
             for k, x in enumerate(new):
                 address = address_of(x)
-                assert address is not None  # a fresh array of a backend with addresses
+                assert address is not None  # a fresh (so C-contiguous) array of a backend with addresses
                 write[k, column] = address
                 if plan.remembers:
                     remembered[id(x)] = (x, address)

@@ -53,7 +53,21 @@ MALFORMED = {
     "a torn state": lambda p: _torn(portopt.Adam(lr=0.1).init(p)),
     "a slot missing": lambda p: _without_slot(portopt.Adam(lr=0.1).init(p)),
     "a negative step": lambda p: _with_step(portopt.Adam(lr=0.1).init(p), -1),
+    "an extra slot": lambda p: _with_slots(portopt.Adam(lr=0.1).init(p), lambda slots: {**slots, "extra": p}),
+    "slots as a list": lambda p: _with_slots(portopt.Adam(lr=0.1).init(p), lambda slots: list(slots.values())),
+    "a host value Adam has not": lambda p: _with_host(portopt.Adam(lr=0.1).init(p), lambda host: {**host, "eta": 1.0}),
+    "host values as a list": lambda p: _with_host(portopt.Adam(lr=0.1).init(p), lambda host: list(host.values())),
 }
+
+
+def _with_slots(state, change):
+    state.slots = change(state.slots)
+    return state
+
+
+def _with_host(state, change):
+    state.host = change(state.host)
+    return state
 
 
 def _torn(state):
@@ -79,6 +93,24 @@ def test_a_malformed_state_gets_its_own_error_before_a_failing_schedule(malforme
         getattr(portopt.Adam(lr=0.1), api)(p.copy(), p.copy(), MALFORMED[malformed](p))
     with pytest.raises(type(expected.value)) as raised:
         getattr(portopt.Adam(lr=_failing), api)(p.copy(), p.copy(), MALFORMED[malformed](p))
+    assert str(raised.value) == str(expected.value)
+    assert "unhashable" not in str(expected.value)  # a message that names what is wrong
+
+
+@pytest.mark.parametrize("api", ["step", "update"])
+@pytest.mark.parametrize("malformed", list(MALFORMED))
+def test_a_malformed_state_after_warm_steps_gets_a_first_steps_error(malformed, api):
+    """The cached plan of earlier steps lets no malformed state through, nor fails on it otherwise."""
+    p = np.ones(3)
+    with pytest.raises(Exception) as expected:
+        getattr(portopt.Adam(lr=0.1), api)(p.copy(), p.copy(), MALFORMED[malformed](p))
+    warm, params = portopt.Adam(lr=0.1), p.copy()
+    state = warm.init(params)
+    for _ in range(3):
+        warm.step(params, p, state)
+        params, state = warm.update(params, p, state)
+    with pytest.raises(type(expected.value)) as raised:
+        getattr(warm, api)(params, p.copy(), MALFORMED[malformed](params))
     assert str(raised.value) == str(expected.value)
 
 

@@ -55,6 +55,10 @@ class NumpyAdapter(Adapter):
             return None
         return _address(x)
 
+    def planned_address(self, x: Any) -> int | None:
+        # the signature holds the type and the C-contiguous flag
+        return _address(x)
+
     def memory_layout(self, x: Any) -> Any:
         if type(x) is not np.ndarray:
             return None
