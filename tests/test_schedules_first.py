@@ -85,12 +85,18 @@ def _with_step(state, step):
     return state
 
 
+def _first_steps_error(malformed, api, p):
+    """The error a fresh Adam's first step gives on the malformed state."""
+    with pytest.raises(Exception) as expected:
+        getattr(portopt.Adam(lr=0.1), api)(p.copy(), p.copy(), MALFORMED[malformed](p))
+    return expected
+
+
 @pytest.mark.parametrize("api", ["step", "update"])
 @pytest.mark.parametrize("malformed", list(MALFORMED))
 def test_a_malformed_state_gets_its_own_error_before_a_failing_schedule(malformed, api):
     p = np.ones(3)
-    with pytest.raises(Exception) as expected:
-        getattr(portopt.Adam(lr=0.1), api)(p.copy(), p.copy(), MALFORMED[malformed](p))
+    expected = _first_steps_error(malformed, api, p)
     with pytest.raises(type(expected.value)) as raised:
         getattr(portopt.Adam(lr=_failing), api)(p.copy(), p.copy(), MALFORMED[malformed](p))
     assert str(raised.value) == str(expected.value)
@@ -102,8 +108,7 @@ def test_a_malformed_state_gets_its_own_error_before_a_failing_schedule(malforme
 def test_a_malformed_state_after_warm_steps_gets_a_first_steps_error(malformed, api):
     """The cached plan of earlier steps lets no malformed state through, nor fails on it otherwise."""
     p = np.ones(3)
-    with pytest.raises(Exception) as expected:
-        getattr(portopt.Adam(lr=0.1), api)(p.copy(), p.copy(), MALFORMED[malformed](p))
+    expected = _first_steps_error(malformed, api, p)
     warm, params = portopt.Adam(lr=0.1), p.copy()
     state = warm.init(params)
     for _ in range(3):
