@@ -120,7 +120,7 @@ class Plan:
         # later step re-runs every check unless each written array is in the same place again
         # (the same bytes, or the same object where the backend cannot tell)
         written = [*checked.leaves, *(x for name in self.slot_names for x in slots[name])] if writing else []
-        self.written = [(x, self.adapter.memory_layout(x)) for x in written]
+        self.written = [_placed(self.adapter, x) for x in written]
         self.groups = self._groups(checked.leaves, grad_leaves, slots)
         # NumPy: addresses of the arrays the last step wrote, by array (a NumPy array's
         # memory cannot move while this plan holds it: NumPy refuses to resize a referenced
@@ -224,8 +224,11 @@ class Plan:
         planned = iter(self.written)
         for leaves in (p_leaves, *slot_leaves):
             for x in leaves:
-                array, where = next(planned)
-                if (x is not array) if where is None else (layout(x) != where):
+                array, watch, pointer, where = next(planned)
+                if x is array and watch is not None:  # the common case, cheapest
+                    if watch.value != pointer:
+                        return False
+                elif (x is not array) if where is None else (layout(x) != where):
                     return False
         return True
 
@@ -254,6 +257,13 @@ class Plan:
         if self.remembers and remembered is not None:
             remembered[id(x)] = (x, address)
         return address
+
+
+def _placed(adapter: Adapter, x: Any) -> tuple[Any, Any, Any, Any]:
+    """``(x, its layout watch, the watch's value, where its elements lie)`` as a plan
+    remembers a written array (another object is compared by where its elements lie)."""
+    watch = adapter.layout_watch(x)
+    return x, watch, None if watch is None else watch.value, adapter.memory_layout(x)
 
 
 class _Spans:

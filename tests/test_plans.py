@@ -292,6 +292,25 @@ def test_memory_moved_under_the_same_array_is_planned_again():
     assert p.tobytes() == expected.tobytes() and np.all(bystander == 7.0) and state.step == 3
 
 
+def test_fresh_views_of_the_same_memory_each_step_keep_the_plan_and_the_bits(monkeypatch):
+    """A loop that passes a new view of the same buffers at every step (``buffer[:]``): the
+    plan is kept (the written arrays lie where they lay), and the bits are update's."""
+    rule = portopt.Adam(lr=0.1)
+    rng = np.random.default_rng(3)
+    buffer, grads = rng.standard_normal(50), rng.standard_normal((6, 50))
+    pure, pure_state = buffer.copy(), rule.init(buffer)
+    state = rule.init(buffer)
+    planned = []
+    real_init = portopt.plan.Plan.__init__
+    monkeypatch.setattr(portopt.plan.Plan, "__init__",
+                        lambda self, *args: (planned.append(args[-1]), real_init(self, *args))[1])
+    for g in grads:
+        pure, pure_state = rule.update(pure, g, pure_state)
+        rule.step(buffer[:], g, state)
+    assert buffer.tobytes() == pure.tobytes() and state.step == 6
+    assert planned.count(True) == 1, "a view of the same memory planned again"
+
+
 @pytest.mark.skipif("torch-cpu" not in TARGETS, reason="torch is not installed")
 def test_a_tensor_set_to_share_memory_after_warm_steps_is_refused():
     """torch's ``set_`` keeps the tensor object and moves its elements: in the drop-in too."""

@@ -67,6 +67,12 @@ class Adapter:
         an address (so what ``address`` checks besides the pointer is known to hold)."""
         return self.address(x)
 
+    def layout_watch(self, x: Any) -> Any:
+        """An object whose ``.value`` reads, cheaply, what determines where the elements of this
+        very object ``x`` lie while its signature (:meth:`signature`) stays the same, or None
+        (then :meth:`memory_layout` is compared). A plan reads it at every step."""
+        return None
+
     def memory_layout(self, x: Any) -> Any:
         """Where ``x``'s elements lie, as a value that is equal for two arrays exactly when they
         occupy the same bytes in the same order (first address and size if contiguous, else also

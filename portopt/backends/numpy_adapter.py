@@ -59,6 +59,13 @@ class NumpyAdapter(Adapter):
         # the signature holds the type and the C-contiguous flag
         return _address(x)
 
+    def layout_watch(self, x: Any) -> Any:
+        # the data pointer field itself: with the shape, dtype and C order that the signature
+        # holds, it is the layout (resize(refcheck=False) moves it, and nothing else can)
+        if _address is _data_field and type(x) is np.ndarray and x.flags.c_contiguous:
+            return ctypes.c_void_p.from_address(id(x) + _HEADER_SIZE)
+        return None
+
     def memory_layout(self, x: Any) -> Any:
         if type(x) is not np.ndarray:
             return None
