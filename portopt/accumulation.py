@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from .hyperparams import check_flag
@@ -115,8 +115,8 @@ class MultiSteps(Rule):
         inner = self.rule.host_scalars(steps_taken // self.k)
         return self._scalars(position == 0, position == self.k - 1, *inner, float(self.k))
 
-    def advance_host_state(self, steps_taken: int, host: dict[str, float], xp: Any, grads: list,
-                           params: list) -> tuple[dict[str, float], dict[str, float]]:
+    def advance_host_state(self, steps_taken: int, host: dict[str, float], xp: Any, grads: Sequence,
+                           params: Sequence) -> tuple[dict[str, float], dict[str, float]]:
         if steps_taken % self.k != self.k - 1:
             return {}, host
         return self.rule.advance_host_state(steps_taken // self.k, host, xp, grads, params)

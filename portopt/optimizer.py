@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -250,8 +250,8 @@ class Rule:
         """The host state for a checkpoint that lacks some of it (an older format); most rules have none."""
         return host
 
-    def advance_host_state(self, steps_taken: int, host: dict[str, float], xp: Any, grads: list,
-                           params: list) -> tuple[dict[str, float], dict[str, float]]:
+    def advance_host_state(self, steps_taken: int, host: dict[str, float], xp: Any, grads: Sequence,
+                           params: Sequence) -> tuple[dict[str, float], dict[str, float]]:
         """Extra host scalars for this step and the new host state, from the gradients if needed.
         Runs after the step's checks, so it evaluates no schedule itself: a value it needs is
         the one :meth:`host_scalars` evaluated for the step (:meth:`remember`, :meth:`recalled`)."""

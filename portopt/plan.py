@@ -187,12 +187,9 @@ class Plan:
                 and all(adapter.device_address(x) is not None for x in arrays))
 
     # --- the cheap re-check of every later step -----------------------------------------
-    def bind(self, params: Any, grads: Any, state: Any) -> tuple[list, list, list[list]] | None:
+    def bind(self, params: Any, grads: Any, state: Any) -> tuple[Sequence, Sequence, Sequence[Sequence]] | None:
         """The leaves of this step if everything still matches the plan, else None."""
-        if (type(state) is not State or state.rule != self.rule_name or not isinstance(state.slots, dict)
-                or not isinstance(state.host, dict) or len(state.slots) != len(self.slot_names)
-                or type(state.step) is not int or state.step < 0 or fast.get_mode() != self.mode or state.torn
-                or ((state.host or self.host_names) and set(state.host) != self.host_names)):
+        if not self.takes_state(state):
             return None
         collect = self.collect
         p_leaves = collect(params)
@@ -206,6 +203,20 @@ class Plan:
             if leaves is None:
                 return None
             slot_leaves.append(leaves)
+        return self.bind_leaves(p_leaves, g_leaves, slot_leaves)
+
+    def takes_state(self, state: Any) -> bool:
+        """Whether ``state`` is one of this plan's (its rule, slot and host names, a step count,
+        not torn) and the fast-path mode is still the plan's."""
+        return not (type(state) is not State or state.rule != self.rule_name or not isinstance(state.slots, dict)
+                    or not isinstance(state.host, dict) or len(state.slots) != len(self.slot_names)
+                    or type(state.step) is not int or state.step < 0 or fast.get_mode() != self.mode or state.torn
+                    or ((state.host or self.host_names) and set(state.host) != self.host_names))
+
+    def bind_leaves(self, p_leaves: Sequence, g_leaves: Sequence, slot_leaves: Sequence[Sequence]
+                    ) -> tuple[Sequence, Sequence, Sequence[Sequence]] | None:
+        """The leaves, already collected from a state this plan takes, if every signature and
+        every written array's place still match the plan, else None."""
         signature = self.adapter.signature
         expected = iter(self.signatures)
         for leaves in (p_leaves, g_leaves, *slot_leaves):
@@ -217,7 +228,7 @@ class Plan:
             return None
         return p_leaves, g_leaves, slot_leaves
 
-    def _written_in_place(self, p_leaves: list, slot_leaves: list[list]) -> bool:
+    def _written_in_place(self, p_leaves: Sequence, slot_leaves: Sequence[Sequence]) -> bool:
         """Whether every array this in-place step writes occupies the bytes the plan's checks
         saw (so no new sharing between them, and no moved memory behind a cached address)."""
         layout = self.adapter.memory_layout
@@ -232,7 +243,7 @@ class Plan:
                     return False
         return True
 
-    def unshared_grads(self, p_leaves: list, g_leaves: list, slot_leaves: list[list]) -> list:
+    def unshared_grads(self, p_leaves: Sequence, g_leaves: Sequence, slot_leaves: Sequence[Sequence]) -> Sequence:
         """``g_leaves`` with a copy in place of any gradient that shares memory with a param or
         slot this in-place step writes (so the step reads the gradient ``update`` would)."""
         adapter = self.adapter
@@ -368,7 +379,7 @@ def plan_for(rule: Rule, params: Any, grads: Any, state: State, writing: bool) -
     return plan, bound
 
 
-def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: list, p_leaves: list,
+def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: Sequence, p_leaves: Sequence,
                  evaluated: tuple | None = None) -> tuple[tuple, dict[str, float]]:
     """This step's host scalars and the new host state (Python floats, computed on the host);
     ``evaluated``: the rule's host_scalars of this step, if already evaluated
@@ -393,7 +404,8 @@ def evaluate_first(rule: Rule, state: Any) -> tuple | None:
 
 
 def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State,
-                   evaluated: tuple | None = None) -> tuple[Callable[[], None] | None, tuple | None]:
+                   evaluated: tuple | None = None, *, leaves: tuple[Sequence, Sequence[Sequence]] | None = None
+                   ) -> tuple[Callable[[], None] | None, tuple | None]:
     """Everything of a repeated in-place step but its writes: ``(write, host scalars)``, where
     ``write`` runs the writes (and counts the step), or is None, nothing having been done,
     unless the step can be repeated; the host scalars are this step's, evaluated first (or
@@ -405,7 +417,9 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     again when they are new arrays, and on torch at every step (a tensor can move and stay the
     same object); the gradients are then checked, as in the full step, not to share memory
     with anything the step writes. What remains per step is :meth:`Plan.bind`, the host
-    scalars and the loop."""
+    scalars and the loop. ``leaves``: ``(param leaves, slot leaves)`` already collected, in the
+    plan's order (``params`` is then unused and ``grads`` is the list of gradient leaves), as the
+    drop-in's lane keeps them; they are checked as :meth:`Plan.bind` checks collected leaves."""
     group = plan.groups[0]
     last = group.last_tables
     if last is None or rule.skip_nonfinite:  # skip_nonfinite: the full step, its skip counts and copies
@@ -414,7 +428,10 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
         evaluated = evaluate_first(rule, state)
         if evaluated is None:
             return None, None
-    bound = plan.bind(params, grads, state)
+    if leaves is None:
+        bound = plan.bind(params, grads, state)
+    else:
+        bound = plan.bind_leaves(leaves[0], grads, leaves[1]) if plan.takes_state(state) else None
     if bound is None:
         return None, evaluated
     p_leaves, g_leaves, slot_leaves = bound

@@ -100,7 +100,10 @@ class _GroupValue:
         self.group, self.name = group, name
 
     def __call__(self, steps_taken: int) -> Any:
-        value = _host_value(self.group[self.name])
+        value = self.group[self.name]
+        if type(value) is float:  # the common case first
+            return value
+        value = _host_value(value)
         return value(steps_taken) if callable(value) else value
 
 
@@ -110,6 +113,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
     rule_class: ClassVar[type[Rule]]
     torch_class: ClassVar[type[torch.optim.Optimizer] | None]  # the torch.optim class of this name, if any
     hyperparameter_names: ClassVar[tuple[str, ...]]  # the rule's constructor arguments
+    fixed_names: ClassVar[tuple[str, ...]]  # those that cannot be schedules (a new value: a new rule)
     own_forms: ClassVar[frozenset[str]]  # portopt's keyword-only forms torch lacks (eps_hat, bias_correction)
     __signature__: ClassVar[inspect.Signature]
 
@@ -202,11 +206,10 @@ class PortoptOptimizer(torch.optim.Optimizer):
         """The group's rule: kept while the group's other hyperparameters stay the same (its
         checked step plans with it); schedulable ones (``lr``, ``eps``, ``weight_decay``) are
         read from the group at each step."""
-        names, schedulable = self.hyperparameter_names, self.rule_class.schedulable
+        names, schedulable, fixed_names = self.hyperparameter_names, self.rule_class.schedulable, self.fixed_names
         cache = self.__dict__.setdefault("_rules", {})
         cached = cache.get(id(group))
-        fixed_names = [name for name in names if name not in schedulable]
-        raw = tuple(group[name] for name in fixed_names)
+        raw = tuple(map(group.__getitem__, fixed_names))
         # the very same immutable values as last step (floats, bools, tuples of them): the same rule
         if cached is not None and cached[0] is group and cached[3] is not None and all(map(operator.is_, raw,
                                                                                            cached[3])):
@@ -224,7 +227,6 @@ class PortoptOptimizer(torch.optim.Optimizer):
         cache[id(group)] = (group, fixed, rule, same_objects)
         return rule
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step for every parameter with a ``.grad``; all groups are checked first."""
         if self.__dict__.get("_torn"):
@@ -234,10 +236,18 @@ class PortoptOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # the repeated step writes through its compiled loop, which autograd never sees, so it
+        # runs without no_grad (which costs ~2 us, a twentieth of a small step); a schedule in a
+        # group is then evaluated in the caller's grad mode, not under no_grad
         lane = self.__dict__.pop("_repeat_lane", None)
         if lane is not None and lane.step(self):
             self.__dict__["_repeat_lane"] = lane
             return loss
+        with torch.no_grad():
+            self._full_step()
+        return loss
+
+    def _full_step(self) -> None:
         kept = self.__dict__.pop("_evaluated", {})  # host scalars the lane evaluated for this very step
         new_states: dict[torch.Tensor, dict] = {}
         pending = []
@@ -285,7 +295,7 @@ class PortoptOptimizer(torch.optim.Optimizer):
         if skip:
             # skip_nonfinite: a non-finite gradient anywhere skips the whole step, every group.
             self.skipped_steps += 1
-            return loss
+            return
         for p, fresh in new_states.items():
             self.state[p] = fresh
         with interrupts_deferred(len(plans) > 1):
@@ -306,7 +316,6 @@ class PortoptOptimizer(torch.optim.Optimizer):
         repeated = RepeatLane.after(self, plans)
         if repeated is not None:
             self.__dict__["_repeat_lane"] = repeated
-        return loss
 
     def _param_state(self, p: torch.Tensor, new_states: dict) -> dict:
         return new_states[p] if p in new_states else self.state[p]
@@ -429,6 +438,7 @@ def _drop_in(rule_class: type[Rule], name: str) -> type[PortoptOptimizer]:
     own_forms = frozenset(_own_forms(rule_class, torch_class))
     return type(name, (PortoptOptimizer,), {"rule_class": rule_class, "torch_class": torch_class,
                                             "hyperparameter_names": names, "own_forms": own_forms,
+                                            "fixed_names": tuple(n for n in names if n not in rule_class.schedulable),
                                             "__doc__": doc, "__signature__": signature,
                                             "__module__": __name__})
 

@@ -44,6 +44,13 @@ class _GroupLane:
     dicts: tuple[dict, ...]  # each param's torch state dict, as the last step left it
     host_names: tuple[str, ...]
     step_value: int  # the object the last step wrote as every dict's "step"
+    # the state's slot lists, in the plan's order (the lane's own State: an in-place step
+    # writes into these lists' tensors and never replaces the lists)
+    slot_lists: tuple[list, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.slot_lists = tuple(self.state.slots[name] for name in self.plan.slot_names)
+        self._named_slots = tuple(zip(self.plan.slot_names, self.slot_lists))
 
     def unchanged(self, optimizer: PortoptOptimizer) -> list | None:
         """The group's gradients if everything the lane relies on holds, else None."""
@@ -56,11 +63,11 @@ class _GroupLane:
         if any(g is None or g.layout is not _STRIDED for g in grads):  # sparse: the full step's error
             return None
         get = optimizer.state.get
-        step_value, slots, host = self.step_value, self.state.slots, self.state.host
+        step_value, slots, host = self.step_value, self._named_slots, self.state.host
         for index, (p, kept) in enumerate(zip(params, self.dicts)):
             if get(p) is not kept or kept.get("step") is not step_value:
                 return None
-            for name, leaves in slots.items():
+            for name, leaves in slots:
                 if kept.get(name) is not leaves[index]:
                     return None
             for name in self.host_names:
@@ -126,19 +133,26 @@ class RepeatLane:
         evaluated = [evaluate_first(lane.rule, lane.state) for lane in self.groups]
         writes = []
         for lane, grads, scalars in zip(self.groups, all_grads, evaluated):
-            write, _ = prepare_repeat(lane.rule, lane.plan, list(lane.params), grads, lane.state, scalars)
+            write, _ = prepare_repeat(lane.rule, lane.plan, None, grads, lane.state, scalars,
+                                      leaves=(lane.params, lane.slot_lists))
             if write is None:
                 optimizer.__dict__["_evaluated"] = {id(lane.rule): (lane.rule, lane.state.step, scalars)
                                                     for lane, scalars in zip(self.groups, evaluated)}
                 return False
             writes.append(write)
-        with interrupts_deferred(len(writes) > 1):
-            for number, (lane, write) in enumerate(zip(self.groups, writes)):
-                try:
-                    write()
-                except BaseException:
-                    if number or lane.state.torn:
-                        optimizer.__dict__["_torn"] = True
-                    raise
-                lane.record()
+        if len(writes) == 1:  # all or nothing anyway: no need to hold Ctrl-C (a context costs ~3 us)
+            self._write(optimizer, writes)
+        else:
+            with interrupts_deferred():
+                self._write(optimizer, writes)
         return True
+
+    def _write(self, optimizer: PortoptOptimizer, writes: list) -> None:
+        for number, (lane, write) in enumerate(zip(self.groups, writes)):
+            try:
+                write()
+            except BaseException:
+                if number or lane.state.torn:
+                    optimizer.__dict__["_torn"] = True
+                raise
+            lane.record()

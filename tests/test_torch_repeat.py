@@ -348,3 +348,27 @@ def test_a_gradient_that_is_a_view_of_its_param_is_read_as_update_reads_it(dtype
         separate.step()
     assert torch.equal(p.detach().view(torch.int16) if dtype != "float32" else p.detach(),
                        q.detach().view(torch.int16) if dtype != "float32" else q.detach())
+
+
+@pytest.mark.parametrize("grad_mode", ["enabled", "no_grad"])
+def test_the_repeated_step_leaves_autograd_alone_in_either_grad_mode(grad_mode):
+    """The lane runs without ``no_grad`` (its loop writes through addresses): stepped in grad
+    mode, params that require grad stay leaves without a ``grad_fn``, and the bits are those of
+    a run under ``no_grad``."""
+    torch = _torch()
+    import portopt.torch as drop_ins
+
+    results = []
+    for mode in (grad_mode, "no_grad"):
+        params = _model(torch)
+        opt = drop_ins.Adam(params, lr=0.1)
+        context = torch.enable_grad() if mode == "enabled" else torch.no_grad()
+        for step in range(4):
+            _grads(torch, params, step)
+            with context:
+                opt.step()
+            assert "_repeat_lane" in opt.__dict__
+        for p in params:
+            assert p.is_leaf and p.grad_fn is None and p.requires_grad
+        results.append([p.detach().clone() for p in params])
+    assert all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(*results))

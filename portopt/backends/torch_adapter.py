@@ -29,6 +29,19 @@ def numpy_sqrt_for_cpu_tensor(x: Any) -> Any:
     return torch.from_numpy(np.asarray(result))
 
 
+class _DataPointer:
+    """A layout watch: the data pointer of one tensor, read when asked."""
+
+    __slots__ = ("_tensor",)
+
+    def __init__(self, tensor: Any) -> None:
+        self._tensor = tensor
+
+    @property
+    def value(self) -> int:
+        return self._tensor.data_ptr()
+
+
 class TorchAdapter(Adapter):
     name = "torch"
 
@@ -65,6 +78,11 @@ class TorchAdapter(Adapter):
     def planned_address(self, x: Any) -> int | None:
         # the signature holds device, contiguity and the negative and conjugate bits
         return x.data_ptr()
+
+    def layout_watch(self, x: Any) -> Any:
+        # with the shape, dtype and contiguity that the signature holds, the data pointer is
+        # the layout (set_(), resize_(), as_strided_() and ``.data =`` move it)
+        return _DataPointer(x) if x.is_contiguous() else None
 
     def memory_layout(self, x: Any) -> Any:
         # set_(), resize_() and as_strided_() move a tensor's elements and keep the object
