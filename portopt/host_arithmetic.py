@@ -11,6 +11,8 @@ low word underflows (then within an ulp).
 
 from __future__ import annotations
 
+import numpy as np
+
 __all__ = ["power", "real_power", "cosine"]
 
 _SPLITTER = 134217729.0  # 2**27 + 1, Veltkamp's constant for binary64
@@ -44,62 +46,25 @@ def power(base: float, exponent: int) -> float:
     overflows before the result does.
 
     The definition is square-and-multiply over the bits of the exponent, most significant
-    first, each product in double-double; the high part is the result. Written as a
-    recursion (``x^e = (x^(e/2))²`` for even ``e``, ``x^(e-1) · x`` for odd) on remembered
-    powers, so a run of consecutive exponents (one per step) costs about one product each,
-    not ``log2(e)``: the products, and so the bits, are those of the loop.
+    first, each product in double-double; the high part is the result. Evaluated as a
+    recursion (``x^e = (x^(e/2))²`` for even ``e``, ``x^(e-1) · x`` for odd) over blocks of
+    consecutive exponents with NumPy's elementwise IEEE ``+ - *`` (:class:`_Powers`), so a run
+    of steps costs a lookup each: the products, and so the bits, are those of the loop.
     """
-    memo = _MEMO.get(base)
-    if memo is not None and type(exponent) is int and exponent > 0:  # the common case first
-        value = memo.get(exponent)
-        if value is None:
-            value = _next_power(memo, base, exponent)
-        if value is not None:
-            if len(memo) > 4096:
-                _prune(memo, exponent)
-            return value[0]
+    if type(exponent) is int and exponent > 0:  # the common case first
+        powers = _POWERS.get(base)
+        if powers is not None:
+            return powers.high(exponent)
     if isinstance(exponent, bool) or not isinstance(exponent, int) or exponent < 0:
         raise ValueError(f"exponent must be >= 0 and an int, got {exponent!r}")
+    if exponent == 0:
+        return 1.0
     if base == 0.0 or base != base:  # ±0 (the sign of 0 must survive) and NaN: the loop, unremembered
         return _power_loop(base, exponent)
-    memo = _MEMO.get(base)
-    if memo is None:
-        if len(_MEMO) > 64:
-            _MEMO.clear()
-        memo = _MEMO[base] = {0: (1.0, 0.0)}
-    value = memo.get(exponent)
-    if value is None:
-        previous = memo.get(exponent - 1) if exponent & 1 else None
-        if previous is not None:  # the common case: the step after the last one
-            value = memo[exponent] = _multiply(previous, (base, 0.0))
-        else:
-            value = _power_of(base, exponent, memo)
-    result = value[0]
-    if len(memo) > 4096:  # every exponent of a 1000-step run stays (the conformance suite's)
-        _prune(memo, exponent)
-    return result
-
-
-def _next_power(memo: dict[int, tuple[float, float]], base: float, exponent: int) -> tuple[float, float] | None:
-    """``base ** exponent`` from remembered powers in one or two products (those of
-    :func:`_power_of`: ``x^(e-1) · x`` for odd ``e``, ``(x^(e/2))²`` for even, the half made from
-    the power below it if need be), remembered; None where they are not there. A run of
-    consecutive exponents, one per step, always finds them."""
-    if exponent & 1:
-        below = memo.get(exponent - 1)
-        if below is None:
-            return None
-        value = memo[exponent] = _multiply(below, (base, 0.0))
-        return value
-    half_exponent = exponent >> 1
-    half = memo.get(half_exponent)
-    if half is None:
-        below = memo.get(half_exponent - 1) if half_exponent & 1 else None
-        if below is None:
-            return None
-        half = memo[half_exponent] = _multiply(below, (base, 0.0))
-    value = memo[exponent] = _multiply(half, half)
-    return value
+    if len(_POWERS) > 64:
+        _POWERS.clear()
+    powers = _POWERS[base] = _Powers(base)
+    return powers.high(exponent)
 
 
 def _power_loop(base: float, exponent: int) -> float:
@@ -111,33 +76,87 @@ def _power_loop(base: float, exponent: int) -> float:
     return result[0]
 
 
-# Remembered double-double powers, per base: {exponent: (high, low)}.
-_MEMO: dict[float, dict[int, tuple[float, float]]] = {}
+_BLOCK = 512  # exponents per block
+_KEPT = 4  # blocks kept per level
 
 
-def _power_of(base: float, exponent: int, memo: dict[int, tuple[float, float]]) -> tuple[float, float]:
-    # The loop squares the result for each bit and multiplies by base where the bit is 1:
-    # after the bits of e it holds (x^(e>>1))² for even e and that times x for odd e, the
-    # latter being x^(e-1) · x. Same products, same order.
-    value = memo.get(exponent)
-    if value is None:
-        if exponent & 1:
-            value = _multiply(_power_of(base, exponent - 1, memo), (base, 0.0))
+class _Powers:
+    """Double-double powers of one base for ranges of consecutive exponents, a level per
+    halving: the range ``[s, t)`` is the squares of level+1's ``[s//2, (t-1)//2]`` interleaved
+    with those squares times the base (``x^(2k) = (x^k)²``, ``x^(2k+1) = x^(2k) · x``, the
+    loop's own products, :func:`_multiply` written elementwise). Each level keeps its last
+    few blocks of ``_BLOCK`` exponents (runs at different step counts, e.g. param groups
+    added later, each keep theirs), so a run of steps computes about two blocks (~80 NumPy
+    calls) every ``_BLOCK`` steps."""
+
+    def __init__(self, base: float) -> None:
+        self.base = base
+        self.levels: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # level: [(first, high, low)]
+        self.tops: list[tuple[int, list[float]]] = []  # level 0's blocks as Python floats, most recent first
+
+    def high(self, exponent: int) -> float:
+        for first, highs in self.tops:
+            offset = exponent - first
+            if 0 <= offset < len(highs):
+                return highs[offset]
+        high, _ = self._range(0, exponent, exponent + 1)
+        first, block, _ = self.levels[0][0]
+        self.tops = [(first, block.tolist()), *self.tops[:_KEPT - 1]]
+        return float(high[0])
+
+    def _range(self, level: int, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(high, low) of the exponents ``first .. stop-1`` at ``level``, from one of its
+        blocks or a new one (``_BLOCK`` wide, aligned; from 0 exactly as wide as asked, so the
+        recursion from 0 halves down to x^0)."""
+        blocks = self.levels.setdefault(level, [])
+        for start, high, low in blocks:
+            if start <= first and stop <= start + len(high):
+                return high[first - start:stop - start], low[first - start:stop - start]
+        start, end = first, stop
+        if first > 0:
+            width = max(stop - first, _BLOCK)
+            start = first - first % width
+            end = max(stop, start + width)
+        high, low = self._block(level, start, end)
+        blocks.insert(0, (start, high, low))
+        del blocks[_KEPT:]
+        return high[first - start:stop - start], low[first - start:stop - start]
+
+    def _block(self, level: int, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        half_first, half_stop = first >> 1, ((stop - 1) >> 1) + 1
+        if half_stop == 1:  # x^0 and x^1 from x^0 = (1, 0), which squares to (1, 0) exactly
+            half_high, half_low = np.ones(1), np.zeros(1)
         else:
-            half = _power_of(base, exponent >> 1, memo)
-            value = _multiply(half, half)
-        memo[exponent] = value
-    return value
+            half_high, half_low = self._range(level + 1, half_first, half_stop)
+        count = len(half_high)
+        even = _multiply_arrays((half_high, half_low), (half_high, half_low))
+        odd = _multiply_arrays(even, (np.full(count, self.base), np.zeros(count)))
+        high, low = np.empty(2 * count), np.empty(2 * count)
+        high[0::2], high[1::2], low[0::2], low[1::2] = even[0], odd[0], even[1], odd[1]
+        offset = first - 2 * half_first
+        return high[offset:offset + stop - first], low[offset:offset + stop - first]
 
 
-def _prune(memo: dict[int, tuple[float, float]], exponent: int) -> None:
-    """Keep only the powers the next exponents will ask for: those near ``exponent >> j``."""
-    keep = {0}
-    while exponent:
-        keep.update((exponent - 1, exponent, exponent + 1))
-        exponent >>= 1
-    for key in [key for key in memo if key not in keep]:
-        del memo[key]
+def _multiply_arrays(x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_multiply` elementwise: the same IEEE operations in the same order, one NumPy
+    call each (so none can be contracted into an FMA)."""
+    with np.errstate(all="ignore"):  # overflow to inf, inf - inf: the values the scalar code gives
+        a, b = x[0], y[0]
+        p = a * b
+        c = _SPLITTER * a
+        a_high = c - (c - a)
+        a_low = a - a_high
+        c = _SPLITTER * b
+        b_high = c - (c - b)
+        b_low = b - b_high
+        e = ((a_high * b_high - p) + a_high * b_low + a_low * b_high) + a_low * b_low
+        e = e + (a * y[1] + x[1] * b)
+        high = p + e
+        return high, e - (high - p)
+
+
+# The powers of each base in use (betas, decay rates): a handful in any run.
+_POWERS: dict[float, _Powers] = {}
 
 
 _DIGITS = 40  # decimal digits for the transcendental helpers below

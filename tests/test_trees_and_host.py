@@ -55,12 +55,20 @@ def test_power_edge_cases():
         power(0.9, -1)
 
 
-def test_remembered_powers_are_the_loops_products_through_pruning_and_jumps():
-    """A run of consecutive exponents (one per step, past the memo's pruning at 4096 entries),
-    jumps, and runs after jumps give the bits of the square-and-multiply loop itself."""
+def test_remembered_powers_are_the_loops_products_through_blocks_and_jumps():
+    """A run of consecutive exponents (one per step, across many blocks), jumps, runs after
+    jumps, interleaved runs at five step counts (param groups added at different times; more
+    than the blocks a level keeps) and bases past overflow and underflow give the bits of the
+    square-and-multiply loop itself, zeros' signs and NaNs included."""
+    import math
+
     from portopt import host_arithmetic
 
-    for base in (0.9, 0.999, 0.5, 0.99999):
-        host_arithmetic._MEMO.pop(base, None)
-        exponents = [*range(0, 9000), 123457, 2, *range(500000, 500300), 77, 1 << 20, (1 << 20) + 1]
-        assert [power(base, e) for e in exponents] == [host_arithmetic._power_loop(base, e) for e in exponents]
+    interleaved = [e + offset for e in range(0, 1200, 7) for offset in (3, 10**5, 10**8, 7 * 10**9, 10**6)]
+    for base in (0.9, 0.999, 0.5, 0.99999, 1.5, 10.0, -0.7, 1e-5, 5e-324, -1e-300, math.inf, -1.0):
+        host_arithmetic._POWERS.pop(base, None)
+        exponents = [*range(0, 3000), 123457, 2, *range(500000, 500300), 77, 1 << 20, (1 << 20) + 1, *interleaved]
+        got = [power(base, e) for e in exponents]
+        loop = [host_arithmetic._power_loop(base, e) for e in exponents]
+        assert [(math.isnan(x), x if not math.isnan(x) else 0.0, math.copysign(1.0, x)) for x in got] == \
+            [(math.isnan(x), x if not math.isnan(x) else 0.0, math.copysign(1.0, x)) for x in loop], base
