@@ -529,7 +529,8 @@ class PreparedStep:
 
     def compute(self) -> tuple[Any, State]:
         """The step's new params and state, as new arrays (update)."""
-        plan, state, names = self.plan, self.state, self.rule.slot_names()
+        plan, state = self.plan, self.state
+        names = plan.slot_names  # the rule's, in the kernel's order (a rule is immutable)
         if self.skip:
             xp = plan.xp
             params = unflatten(plan.treedef, [_copy(xp, x) for x in self.p_leaves])

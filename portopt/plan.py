@@ -243,11 +243,14 @@ class Plan:
                     return False
         return True
 
-    def unshared_grads(self, p_leaves: Sequence, g_leaves: Sequence, slot_leaves: Sequence[Sequence]) -> Sequence:
+    def unshared_grads(self, p_leaves: Sequence, g_leaves: Sequence, slot_leaves: Sequence[Sequence],
+                       written: tuple | None = None) -> Sequence:
         """``g_leaves`` with a copy in place of any gradient that shares memory with a param or
-        slot this in-place step writes (so the step reads the gradient ``update`` would)."""
+        slot this in-place step writes (so the step reads the gradient ``update`` would);
+        ``written``: those params and slots in one tuple, if the caller has it."""
         adapter = self.adapter
-        written = (*p_leaves, *(x for leaves in slot_leaves for x in leaves))
+        if written is None:
+            written = (*p_leaves, *(x for leaves in slot_leaves for x in leaves))
         cached = self.__dict__.get("_written")
         if cached is None or len(cached[0]) != len(written) or not all(map(operator.is_, written, cached[0])):
             cached = self.__dict__["_written"] = (written, {id(x) for x in written}, _Spans(adapter, written))
@@ -443,7 +446,7 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
                                                                     last_arrays[2 * count:]))):
         return None, evaluated
     if not plan.remembers or not all(map(operator.is_, g_leaves, last_arrays[count:2 * count])):
-        if plan.unshared_grads(p_leaves, g_leaves, slot_leaves) is not g_leaves:
+        if plan.unshared_grads(p_leaves, g_leaves, slot_leaves, written) is not g_leaves:
             return None, evaluated  # a gradient shares memory with what the step writes: the full step copies it
         read = read.copy()
         for column, g in enumerate(g_leaves):

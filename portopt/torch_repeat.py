@@ -59,20 +59,21 @@ class _GroupLane:
         if (len(params) != len(self.params) or not all(map(operator.is_, params, self.params))
                 or optimizer._group_rule(group) is not self.rule):
             return None
-        grads = [p.grad for p in params]
-        if any(g is None or g.layout is not _STRIDED for g in grads):  # sparse: the full step's error
-            return None
         get = optimizer.state.get
-        step_value, slots, host = self.step_value, self._named_slots, self.state.host
+        step_value, slots, host, host_names = self.step_value, self._named_slots, self.state.host, self.host_names
+        grads = []
         for index, (p, kept) in enumerate(zip(params, self.dicts)):
-            if get(p) is not kept or kept.get("step") is not step_value:
+            g = p.grad
+            if (g is None or g.layout is not _STRIDED  # sparse: the full step's error
+                    or get(p) is not kept or kept.get("step") is not step_value):
                 return None
             for name, leaves in slots:
                 if kept.get(name) is not leaves[index]:
                     return None
-            for name in self.host_names:
+            for name in host_names:
                 if kept.get(name) is not host[name]:
                     return None
+            grads.append(g)
         return grads
 
     def record(self) -> None:
