@@ -11,6 +11,8 @@ low word underflows (then within an ulp).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["power", "real_power", "cosine"]
@@ -18,12 +20,14 @@ __all__ = ["power", "real_power", "cosine"]
 _SPLITTER = 134217729.0  # 2**27 + 1, Veltkamp's constant for binary64
 
 
-def _multiply(x: tuple[float, float], y: tuple[float, float]) -> tuple[float, float]:
-    """Double-double product, renormalised so the high part is the rounded value.
+def _multiply(x: tuple[Any, Any], y: tuple[Any, Any]) -> tuple[Any, Any]:
+    """Double-double product, renormalised so the high part is the rounded value; of Python
+    floats, or elementwise of float64 arrays (one NumPy call per operation, so none can be
+    contracted into an FMA).
 
     The high parts' product is exact as ``p + e`` (Dekker 1971: Veltkamp's split of each
     factor, then the partial products), the cross terms are added to ``e``, and the sum is
-    renormalised. Written out in one function: it runs once per step for every power.
+    renormalised.
     """
     a, b = x[0], y[0]
     p = a * b
@@ -84,7 +88,7 @@ class _Powers:
     """Double-double powers of one base for ranges of consecutive exponents, a level per
     halving: the range ``[s, t)`` is the squares of level+1's ``[s//2, (t-1)//2]`` interleaved
     with those squares times the base (``x^(2k) = (x^k)²``, ``x^(2k+1) = x^(2k) · x``, the
-    loop's own products, :func:`_multiply` written elementwise). Each level keeps its last
+    loop's own products, :func:`_multiply` on arrays). Each level keeps its last
     few blocks of ``_BLOCK`` exponents (runs at different step counts, e.g. param groups
     added later, each keep theirs), so a run of steps computes about two blocks (~80 NumPy
     calls) every ``_BLOCK`` steps."""
@@ -129,30 +133,13 @@ class _Powers:
         else:
             half_high, half_low = self._range(level + 1, half_first, half_stop)
         count = len(half_high)
-        even = _multiply_arrays((half_high, half_low), (half_high, half_low))
-        odd = _multiply_arrays(even, (np.full(count, self.base), np.zeros(count)))
+        with np.errstate(all="ignore"):  # overflow to inf, inf - inf: what the scalar code gives
+            even = _multiply((half_high, half_low), (half_high, half_low))
+            odd = _multiply(even, (np.full(count, self.base), np.zeros(count)))
         high, low = np.empty(2 * count), np.empty(2 * count)
         high[0::2], high[1::2], low[0::2], low[1::2] = even[0], odd[0], even[1], odd[1]
         offset = first - 2 * half_first
         return high[offset:offset + stop - first], low[offset:offset + stop - first]
-
-
-def _multiply_arrays(x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_multiply` elementwise: the same IEEE operations in the same order, one NumPy
-    call each (so none can be contracted into an FMA)."""
-    with np.errstate(all="ignore"):  # overflow to inf, inf - inf: the values the scalar code gives
-        a, b = x[0], y[0]
-        p = a * b
-        c = _SPLITTER * a
-        a_high = c - (c - a)
-        a_low = a - a_high
-        c = _SPLITTER * b
-        b_high = c - (c - b)
-        b_low = b - b_high
-        e = ((a_high * b_high - p) + a_high * b_low + a_low * b_high) + a_low * b_low
-        e = e + (a * y[1] + x[1] * b)
-        high = p + e
-        return high, e - (high - p)
 
 
 # The powers of each base in use (betas, decay rates): a handful in any run.
