@@ -108,6 +108,57 @@ def test_fast_path_gives_the_reference_bits(variant, dtype, mode, backend, small
             assert same_bits_any_nan(a, b), api
 
 
+# plain, with a global reduction before the loop, with a first-step flag, with a host norm
+_TEAM_VARIANTS = ("Adam-defaults", "Adam-clipped", "SGD-plain", "AdaGradNorm-maximize")
+
+
+def _team_or_skip():
+    pytest.importorskip("torch")
+    from portopt.kernels import team
+
+    if not compiled.available() or team.parallel() is None:
+        pytest.skip("needs numba and a torch on GNU OpenMP (libgomp loaded): Linux builds")
+    return team
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if variant_id(v) in _TEAM_VARIANTS], ids=variant_id)
+def test_torchs_openmp_team_runs_large_calls_with_the_thread_pools_bits(variant, dtype, small_blocks, monkeypatch):
+    """Where torch runs on libgomp, a call large enough for threads runs as a parallel region of
+    torch's own OpenMP team (its threads still spin after torch's last operation): the same loop,
+    so the pool's bits and the reference's, and the team is what ran."""
+    team = _team_or_skip()
+    target = TARGETS["torch-cpu"] if dtype == "bfloat16" else TARGETS["numpy"]
+    rule = make_rule(variant)
+    reference = _run(target, rule, dtype, "off", "update")
+    calls = []
+    real = team.parallel()
+    monkeypatch.setattr(team, "parallel", lambda: lambda entry, data: (calls.append(entry), real(entry, data))[1])
+    on_team = {api: _run(target, rule, dtype, "compiled", api) for api in ("step", "update")}
+    assert len(calls) >= 2 * 12  # every step of both APIs, one region each
+    monkeypatch.setattr(team, "parallel", lambda: None)
+    on_pool = {api: _run(target, rule, dtype, "compiled", api) for api in ("step", "update")}
+    for api in ("step", "update"):
+        flat = lambda run: run[0] + sum(run[1], [])  # noqa: E731
+        for a, b, c in zip(flat(on_team[api]), flat(on_pool[api]), flat(reference)):
+            assert same_bits(a, b), api
+            assert same_bits_any_nan(a, c), api
+
+
+def test_the_openmp_team_is_used_only_once_torch_is_imported():
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = ("from portopt.kernels import team; before = team.parallel(); import torch; "
+            "print(before is None, team.parallel() is not None, "
+            "'parallel backend: OpenMP' in torch.__config__.parallel_info())")
+    before_none, after, openmp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                check=True).stdout.split()
+    assert before_none == "True"
+    assert after == openmp  # a team exactly where torch runs on OpenMP
+
+
 def _first_scalars(rule):
     """The host scalars of a rule's first step (AdaGrad-Norm's from a gradient of ones)."""
     import array_api_compat.numpy as xp

@@ -5,7 +5,9 @@ in the traced order. One loop serves every leaf count: it takes a table of the l
 addresses (one column per leaf) and sizes, cut into chunks, so a whole tree is one call (a
 multi-tensor step). It reads from the ``read`` addresses and writes to the ``write`` ones,
 so it serves the in-place ``step`` (write = read) and the pure ``update`` (write = fresh
-arrays) alike. Large tables are split between threads by chunk (the loop releases the GIL).
+arrays) alike. Large tables are split between threads by chunk (the loop releases the GIL):
+on torch's own OpenMP threads where torch runs on libgomp (:mod:`portopt.kernels.team`), else on
+portopt's thread pool.
 
 numba compiles with ``fastmath=False``: LLVM then neither contracts ``a*b + c`` into an FMA
 nor reorders, and ``math.sqrt`` is the correctly rounded instruction (tests/test_fast_paths.py
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..numerics import _tuple_getter
+from . import team
 from .trace import ARITHMETIC, COMPARISONS, Graph, Node, trace
 
 __all__ = ["available", "loop_source", "Loops", "Table", "loops_for", "PARALLEL_THRESHOLD", "CHUNK", "cache_dir"]
@@ -188,9 +191,43 @@ from numba import carray
 
 from portopt.kernels.halves import bf16_to_f32, f32_to_bf16
 {float16_conversions}
-from portopt.kernels.pointers import float32_pointer, float64_pointer, uint16_pointer
+from portopt.kernels.pointers import fetch_add, float32_pointer, float64_pointer, int64_pointer, uint16_pointer
 
 
+'''
+
+
+# The int64 fields a team's threads read their call from (TeamCall packs them, team_share reads them).
+TEAM_FIELDS = ("read", "read_rows", "write", "write_rows", "leaves", "sizes", "chunk_leaf", "chunk_start",
+               "chunk_stop", "chunks", "scalars", "scalar_count", "in_place", "next_chunk")
+
+_TEAM_SHARE = '''
+
+def team_share(address):
+    """One thread's share of a table call on an OpenMP team: chunks taken one at a time from
+    the call's counter until none is left (the fields: TEAM_FIELDS of portopt.kernels.cpu)."""
+    call = carray(int64_pointer(address), ({fields},))
+    leaves, chunks = call[{leaves}], call[{chunks}]
+    read = carray(int64_pointer(call[{read}]), (call[{read_rows}], leaves))
+    write = carray(int64_pointer(call[{write}]), (call[{write_rows}], leaves))
+    sizes = carray(int64_pointer(call[{sizes}]), (leaves,))
+    chunk_leaf = carray(int64_pointer(call[{chunk_leaf}]), (chunks,))
+    chunk_start = carray(int64_pointer(call[{chunk_start}]), (chunks,))
+    chunk_stop = carray(int64_pointer(call[{chunk_stop}]), (chunks,))
+    scalars = carray({dtype}_pointer(call[{scalars}]), (call[{scalar_count}],))
+    while True:
+        k = fetch_add(address + 8 * {next_chunk}, 1)
+        if k >= chunks:
+            return
+        if call[{in_place}]:
+            table_loop_in_place(read, read, sizes, chunk_leaf[k:k + 1], chunk_start[k:k + 1], chunk_stop[k:k + 1], scalars)
+        else:
+            table_loop(read, write, sizes, chunk_leaf[k:k + 1], chunk_start[k:k + 1], chunk_stop[k:k + 1], scalars)
+
+
+def team_entry():
+    """team_share as a C function for libgomp's GOMP_parallel (compiled on first use, cached)."""
+    return numba.cfunc("void(int64)", error_model="numpy", cache=True)(team_share)
 '''
 
 
@@ -198,7 +235,9 @@ def _module_text(source: str, dtype: str) -> str:
     # error_model="numpy": IEEE results for x/0 and sqrt(-x) (the default raises, as Python does).
     footer = "".join(f'{name} = numba.njit(fastmath=False, error_model="numpy", nogil=True, cache=True)({name})\n'
                      for name in ("table_loop", "table_loop_in_place"))
-    return _HEADER.format(dtype=dtype, float16_conversions=_float16_conversions()) + source + "\n\n" + footer
+    team = _TEAM_SHARE.format(dtype=dtype, fields=len(TEAM_FIELDS),
+                              **{name: index for index, name in enumerate(TEAM_FIELDS)})
+    return _HEADER.format(dtype=dtype, float16_conversions=_float16_conversions()) + source + "\n\n" + footer + team
 
 
 @functools.cache
@@ -272,6 +311,10 @@ class Loops:
     def _module(self) -> Any:
         return _module(self.source, self.dtype.name)
 
+    @functools.cached_property
+    def _team_entry(self) -> Any:
+        return self._module.team_entry()  # kept: libgomp calls its address
+
     def scalars(self, values: tuple) -> np.ndarray:
         """The numbers this loop reads, in its order, as values of its dtype."""
         return np.array(self._take(values), dtype=self.dtype)
@@ -286,6 +329,14 @@ class Loops:
         parts = table.parts
         if len(parts) == 1:
             loop(read, write, table.sizes, table.chunk_leaf, table.chunk_start, table.chunk_stop, scalars)
+            return
+        run_on_team = team.parallel()
+        if run_on_team is not None:  # torch's OpenMP threads: the ones that are awake after its last operation
+            call = np.array([read.ctypes.data, read.shape[0], write.ctypes.data, write.shape[0], read.shape[1],
+                             table.sizes.ctypes.data, table.chunk_leaf.ctypes.data, table.chunk_start.ctypes.data,
+                             table.chunk_stop.ctypes.data, table.chunk_leaf.shape[0], scalars.ctypes.data,
+                             scalars.shape[0], int(write is read), 0], dtype=np.int64)
+            run_on_team(self._team_entry.address, call.ctypes.data)
             return
         futures = [pool().submit(loop, read, write, table.sizes, table.chunk_leaf[a:b], table.chunk_start[a:b],
                                   table.chunk_stop[a:b], scalars) for a, b in parts]

@@ -11,7 +11,7 @@ from typing import Any
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["float32_pointer", "float64_pointer", "uint16_pointer"]
+__all__ = ["float32_pointer", "float64_pointer", "uint16_pointer", "int64_pointer", "fetch_add"]
 
 
 def _pointer_intrinsic(element: Any) -> Any:
@@ -29,3 +29,16 @@ def _pointer_intrinsic(element: Any) -> Any:
 float32_pointer = _pointer_intrinsic(types.float32)
 float64_pointer = _pointer_intrinsic(types.float64)
 uint16_pointer = _pointer_intrinsic(types.uint16)  # float16 and bfloat16, as their bits
+int64_pointer = _pointer_intrinsic(types.int64)  # the address tables themselves
+
+
+@intrinsic
+def fetch_add(typing_context: Any, address: Any, value: Any) -> Any:
+    """Atomically add ``value`` to the int64 at ``address``; the value it held before (the
+    threads of a team take their next chunks from one such counter)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, arguments: Any) -> Any:
+        pointer = builder.inttoptr(arguments[0], context.get_value_type(types.CPointer(types.int64)))
+        return builder.atomic_rmw("add", pointer, arguments[1], "monotonic")
+
+    return types.int64(types.int64, types.int64), codegen
