@@ -159,6 +159,69 @@ def test_the_openmp_team_is_used_only_once_torch_is_imported():
     assert after == openmp  # a team exactly where torch runs on OpenMP
 
 
+_LARGE_STEP = """
+import os, signal, sys, threading
+import numpy as np, torch, portopt
+from portopt.kernels import team
+
+def large_step():
+    p = np.zeros(1 << 18, np.float32); rule = portopt.Adam(); state = rule.init(p)
+    rule.step(p, np.ones_like(p), state)
+    return p
+"""
+
+
+def _run_script(body: str) -> list[str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _LARGE_STEP + body], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork (POSIX)")
+@pytest.mark.parametrize("parent", ["ran a torch operation", "stepped on the pool", "stepped on the team"])
+def test_a_forked_child_steps_large_arrays_with_the_parents_bits(parent):
+    """A child forked after torch's OpenMP threads or portopt's pool ran has neither's threads:
+    its large step must not wait for them (it takes a pool of its own) and gives the same bits."""
+    pytest.importorskip("torch")
+    if not compiled.available():
+        pytest.skip("numba is not installed")
+    setup = {"ran a torch operation": "torch.ones(1 << 20).sum()",
+             "stepped on the pool": "torch.ones(1 << 20).sum(); real = team.parallel; team.parallel = lambda: None; "
+                                    "large_step(); team.parallel = real",
+             "stepped on the team": "torch.ones(1 << 20).sum(); large_step()"}[parent]
+    out = _run_script(f"""
+{setup}
+expected = large_step()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)  # a deadlock ends the child, not the test run
+    os._exit(0 if np.array_equal(large_step().view(np.int32), expected.view(np.int32)) else 3)
+_, status = os.waitpid(pid, 0)
+print(os.WIFEXITED(status) and os.WEXITSTATUS(status))
+""")
+    assert out == ["0"], "the child did not finish its step with the parent's bits"
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="counts threads in /proc/self/task")
+def test_the_team_keeps_torchs_thread_count_in_a_thread_torch_never_ran_in():
+    """``torch.set_num_threads(1)`` holds for a large step from a new Python thread too (libgomp's
+    default is per thread, and torch sets it only at a thread's first parallel operation)."""
+    _team_or_skip()
+    out = _run_script("""
+torch.set_num_threads(1)
+large_step()
+counts = []
+def count_threads():
+    before = len(os.listdir("/proc/self/task")); large_step(); counts.append(len(os.listdir("/proc/self/task")) - before)
+worker = threading.Thread(target=count_threads); worker.start(); worker.join()
+print(counts[0], team.parallel() is not None)
+""")
+    assert out == ["0", "True"], "a team of more than torch's one thread was started"
+
+
 def _first_scalars(rule):
     """The host scalars of a rule's first step (AdaGrad-Norm's from a gradient of ones)."""
     import array_api_compat.numpy as xp

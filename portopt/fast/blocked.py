@@ -10,13 +10,12 @@ dtype (float16 computes in float32 block by block) and needs no compiler.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from ..kernels.cpu import pool  # one thread pool for every fast path (made afresh in a forked child)
 from ..numerics import RuleNamespace, with_param_storage
 
 __all__ = ["BLOCK", "run_blocked", "numpy_namespace"]
@@ -29,11 +28,6 @@ def numpy_namespace() -> RuleNamespace:
     import array_api_compat.numpy as xp
 
     return RuleNamespace(xp)
-
-
-@functools.lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="portopt-block")
 
 
 def run_blocked(kernel: Callable, s: Any, compute: np.dtype, p: np.ndarray, g: np.ndarray,
@@ -65,5 +59,5 @@ def run_blocked(kernel: Callable, s: Any, compute: np.dtype, p: np.ndarray, g: n
         with np.errstate(**errors):
             block(start)
 
-    for future in [_pool().submit(block_as_caller, start) for start in starts]:
+    for future in [pool().submit(block_as_caller, start) for start in starts]:
         future.result()

@@ -293,8 +293,13 @@ def uncached_module(loops: Loops) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def pool() -> ThreadPoolExecutor:
-    """The threads that share large compiled calls (the loops release the GIL)."""
+    """The threads that share large compiled calls (the loops release the GIL); a forked child
+    makes its own (the parent's threads are not in it, and work handed to them would wait)."""
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="portopt-loop")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=pool.cache_clear)
 
 
 class Loops:

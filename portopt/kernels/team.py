@@ -11,6 +11,9 @@ every bit, is the one the thread pool runs; only who runs which chunk changes.
 
 Used only when torch is imported and its parallel backend is OpenMP with libgomp loaded in the
 process (Linux builds); otherwise :func:`parallel` is None and the caller uses its thread pool.
+Never in a forked child of a process that had torch loaded: libgomp's team threads do not
+survive ``fork`` and a parallel region there would wait for them forever (the child's own
+pool is made afresh instead).
 """
 
 from __future__ import annotations
@@ -30,7 +33,17 @@ def parallel() -> Callable[[int, int], None] | None:
     of an OpenMP team of torch's runtime (the GIL released meanwhile); None where there is none."""
     if "torch" not in sys.modules:  # not imported (yet): asked again next time
         return None
+    if os.getpid() != _PROCESS or _inherited_torch:
+        return None  # a forked child: the parent's OpenMP threads are not here
     return _torch_team()
+
+
+# The process this module was imported in; a fork after that has another pid.
+_PROCESS = os.getpid()
+# Imported first in a child multiprocessing started, with torch already there: perhaps forked
+# from a process that ran torch's OpenMP, which cannot be told apart here, so no team.
+_inherited_torch = "torch" in sys.modules and (
+    (multiprocessing := sys.modules.get("multiprocessing")) is not None and multiprocessing.parent_process() is not None)
 
 
 @functools.cache
@@ -48,8 +61,12 @@ def _torch_team() -> Callable[[int, int], None] | None:
     entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     entry.restype = None
 
+    threads = torch.get_num_threads
+
     def run(function: int, data: int) -> None:
-        entry(function, data, 0, 0)  # 0 threads: the team size torch set (its intra-op threads)
+        # torch's thread count, given each time: libgomp's own default is per thread, and torch
+        # sets it in a thread only at that thread's first parallel operation
+        entry(function, data, threads(), 0)
 
     return run
 
