@@ -512,8 +512,10 @@ class PreparedStep:
                               self.slot_leaves, None, remembered)
             assert write is not None  # in place, every group hands back its writes
             writes.append(write)
-        atomic = len(plan.groups) == 1 and plan.groups[0].executor == "compiled"  # one loop: all or nothing
-        with interrupts_deferred(not atomic):
+        # One loop is all or nothing, but Ctrl-C can surface just after it returns, before the step
+        # is counted: held here too (the repeat lane, which skips this, marks the state torn then).
+        atomic = len(plan.groups) == 1 and plan.groups[0].executor == "compiled"
+        with interrupts_deferred():
             done = 0
             try:
                 for write in writes:

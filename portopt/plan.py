@@ -605,7 +605,7 @@ def interrupts_deferred(enabled: bool = True) -> Iterator[None]:
     """Within the block, Ctrl-C (SIGINT) is held and raised as KeyboardInterrupt when the block
     ends, so a write phase runs to its end. Main thread only (others never see SIGINT), and
     only where Python's own handler or a callable one is installed. Costs two system calls,
-    so single-loop steps (all or nothing anyway) go without."""
+    so the repeat lane's single loop goes without (an interrupt there marks the state torn)."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return

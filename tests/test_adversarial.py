@@ -19,6 +19,7 @@ from conftest import TARGETS
 from helpers import VARIANTS, make_rule, variant_id
 from portopt.backends.numpy_adapter import NumpyAdapter
 from portopt.cli import main as portopt_main
+from portopt.kernels.cpu import available as compiled_loops_available
 
 
 def _tree(n=4, seed=0, dtype=np.float64):
@@ -87,6 +88,36 @@ def test_ctrl_c_during_the_writes_is_raised_after_the_step_is_complete(monkeypat
     assert writes["n"] == len(params)
     assert state.step == 1 and not state.torn
     assert all(params[k].tobytes() == expected[k].tobytes() for k in params)
+
+
+@pytest.mark.skipif(not compiled_loops_available(), reason="numba is not installed")
+@pytest.mark.parametrize("size", [7, 1 << 17], ids=["one thread", "threads"])
+def test_ctrl_c_just_after_a_first_compiled_loop_is_raised_after_the_step_is_counted(monkeypatch, size):
+    """A single compiled loop cannot stop half way, but Ctrl-C can surface the moment it returns,
+    before the step is counted: the step is then counted first (a first step, which the repeat
+    lane does not take), so the params, the moments and state.step agree."""
+    from portopt.kernels import cpu
+
+    rule = portopt.Adam(lr=0.1)
+    params = np.linspace(-1.0, 1.0, size).astype(np.float32)
+    grads = np.cos(np.arange(size, dtype=np.float32))
+    expected, _ = rule.update(params.copy(), grads, rule.init(params))
+    state = rule.init(params)
+    original = cpu.Loops.run
+
+    def run_then_interrupt(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C the moment the loop has written everything
+
+    monkeypatch.setattr(cpu.Loops, "run", run_then_interrupt)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with portopt.fast_path("compiled"), pytest.raises(KeyboardInterrupt):
+            rule.step(params, grads, state)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert state.step == 1 and not state.torn
+    assert params.tobytes() == expected.tobytes()
 
 
 def test_a_step_stopped_half_way_marks_the_state_torn_and_later_steps_refuse_it(monkeypatch):

@@ -145,6 +145,20 @@ def test_torchs_openmp_team_runs_large_calls_with_the_thread_pools_bits(variant,
             assert same_bits_any_nan(a, c), api
 
 
+def test_a_torch_still_being_imported_is_asked_again_later(monkeypatch):
+    """Another thread importing torch while a step asks: no team yet, and none decided for good."""
+    import sys
+    import types
+
+    team = _team_or_skip()
+    half = types.ModuleType("torch")
+    half.__spec__ = types.SimpleNamespace(_initializing=True)
+    monkeypatch.setitem(sys.modules, "torch", half)
+    assert team.parallel() is None
+    monkeypatch.undo()
+    assert team.parallel() is not None
+
+
 def test_the_openmp_team_is_used_only_once_torch_is_imported():
     import subprocess
     import sys

@@ -35,6 +35,8 @@ def parallel() -> Callable[[int, int], None] | None:
         return None
     if os.getpid() != _PROCESS or _inherited_torch:
         return None  # a forked child: the parent's OpenMP threads are not here
+    if getattr(getattr(sys.modules["torch"], "__spec__", None), "_initializing", False):
+        return None  # another thread is importing it: decided once it is whole
     return _torch_team()
 
 
