@@ -60,6 +60,18 @@ def test_an_error_while_computing_a_later_leaf_writes_nothing():
     assert _bytes(params) == before and {k: _bytes(v) for k, v in state.slots.items()} == slots_before
 
 
+def _step_interrupted(rule, params, grads, state, mode):
+    """One step that must end in KeyboardInterrupt, under Python's own Ctrl-C handler (also
+    where the test process was started with SIGINT ignored, nohup or a background job: there
+    portopt has nothing to defer)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with portopt.fast_path(mode), pytest.raises(KeyboardInterrupt):
+            rule.step(params, grads, state)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_during_the_writes_is_raised_after_the_step_is_complete(monkeypatch):
     """A KeyboardInterrupt arriving while a many-part step writes is held until every leaf
     and the step counter are written: a retry does not apply the step twice."""
@@ -77,14 +89,7 @@ def test_ctrl_c_during_the_writes_is_raised_after_the_step_is_complete(monkeypat
             signal.raise_signal(signal.SIGINT)  # Ctrl-C after the first leaf is written
 
     monkeypatch.setattr(NumpyAdapter, "write", write_then_interrupt)
-    # Python's own Ctrl-C handler, also where the test process was started with SIGINT ignored
-    # (nohup, a background job): there portopt has nothing to defer
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with portopt.fast_path("off"), pytest.raises(KeyboardInterrupt):
-            rule.step(params, grads, state)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    _step_interrupted(rule, params, grads, state, "off")
     assert writes["n"] == len(params)
     assert state.step == 1 and not state.torn
     assert all(params[k].tobytes() == expected[k].tobytes() for k in params)
@@ -110,12 +115,7 @@ def test_ctrl_c_just_after_a_first_compiled_loop_is_raised_after_the_step_is_cou
         signal.raise_signal(signal.SIGINT)  # Ctrl-C the moment the loop has written everything
 
     monkeypatch.setattr(cpu.Loops, "run", run_then_interrupt)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with portopt.fast_path("compiled"), pytest.raises(KeyboardInterrupt):
-            rule.step(params, grads, state)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    _step_interrupted(rule, params, grads, state, "compiled")
     assert state.step == 1 and not state.torn
     assert params.tobytes() == expected.tobytes()
 
