@@ -627,31 +627,37 @@ def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, sl
             remembered: dict, outputs: list | None) -> tuple[np.ndarray, np.ndarray]:
     """The address tables of one compiled call: ``read`` (p, g, slots) and ``write`` (p and
     the slots in place; for update, fresh arrays, appended to ``outputs``)."""
+    if outputs is not None:
+        return _fresh_tables(plan, group, p_leaves, g_leaves, slot_leaves, outputs)
     table = group.compiled_table
     read = table.read.copy()
     write = table.write.copy()
-    in_place = outputs is None
-    empty, address_of, device = plan.adapter.empty, plan.adapter.planned_address, plan.device
     for column, index in enumerate(group.indexes):
-        p, slots = p_leaves[index], [leaves[index] for leaves in slot_leaves]
-        read[0, column] = plan.address(p, remembered if in_place else None)
+        read[0, column] = plan.address(p_leaves[index], remembered)
         read[1, column] = plan.address(g_leaves[index], None)
-        for k, x in enumerate(slots):
-            read[2 + k, column] = plan.address(x, remembered if in_place else None)
-        if in_place:
-            write[0, column] = read[0, column]
-            write[1:, column] = read[2:, column]
-        else:
-            new = [empty(p.shape, p.dtype, device), *(empty(x.shape, x.dtype, device) for x in slots)]
-            for k, x in enumerate(new):
-                address = address_of(x)
-                assert address is not None  # a fresh (so C-contiguous) array of a backend with addresses
-                write[k, column] = address
-                if plan.remembers:
-                    remembered[id(x)] = (x, address)
-            assert outputs is not None
-            outputs.append((index, new[0], new[1:]))
+        for k, leaves in enumerate(slot_leaves):
+            read[2 + k, column] = plan.address(leaves[index], remembered)
+        write[0, column] = read[0, column]
+        write[1:, column] = read[2:, column]
     return read, write
+
+
+def _fresh_tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence,
+                  slot_leaves: Sequence[Sequence], outputs: list) -> tuple[np.ndarray, np.ndarray]:
+    """update's address tables: ``read`` (p, g, slots) and ``write`` (fresh arrays for p and
+    the slots, appended to ``outputs``), all addresses read in one call
+    (:meth:`Adapter.planned_addresses`): one by one, they cost more than a small step's loop."""
+    indexes = group.indexes
+    empty, device = plan.adapter.empty, plan.device
+    arrays = [leaves[i] for leaves in (p_leaves, g_leaves, *slot_leaves) for i in indexes]
+    count = len(indexes)
+    fresh = [empty(x.shape, x.dtype, device) for x in arrays[:count] + arrays[2 * count:]]
+    table = group.compiled_table
+    addresses = plan.adapter.planned_addresses(arrays + fresh).reshape(table.read_shape[0] + table.write_shape[0],
+                                                                       count)
+    outputs.extend((index, fresh[column], fresh[column + count::count]) for column, index in enumerate(indexes))
+    rows = table.read_shape[0]
+    return addresses[:rows], addresses[rows:]
 
 
 def _fresh(xp: Any, x: Any, inputs: tuple) -> Any:

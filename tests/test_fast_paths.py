@@ -108,6 +108,36 @@ def test_fast_path_gives_the_reference_bits(variant, dtype, mode, backend, small
             assert same_bits_any_nan(a, b), api
 
 
+def test_numpy_addresses_read_in_one_call_are_each_arrays_data_pointer():
+    from portopt.backends import numpy_adapter
+
+    if numpy_adapter._field_reader() is None:
+        pytest.skip("needs numba and NumPy's data pointer where portopt reads it")
+    base = np.arange(60.0).reshape(6, 10)
+    arrays = [base, base[2], base[3:], np.zeros(()), np.zeros(0), np.ones(5, np.float32), base[:, 1],
+              np.zeros((2, 3), np.float16)]
+    adapter = numpy_adapter.NumpyAdapter(np)
+    expected = [x.ctypes.data for x in arrays]
+    assert adapter.planned_addresses(arrays).tolist() == expected
+    # an ndarray subclass is read one by one (the compiled reader takes exact ndarrays only)
+    mixed = [*arrays, np.ma.masked_array([1.0, 2.0])]
+    assert adapter.planned_addresses(mixed).tolist() == [*expected, mixed[-1].ctypes.data]
+
+
+@pytest.mark.skipif(not compiled.available(), reason="numba is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_update_reads_addresses_one_by_one_where_no_compiled_reader_is_with_the_same_bits(dtype, monkeypatch,
+                                                                                         small_blocks):
+    from portopt.backends import numpy_adapter
+
+    rule = portopt.AdamW(lr=0.1, eps=0.0)
+    reference = _run(TARGETS["numpy"], rule, dtype, "off", "update")
+    monkeypatch.setattr(numpy_adapter, "_field_reader", lambda: None)
+    one_by_one = _run(TARGETS["numpy"], portopt.AdamW(lr=0.1, eps=0.0), dtype, "compiled", "update")
+    for a, b in zip(one_by_one[0] + sum(one_by_one[1], []), reference[0] + sum(reference[1], [])):
+        assert same_bits_any_nan(a, b)
+
+
 # plain, with a global reduction before the loop, with a first-step flag, with a host norm
 _TEAM_VARIANTS = ("Adam-defaults", "Adam-clipped", "SGD-plain", "AdaGradNorm-maximize")
 

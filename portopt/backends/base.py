@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat
@@ -66,6 +67,14 @@ class Adapter:
         """:meth:`address` of an array whose signature this step matched to a plan's that had
         an address (so what ``address`` checks besides the pointer is known to hold)."""
         return self.address(x)
+
+    def planned_addresses(self, arrays: Sequence[Any]) -> np.ndarray:
+        """:meth:`planned_address` of each of ``arrays`` (every one planned to have an address),
+        as int64: the address table of one compiled call in one go."""
+        addresses = [self.planned_address(x) for x in arrays]
+        if None in addresses:
+            raise RuntimeError("portopt internal error: a planned array has no address")
+        return np.array(addresses, dtype=np.int64)
 
     def layout_watch(self, x: Any) -> Any:
         """An object whose ``.value`` reads, cheaply, what determines where the elements of this

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import array_api_compat
@@ -40,6 +42,27 @@ def _data_field_agrees() -> bool:
 _address = _data_field if _data_field_agrees() else (lambda x: x.ctypes.data)
 
 
+@functools.cache
+def _field_reader() -> Callable[[Sequence[Any]], np.ndarray] | None:
+    """``addresses(arrays)``: the data pointers of many arrays in one compiled call (numba,
+    reading the field :func:`_data_field` reads), or None where numba is missing or that field
+    is not where this NumPy keeps the pointer. Checked against ``x.ctypes.data`` first."""
+    if _address is not _data_field:
+        return None
+    try:
+        from portopt.kernels.pointers import read_fields
+    except ImportError:
+        return None
+
+    def addresses(arrays: Sequence[Any]) -> np.ndarray:
+        return read_fields(np.array(list(map(id, arrays)), dtype=np.int64), _HEADER_SIZE)
+
+    samples = [np.zeros(3), np.zeros((2, 2), np.float32)[1], np.zeros(())]
+    if addresses(samples).tolist() != [x.ctypes.data for x in samples]:
+        return None
+    return addresses
+
+
 class NumpyAdapter(Adapter):
     name = "numpy"
 
@@ -64,6 +87,13 @@ class NumpyAdapter(Adapter):
     def planned_address(self, x: Any) -> int | None:
         # the signature holds the type and the C-contiguous flag
         return _address(x)
+
+    def planned_addresses(self, arrays: Sequence[Any]) -> np.ndarray:
+        # the compiled reader reads the field of exact ndarrays only (a planned array is one)
+        reader = _field_reader()
+        if reader is None or any(type(x) is not np.ndarray for x in arrays):
+            return super().planned_addresses(arrays)
+        return reader(arrays)
 
     def layout_watch(self, x: Any) -> Any:
         # the data pointer field itself: with the shape, dtype and C order that the signature
