@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,11 @@ from .plan import (
     ScalarCache,
     TracedInputs,
     evaluate_first,
+    fresh_result,
     interrupts_deferred,
     plan_for,
     prepare_repeat,
+    repeat_update,
     run_group,
     step_scalars,
 )
@@ -89,8 +92,6 @@ def _traced_update(rule: Rule, params: Any, grads: Any, state: State) -> tuple[A
 def _eager_jax(params: Any) -> bool:
     """Whether the first leaf of ``params`` is a concrete JAX array (one dict lookup while jax
     is not imported; a tracer is not concrete)."""
-    import sys
-
     jax = sys.modules.get("jax")
     if jax is None:
         return False
@@ -293,7 +294,17 @@ class Rule:
 
         No returned array is one of the inputs (a skipped step returns copies).
         """
-        return self.prepared(params, grads, state, writing=False).compute()
+        plan = self.__dict__.get("_repeatable_update")
+        evaluated = None
+        if plan is not None:
+            result, evaluated = repeat_update(self, plan, params, grads, state)
+            if result is not None:
+                return result
+        prepared = self.prepared(params, grads, state, writing=False, evaluated=evaluated)
+        result = prepared.compute()
+        self.__dict__["_repeatable_update"] = (prepared.plan if isinstance(prepared, PreparedStep)
+                                               and prepared.repeatable(self) else None)
+        return result
 
     def update_evaluated(self, params: Any, grads: Any, state: State, evaluated: tuple | None = None
                          ) -> tuple[Any, State]:
@@ -348,7 +359,8 @@ class Rule:
     def __getstate__(self) -> dict[str, Any]:
         # cached step plans hold arrays; they are rebuilt on the first step after unpickling
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_plans", "_repeatable", "_constructing", "_remembered", "_master")}
+                if k not in ("_plans", "_repeatable", "_repeatable_update", "_constructing", "_remembered",
+                             "_master")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -478,12 +490,14 @@ class PreparedStep:
         self.scalars, self.new_host = step_scalars(rule, state, self.plan.xp, self.g_leaves, self.p_leaves, evaluated)
 
     def repeatable(self, caller: Rule) -> bool:
-        """Whether the next in-place step of ``caller`` on the same arrays can be
-        :func:`portopt.plan.prepare_repeat`: this one was ``caller``'s own, untransformed,
-        and one compiled loop over NumPy arrays or torch tensors."""
+        """Whether ``caller``'s next step can take its lane: for an in-place step on the same
+        arrays :func:`portopt.plan.prepare_repeat`, for update :func:`portopt.plan.repeat_update`.
+        It can when this one was ``caller``'s own, untransformed, not skipping non-finite
+        gradients, and one compiled loop (in place: over NumPy arrays or torch tensors)."""
         plan = self.plan
-        return (self.rule is caller and not self.transformed and not self.skip and plan.writing and plan.repeats
-                and len(plan.groups) == 1 and plan.groups[0].executor == "compiled")
+        return (self.rule is caller and not self.transformed and not self.skip and not caller.skip_nonfinite
+                and (plan.repeats or not plan.writing) and len(plan.groups) == 1
+                and plan.groups[0].executor == "compiled")
 
     def _cache(self) -> ScalarCache:
         cache = self.plan.__dict__.get("scalar_cache")
@@ -553,12 +567,7 @@ class PreparedStep:
             new_params[index] = p
             for k, x in enumerate(slots):
                 new_slots[k][index] = x
-        build = plan.build
-        return build(new_params), State(
-            rule=self.rule.name, step=state.step + 1,
-            slots={name: build(leaves) for name, leaves in zip(names, new_slots)},
-            skipped=state.skipped, host=self.new_host,
-        )
+        return fresh_result(self.rule, plan, state, new_params, new_slots, self.new_host)
 
 
 class CheckpointWarning(UserWarning):

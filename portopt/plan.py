@@ -469,6 +469,39 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     return run, evaluated
 
 
+def repeat_update(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
+                  ) -> tuple[tuple[Any, State] | None, tuple | None]:
+    """update's lane, beside :func:`prepare_repeat`: ``(result, host scalars)``, where ``result``
+    is this update's ``(new_params, new_state)``, or None, nothing having been done, unless it
+    matches ``plan`` (one compiled call, the last update's): then what remains is the host
+    scalars, :meth:`Plan.bind` (every signature), fresh arrays and the loop. The host scalars
+    are this step's, evaluated first, for the full update to reuse."""
+    evaluated = evaluate_first(rule, state)
+    if evaluated is None:
+        return None, None
+    bound = plan.bind(params, grads, state)
+    if bound is None:
+        return None, evaluated
+    p_leaves, g_leaves, slot_leaves = bound
+    scalars, new_host = step_scalars(rule, state, plan.xp, g_leaves, p_leaves, evaluated)
+    group = plan.groups[0]
+    loops = group.loops(rule.kernel, scalars, len(slot_leaves))
+    read, write, fresh = _fresh_tables(plan, group, p_leaves, g_leaves, slot_leaves)
+    loops.run(group.compiled_table, read, write, loops.scalars(scalars))
+    count = len(p_leaves)  # one group: every leaf, in order
+    return fresh_result(rule, plan, state, fresh[:count], [fresh[k:k + count] for k in range(count, len(fresh), count)],
+                        new_host), evaluated
+
+
+def fresh_result(rule: Rule, plan: Plan, state: State, new_params: list, new_slots: list[list],
+                 new_host: dict[str, float]) -> tuple[Any, State]:
+    """update's ``(new_params, new_state)`` from the new leaves of params and of each slot."""
+    build = plan.build
+    return build(new_params), State(rule=rule.name, step=state.step + 1,
+                                    slots={name: build(leaves) for name, leaves in zip(plan.slot_names, new_slots)},
+                                    skipped=state.skipped, host=new_host)
+
+
 class ScalarCache:
     """0-d arrays of host scalars per dtype; a number is made into an array again only when
     its value changed since the last step (most hyperparameters never do)."""
@@ -628,7 +661,11 @@ def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, sl
     """The address tables of one compiled call: ``read`` (p, g, slots) and ``write`` (p and
     the slots in place; for update, fresh arrays, appended to ``outputs``)."""
     if outputs is not None:
-        return _fresh_tables(plan, group, p_leaves, g_leaves, slot_leaves, outputs)
+        read, write, fresh = _fresh_tables(plan, group, p_leaves, g_leaves, slot_leaves)
+        count = len(group.indexes)
+        outputs.extend((index, fresh[column], fresh[column + count::count])
+                       for column, index in enumerate(group.indexes))
+        return read, write
     table = group.compiled_table
     read = table.read.copy()
     write = table.write.copy()
@@ -643,10 +680,11 @@ def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, sl
 
 
 def _fresh_tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence,
-                  slot_leaves: Sequence[Sequence], outputs: list) -> tuple[np.ndarray, np.ndarray]:
-    """update's address tables: ``read`` (p, g, slots) and ``write`` (fresh arrays for p and
-    the slots, appended to ``outputs``), all addresses read in one call
-    (:meth:`Adapter.planned_addresses`): one by one, they cost more than a small step's loop."""
+                  slot_leaves: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray, list]:
+    """update's address tables, ``read`` (p, g, slots) and ``write``, and the fresh arrays
+    written (p, then each slot, of every leaf of the group: one row each), all addresses read
+    in one call (:meth:`Adapter.planned_addresses`): one by one, they cost more than a small
+    step's loop."""
     indexes = group.indexes
     empty, device = plan.adapter.empty, plan.device
     arrays = [leaves[i] for leaves in (p_leaves, g_leaves, *slot_leaves) for i in indexes]
@@ -655,9 +693,8 @@ def _fresh_tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequen
     table = group.compiled_table
     addresses = plan.adapter.planned_addresses(arrays + fresh).reshape(table.read_shape[0] + table.write_shape[0],
                                                                        count)
-    outputs.extend((index, fresh[column], fresh[column + count::count]) for column, index in enumerate(indexes))
     rows = table.read_shape[0]
-    return addresses[:rows], addresses[rows:]
+    return addresses[:rows], addresses[rows:], fresh
 
 
 def _fresh(xp: Any, x: Any, inputs: tuple) -> Any:

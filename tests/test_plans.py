@@ -89,6 +89,7 @@ def test_a_swapped_leaf_gets_the_first_steps_error_and_nothing_is_written(swap):
     assert str(raised.value) == str(expected)
     _unchanged(before, params, state)
     if "read-only" not in swap:  # update writes nothing, so read-only arrays are fine there
+        rule.update(params, grads, state)  # update's own lane is cached here
         with pytest.raises(type(expected)) as raised:
             rule.update(new_params, new_grads, new_state)
         assert str(raised.value) == str(expected)
@@ -407,3 +408,94 @@ def test_a_gradient_moved_under_the_same_tensor_is_read_where_it_now_lies():
     g.set_(torch.full((64,), 3.0, dtype=torch.float64))
     rule.step(p, g, state)
     assert torch.equal(p, torch.full((64,), -5.0, dtype=torch.float64))
+
+
+# a first-step flag, host state from the gradients, a schedule, a max slot, a dtype to convert
+LANE_RULES = {
+    "SGD momentum": lambda: portopt.SGD(lr=0.1, momentum=0.9),
+    "AdaGradNorm": lambda: portopt.AdaGradNorm(lr=0.5),
+    "Adam lr schedule": lambda: portopt.Adam(lr=lambda step: 0.1 / (1 + step)),
+    "AMSGrad": lambda: portopt.AMSGrad(lr=0.1),
+    "AdamW float32": lambda: portopt.AdamW(lr=0.1, weight_decay=0.1),
+}
+
+
+def _lane_inputs(dtype, step):
+    rng = np.random.default_rng(step)
+    params = {"w": rng.standard_normal((3, 4)).astype(dtype), "b": rng.standard_normal(5).astype(dtype),
+              "s": np.asarray(rng.standard_normal(), dtype)}
+    grads = [{k: rng.standard_normal(np.shape(v)).astype(dtype) for k, v in params.items()} for _ in range(6)]
+    return params, grads
+
+
+def _updates(rule, params, grads):
+    state = rule.init(params)
+    for g in grads:
+        params, state = rule.update(params, g, state)
+    return params, state
+
+
+@pytest.mark.parametrize("name", list(LANE_RULES))
+def test_the_update_lane_gives_the_full_updates_bits(name, monkeypatch):
+    """A repeated update takes the lane (one compiled call after the signatures), with the bits
+    of the reference, and hands back new arrays only."""
+    from portopt import optimizer
+    from portopt.kernels import cpu as compiled
+
+    if not compiled.available():
+        pytest.skip("the lane is for compiled steps; numba is not installed")
+    dtype = np.float32 if "float32" in name else np.float64
+    params, grads = _lane_inputs(dtype, 0)
+    with portopt.fast_path("off"):
+        expected = _updates(LANE_RULES[name](), params, grads)
+    taken = []
+    original = optimizer.repeat_update
+
+    def counted(*args):
+        result = original(*args)
+        taken.append(result[0] is not None)
+        return result
+
+    monkeypatch.setattr(optimizer, "repeat_update", counted)
+    inputs = {k: v.copy() for k, v in params.items()}
+    got = _updates(LANE_RULES[name](), inputs, grads)
+    assert taken == [True] * (len(grads) - 1)  # every update after the first
+    assert got[1].step == expected[1].step == len(grads) and got[1].host.keys() == expected[1].host.keys()
+    for k in params:
+        assert got[0][k].tobytes() == expected[0][k].tobytes() and got[0][k].dtype == dtype, k
+        for slot in expected[1].slots:
+            assert got[1].slots[slot][k].tobytes() == expected[1].slots[slot][k].tobytes(), (slot, k)
+    assert all(got[1].host[h] == expected[1].host[h] for h in expected[1].host)
+    assert all(inputs[k].tobytes() == params[k].tobytes() for k in params)  # nothing of the caller's written
+    arrays = [*got[0].values(), *(x for tree in got[1].slots.values() for x in tree.values())]
+    assert len({id(x) for x in arrays}) == len(arrays) and not any(np.shares_memory(a, b) for a in arrays
+                                                                    for b in arrays if a is not b)
+
+
+def test_a_schedule_runs_once_per_update_when_the_lane_is_missed():
+    calls = []
+
+    def lr(step):
+        calls.append(step)
+        return 0.1
+
+    rule = portopt.Adam(lr=lr)
+    params, grads = _lane_inputs(np.float64, 1)
+    params, state = rule.update(params, grads[0], rule.init(params))
+    params, state = rule.update(params, grads[1], state)  # the lane
+    wider = {**params, "b": np.zeros(7)}  # the lane misses; the full update takes its evaluated scalars
+    state = portopt.State(rule=state.rule, step=state.step, host=state.host,
+                          slots={k: {**v, "b": np.zeros(7)} for k, v in state.slots.items()})
+    rule.update(wider, {**grads[2], "b": np.ones(7)}, state)
+    assert calls == [0, 1, 2]
+
+
+def test_skip_nonfinite_updates_skip_after_finite_ones():
+    rule = portopt.Adam(lr=0.1, skip_nonfinite=True)
+    params, grads = _lane_inputs(np.float64, 2)
+    params, state = rule.update(params, grads[0], rule.init(params))
+    params, state = rule.update(params, grads[1], state)
+    bad = {**grads[2], "b": np.full(5, np.nan)}
+    new_params, new_state = rule.update(params, bad, state)
+    assert new_state.skipped == 1 and new_state.step == state.step
+    assert all(new_params[k].tobytes() == params[k].tobytes() and new_params[k] is not params[k] for k in params)

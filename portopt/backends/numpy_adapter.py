@@ -55,7 +55,7 @@ def _field_reader() -> Callable[[Sequence[Any]], np.ndarray] | None:
         return None
 
     def addresses(arrays: Sequence[Any]) -> np.ndarray:
-        return read_fields(np.array(list(map(id, arrays)), dtype=np.int64), _HEADER_SIZE)
+        return read_fields(np.fromiter(map(id, arrays), np.int64, len(arrays)), _HEADER_SIZE)
 
     samples = [np.zeros(3), np.zeros((2, 2), np.float32)[1], np.zeros(())]
     if addresses(samples).tolist() != [x.ctypes.data for x in samples]:
