@@ -610,14 +610,14 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
             computed.append((p0, new_p, slots, new_slots))
         else:
             assert outputs is not None
-            # no input comes back, and no two outputs are one array (ASGD's ax can be its new p):
-            # a later in-place step on them would refuse them as sharing memory
+            # no input comes back, and no two outputs share memory (ASGD's ax can be its new p):
+            # a later in-place step on them would refuse them
             taken = [p0, g_leaves[index], *slots]
-            fresh_p = _fresh(xp, new_p, tuple(taken))
+            fresh_p = _fresh(plan.adapter, xp, new_p, tuple(taken))
             taken.append(fresh_p)
             fresh_slots = []
             for x in new_slots:
-                fresh_slots.append(_fresh(xp, x, tuple(taken)))
+                fresh_slots.append(_fresh(plan.adapter, xp, x, tuple(taken)))
                 taken.append(fresh_slots[-1])
             outputs.append((index, fresh_p, fresh_slots))
     if not in_place:
@@ -697,9 +697,11 @@ def _fresh_tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequen
     return addresses[:rows], addresses[rows:], fresh
 
 
-def _fresh(xp: Any, x: Any, inputs: tuple) -> Any:
-    """``x`` as an array that is none of ``inputs`` (update never returns a caller's array)."""
+def _fresh(adapter: Adapter, xp: Any, x: Any, inputs: tuple) -> Any:
+    """``x`` as an array that shares no memory with any of ``inputs`` (update never returns a
+    caller's array, nor two outputs over one buffer: an ndarray subclass's results can be two
+    views of one, which a later in-place step would refuse as sharing memory)."""
     x = xp.asarray(x)
-    if any(x is a for a in inputs):
+    if any(adapter.share_memory(x, a) for a in inputs):
         return xp.asarray(x, copy=True)
     return x

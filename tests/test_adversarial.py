@@ -538,3 +538,42 @@ def test_two_threads_stepping_large_trees_give_the_bits_of_one_thread():
         for thread in threads:
             thread.join()
         assert [out[0], out[1]] == expected
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_update_never_returns_two_outputs_over_one_buffer(mode):
+    """ASGD's ax is its new p at first; with a masked-array gradient the kernel's results are two
+    views of one buffer, not one object: update copies one, so a later step takes the state."""
+    rule = portopt.ASGD()
+    params = {"w": np.arange(3, dtype=np.float32)}
+    grads = {"w": np.ma.masked_array(np.ones(3, np.float32), mask=[0, 1, 0])}
+    with portopt.fast_path(mode):
+        new_params, new_state = rule.update(params, grads, rule.init(params))
+    outputs = [new_params["w"], *(tree["w"] for tree in new_state.slots.values())]
+    assert not any(np.shares_memory(a, b) for k, a in enumerate(outputs) for b in outputs[k + 1:])
+    rule.step(new_params, {"w": np.ones(3, np.float32)}, new_state)  # refused before as sharing memory
+    assert new_state.step == 2
+
+
+@pytest.mark.parametrize("api", ["update", "step"])
+def test_torch_zero_tensor_gradients_step_as_zeros(api):
+    """A ZeroTensor (torch's storage-less zeros, data_ptr() 0) is no address for a compiled loop:
+    it takes the reference path (it crashed the compiled one), first step and repeated step alike."""
+    torch = pytest.importorskip("torch")
+
+    if not hasattr(torch, "_efficientzerotensor"):
+        pytest.skip("this torch has no ZeroTensor")
+    rule = portopt.Adam(lr=0.1)
+    expected_rule = portopt.Adam(lr=0.1)
+    params = {"w": torch.arange(1.0, 4.0)}
+    expected = {"w": params["w"].clone()}
+    state, expected_state = rule.init(params), expected_rule.init(expected)
+    half = {"w": torch.full((3,), 0.5)}
+    for grads, zeros in [(half, half), ({"w": torch._efficientzerotensor(3)}, {"w": torch.zeros(3)})] * 2:
+        if api == "update":
+            params, state = rule.update(params, grads, state)
+        else:
+            rule.step(params, grads, state)
+        with portopt.fast_path("off"):
+            expected, expected_state = expected_rule.update(expected, zeros, expected_state)
+        assert params["w"].numpy().tobytes() == expected["w"].numpy().tobytes()

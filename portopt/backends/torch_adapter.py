@@ -42,6 +42,13 @@ class _DataPointer:
         return self._tensor.data_ptr()
 
 
+def _is_zero_tensor(x: Any) -> bool:
+    """Whether ``x`` is a ZeroTensor (``torch._efficientzerotensor``): all zeros, no storage,
+    ``data_ptr()`` 0 (the method is private; a torch without it has no such tensors)."""
+    is_zero = getattr(x, "_is_zerotensor", None)
+    return bool(is_zero()) if is_zero is not None else False
+
+
 class TorchAdapter(Adapter):
     name = "torch"
 
@@ -62,16 +69,18 @@ class TorchAdapter(Adapter):
 
     def signature(self, x: Any) -> tuple:
         return (type(x), x.shape, x.dtype, x.device, x.layout, x.is_contiguous(), x.is_inference(), x.is_neg(),
-                x.is_conj())
+                x.is_conj(), _is_zero_tensor(x))
 
     def address(self, x: Any) -> int | None:
-        # A tensor with the negative or conjugate bit set holds other values than it shows.
-        if x.device.type != "cpu" or not x.is_contiguous() or x.is_neg() or x.is_conj():
+        # A tensor with the negative or conjugate bit set holds other values than it shows; a
+        # ZeroTensor (torch's efficient zeros, as some backward passes give) has no memory at all.
+        if x.device.type != "cpu" or not x.is_contiguous() or x.is_neg() or x.is_conj() or _is_zero_tensor(x):
             return None
         return x.data_ptr()
 
     def device_address(self, x: Any) -> int | None:
-        if x.device.type != "cuda" or not x.is_contiguous() or x.is_neg() or x.is_conj():
+        if (x.device.type != "cuda" or not x.is_contiguous() or x.is_neg() or x.is_conj()
+                or _is_zero_tensor(x)):
             return self.address(x)
         return x.data_ptr()
 
@@ -91,6 +100,8 @@ class TorchAdapter(Adapter):
         return x.data_ptr(), tuple(x.shape), x.stride(), x.element_size()
 
     def memory_bounds(self, x: Any) -> tuple[int, int] | None:
+        if _is_zero_tensor(x):  # no memory
+            return None
         item = x.element_size()
         if x.is_contiguous():
             start = x.data_ptr()
@@ -132,7 +143,7 @@ class TorchAdapter(Adapter):
         """CPU tensors share their memory with NumPy (``.numpy()``); bfloat16 has no NumPy dtype."""
         import torch
 
-        if (x.device.type != "cpu" or not x.is_contiguous() or x.is_neg() or x.is_conj()
+        if (x.device.type != "cpu" or not x.is_contiguous() or x.is_neg() or x.is_conj() or _is_zero_tensor(x)
                 or x.dtype not in (torch.float16, torch.float32, torch.float64)):
             return None
         return x.detach().numpy().reshape(-1)
