@@ -690,10 +690,8 @@ def _fresh_tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequen
     arrays = [leaves[i] for leaves in (p_leaves, g_leaves, *slot_leaves) for i in indexes]
     count = len(indexes)
     fresh = [empty(x.shape, x.dtype, device) for x in arrays[:count] + arrays[2 * count:]]
-    table = group.compiled_table
-    addresses = plan.adapter.planned_addresses(arrays + fresh).reshape(table.read_shape[0] + table.write_shape[0],
-                                                                       count)
-    rows = table.read_shape[0]
+    rows = group.compiled_table.read.shape[0]  # p, g, each slot; then p and each slot written
+    addresses = plan.adapter.planned_addresses(arrays + fresh).reshape(2 * rows - 1, count)
     return addresses[:rows], addresses[rows:], fresh
 
 

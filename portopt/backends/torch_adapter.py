@@ -49,6 +49,12 @@ def _is_zero_tensor(x: Any) -> bool:
     return bool(is_zero()) if is_zero is not None else False
 
 
+def _plain(x: Any) -> bool:
+    """Whether ``x``'s elements are its memory, in C order: contiguous, and neither a negative or
+    conjugate view (which hold other values than they show) nor a ZeroTensor (no memory)."""
+    return x.is_contiguous() and not (x.is_neg() or x.is_conj() or _is_zero_tensor(x))
+
+
 class TorchAdapter(Adapter):
     name = "torch"
 
@@ -72,15 +78,12 @@ class TorchAdapter(Adapter):
                 x.is_conj(), _is_zero_tensor(x))
 
     def address(self, x: Any) -> int | None:
-        # A tensor with the negative or conjugate bit set holds other values than it shows; a
-        # ZeroTensor (torch's efficient zeros, as some backward passes give) has no memory at all.
-        if x.device.type != "cpu" or not x.is_contiguous() or x.is_neg() or x.is_conj() or _is_zero_tensor(x):
+        if x.device.type != "cpu" or not _plain(x):
             return None
         return x.data_ptr()
 
     def device_address(self, x: Any) -> int | None:
-        if (x.device.type != "cuda" or not x.is_contiguous() or x.is_neg() or x.is_conj()
-                or _is_zero_tensor(x)):
+        if x.device.type != "cuda" or not _plain(x):
             return self.address(x)
         return x.data_ptr()
 
@@ -143,8 +146,7 @@ class TorchAdapter(Adapter):
         """CPU tensors share their memory with NumPy (``.numpy()``); bfloat16 has no NumPy dtype."""
         import torch
 
-        if (x.device.type != "cpu" or not x.is_contiguous() or x.is_neg() or x.is_conj() or _is_zero_tensor(x)
-                or x.dtype not in (torch.float16, torch.float32, torch.float64)):
+        if x.device.type != "cpu" or not _plain(x) or x.dtype not in (torch.float16, torch.float32, torch.float64):
             return None
         return x.detach().numpy().reshape(-1)
 

@@ -357,7 +357,6 @@ class Table:
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.read = np.zeros((2 + slot_count, len(sizes)), dtype=np.int64)
         self.write = np.zeros((1 + slot_count, len(sizes)), dtype=np.int64)
-        self.read_shape, self.write_shape = self.read.shape, self.write.shape
         self.total = int(self.sizes.sum())
         self.chunk_leaf, self.chunk_start, self.chunk_stop = chunks(self.sizes)
         # chunk ranges for the threads: one unless there is enough work to share
