@@ -9,7 +9,8 @@ a first step gets, before anything is written.
 
 Executors, per group of leaves of one compute dtype:
 
-- ``compiled``: one compiled call for all the group's leaves (their addresses in a table);
+- ``compiled``: one compiled call for all the group's leaves (their addresses in a table;
+  a strided view is *staged*: a C-order copy is read, and written back, around the call);
 - ``blocked``: the kernel on cache-sized blocks, on threads (in-place steps only);
 - ``reference``: the kernel on whole arrays in the backend's namespace.
 
@@ -62,9 +63,14 @@ class Group:
     """Leaves of one compute dtype stepped by one executor."""
 
     def __init__(self, executor: str, dtype: Any, host_dtype: np.dtype | None, indexes: list[int],
-                 sizes: list[int], slot_count: int, storage: tuple[str, ...] | None = None) -> None:
+                 sizes: list[int], slot_count: int, storage: tuple[str, ...] | None = None,
+                 staged: frozenset[tuple[int, int]] = frozenset()) -> None:
         self.executor, self.dtype, self.host_dtype, self.indexes = executor, dtype, host_dtype, indexes
         self.storage = storage  # compiled: the dtype name each array is stored in (p, g, slots)
+        # compiled: (row, column) of the table entries stepped through a C-order copy (rows p,
+        # g, then each slot; columns the group's leaves); the signature holds contiguity, so a
+        # step that matches the plan has the same ones
+        self.staged = staged
         self.table = compiled.Table(sizes, slot_count) if executor in _TABLED else None
         self.loops_by_flags: dict[tuple, Any] = {}  # flags can change between steps
         # NumPy, in place: the arrays of the last step and their address tables, reused while
@@ -145,7 +151,12 @@ class Plan:
         for (executor, dtype, storage), indexes in by_key.items():
             sizes = [_size(params[i]) for i in indexes]
             host_dtype = np.dtype(dtype_name(self.xp, dtype)) if executor != "reference" else None
-            groups.append(Group(executor, dtype, host_dtype, indexes, sizes, len(self.slot_names), storage))
+            staged: frozenset[tuple[int, int]] = frozenset()
+            if executor == "compiled":
+                rows = [params, grads, *(slots[name] for name in self.slot_names)]
+                staged = frozenset((row, column) for row, leaves in enumerate(rows)
+                                   for column, index in enumerate(indexes) if self.adapter.address(leaves[index]) is None)
+            groups.append(Group(executor, dtype, host_dtype, indexes, sizes, len(self.slot_names), storage, staged))
         return groups
 
     def _executor(self, p: Any, arrays: list) -> str:
@@ -160,7 +171,7 @@ class Plan:
         storable = compiled.STORAGE if compute == "float32" else _COMPILED_DTYPE_NAMES
         compiled_here = (mode in ("auto", "compiled") and compiled.available() and compute in _COMPILED_DTYPE_NAMES
                          and all(dtype_name(self.xp, x.dtype) in storable for x in arrays)
-                         and all(adapter.address(x) is not None for x in arrays))
+                         and all(adapter.address(x) is not None or adapter.stageable(x) for x in arrays))
         if compiled_here:
             return "compiled"
         if mode in ("auto", "blocked") and self.writing and all(
@@ -419,8 +430,9 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     is unchanged: the last step's address table is reused, with the gradients' row filled
     again when they are new arrays, and on torch at every step (a tensor can move and stay the
     same object); the gradients are then checked, as in the full step, not to share memory
-    with anything the step writes. What remains per step is :meth:`Plan.bind`, the host
-    scalars and the loop. ``leaves``: ``(param leaves, slot leaves)`` already collected, in the
+    with anything the step writes. Staged arrays (strided views) get new C-order copies, and
+    their new values are written back after the loop. What remains per step is
+    :meth:`Plan.bind`, the host scalars and the loop. ``leaves``: ``(param leaves, slot leaves)`` already collected, in the
     plan's order (``params`` is then unused and ``grads`` is the list of gradient leaves), as the
     drop-in's lane keeps them; they are checked as :meth:`Plan.bind` checks collected leaves."""
     group = plan.groups[0]
@@ -445,21 +457,27 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
                                                         and all(map(operator.is_, written[count:],
                                                                     last_arrays[2 * count:]))):
         return None, evaluated
+    staged = group.staged
     if not plan.remembers or not all(map(operator.is_, g_leaves, last_arrays[count:2 * count])):
         if plan.unshared_grads(p_leaves, g_leaves, slot_leaves, written) is not g_leaves:
             return None, evaluated  # a gradient shares memory with what the step writes: the full step copies it
         read = read.copy()
         for column, g in enumerate(g_leaves):
-            read[1, column] = plan.address(g, None)
+            if (1, column) not in staged:
+                read[1, column] = plan.address(g, None)
         group.last_tables = ((*p_leaves, *g_leaves, *written[count:]), read, write)
+    copies = _stage(plan, group, read, (p_leaves, g_leaves, *slot_leaves)) if staged else ()
     scalars, new_host = step_scalars(rule, state, plan.xp, g_leaves, p_leaves, evaluated)
     loops = group.loops(rule.kernel, scalars, len(slot_leaves))
     values = loops.scalars(scalars)
     table = group.compiled_table
+    adapter = plan.adapter
 
     def run() -> None:
         try:
             loops.run(table, read, None, values)
+            if copies:
+                _write_back(adapter, copies)
             state.host = new_host
             state.step += 1
         except BaseException:
@@ -486,8 +504,9 @@ def repeat_update(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     scalars, new_host = step_scalars(rule, state, plan.xp, g_leaves, p_leaves, evaluated)
     group = plan.groups[0]
     loops = group.loops(rule.kernel, scalars, len(slot_leaves))
-    read, write, fresh = _fresh_tables(plan, group, p_leaves, g_leaves, slot_leaves)
+    read, write, fresh, copies = _fresh_tables(plan, group, p_leaves, g_leaves, slot_leaves)
     loops.run(group.compiled_table, read, write, loops.scalars(scalars))
+    del copies  # held while the loop read them
     count = len(p_leaves)  # one group: every leaf, in order
     return fresh_result(rule, plan, state, fresh[:count], [fresh[k:k + count] for k in range(count, len(fresh), count)],
                         new_host), evaluated
@@ -552,24 +571,33 @@ def run_group(plan: Plan, group: Group, kernel: Any, scalars: tuple, cache: Scal
             arrays = (*(p_leaves[i] for i in indexes), *(g_leaves[i] for i in indexes),
                       *(leaves[i] for leaves in slot_leaves for i in indexes))
             last = group.last_tables
-            if (plan.remembers and last is not None and len(last[0]) == len(arrays)
+            copies: list[tuple[Any, Any]] = []
+            if (plan.remembers and last is not None and not group.staged and len(last[0]) == len(arrays)
                     and all(map(operator.is_, arrays, last[0]))):
                 read, write = last[1], last[2]
                 remembered.update(plan.known)  # the same params and slots as last step
             else:
-                read, write = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, None)
-                group.last_tables = (arrays, read, write)
+                read, write, copies = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, None)
+                group.last_tables = (arrays, read, write)  # a staged entry: last step's copy's address
         else:
-            read, write = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, outputs)
+            read, write, copies = _tables(plan, group, p_leaves, g_leaves, slot_leaves, remembered, outputs)
         values = loops.scalars(scalars)
         table = group.compiled_table
         where = {"device": plan.device} if executor == "cuda" else {}
         if where:
             loops.prepare(in_place, plan.device)  # compiled before any write
-        if in_place:
+        if not in_place:  # (a staged array's copy, in copies, is held while the loop reads it)
+            loops.run(table, read, write, values, **where)
+            return None
+        if not copies:
             return lambda: loops.run(table, read, None, values, **where)
-        loops.run(table, read, write, values, **where)
-        return None
+        adapter = plan.adapter
+
+        def staged_writes() -> None:
+            loops.run(table, read, None, values)
+            _write_back(adapter, copies)
+
+        return staged_writes
     if executor == "blocked":
         adapter = plan.adapter
         host_dtype = group.host_dtype
@@ -657,42 +685,67 @@ def interrupts_deferred(enabled: bool = True) -> Iterator[None]:
 
 
 def _tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence, slot_leaves: Sequence[Sequence],
-            remembered: dict, outputs: list | None) -> tuple[np.ndarray, np.ndarray]:
+            remembered: dict, outputs: list | None) -> tuple[np.ndarray, np.ndarray, list[tuple[Any, Any]]]:
     """The address tables of one compiled call: ``read`` (p, g, slots) and ``write`` (p and
-    the slots in place; for update, fresh arrays, appended to ``outputs``)."""
+    the slots in place; for update, fresh arrays, appended to ``outputs``), and, in place,
+    ``(array, its staged copy)`` for each written array the call steps through a copy."""
     if outputs is not None:
-        read, write, fresh = _fresh_tables(plan, group, p_leaves, g_leaves, slot_leaves)
+        read, write, fresh, copies = _fresh_tables(plan, group, p_leaves, g_leaves, slot_leaves)
         count = len(group.indexes)
         outputs.extend((index, fresh[column], fresh[column + count::count])
                        for column, index in enumerate(group.indexes))
-        return read, write
-    table = group.compiled_table
-    read = table.read.copy()
-    write = table.write.copy()
-    for column, index in enumerate(group.indexes):
-        read[0, column] = plan.address(p_leaves[index], remembered)
-        read[1, column] = plan.address(g_leaves[index], None)
-        for k, leaves in enumerate(slot_leaves):
-            read[2 + k, column] = plan.address(leaves[index], remembered)
-        write[0, column] = read[0, column]
-        write[1:, column] = read[2:, column]
-    return read, write
+        return read, write, copies
+    read = group.compiled_table.read.copy()
+    rows = (p_leaves, g_leaves, *slot_leaves)
+    staged = group.staged
+    for row, leaves in enumerate(rows):
+        for column, index in enumerate(group.indexes):
+            if (row, column) not in staged:
+                read[row, column] = plan.address(leaves[index], remembered if row != 1 else None)
+    copies = _stage(plan, group, read, rows)
+    return read, np.concatenate((read[:1], read[2:])), copies
+
+
+def _stage(plan: Plan, group: Group, read: np.ndarray, rows: Sequence[Sequence]) -> list[tuple[Any, Any]]:
+    """Fill ``read``'s staged entries with the addresses of new C-order copies of those arrays
+    (``rows``: the leaves of p, g and each slot); returns ``(array, copy)`` for each one, the
+    gradients' with ``array`` None (only read). The caller holds them while the loop runs and
+    writes each written array's copy back into it after the loop."""
+    copies = []
+    for row, column in group.staged:
+        x = rows[row][group.indexes[column]]
+        copy = plan.adapter.staged_copy(x)
+        read[row, column] = plan.adapter.planned_address(copy)
+        copies.append((None if row == 1 else x, copy))
+    return copies
+
+
+def _write_back(adapter: Adapter, copies: Sequence[tuple[Any, Any]]) -> None:
+    """The staged written arrays' new values, from their copies (:func:`_stage`)."""
+    for array, copy in copies:
+        if array is not None:
+            adapter.write(array, copy)
 
 
 def _fresh_tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequence,
-                  slot_leaves: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray, list]:
-    """update's address tables, ``read`` (p, g, slots) and ``write``, and the fresh arrays
-    written (p, then each slot, of every leaf of the group: one row each), all addresses read
+                  slot_leaves: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """update's address tables, ``read`` (p, g, slots) and ``write``, the fresh arrays
+    written (p, then each slot, of every leaf of the group: one row each), and the staged
+    arrays' copies read (to be held while the loop runs), all addresses read
     in one call (:meth:`Adapter.planned_addresses`): one by one, they cost more than a small
     step's loop."""
     indexes = group.indexes
     empty, device = plan.adapter.empty, plan.device
     arrays = [leaves[i] for leaves in (p_leaves, g_leaves, *slot_leaves) for i in indexes]
     count = len(indexes)
+    copies = []
+    for row, column in group.staged:  # read through a C-order copy
+        copies.append(plan.adapter.staged_copy(arrays[row * count + column]))
+        arrays[row * count + column] = copies[-1]
     fresh = [empty(x.shape, x.dtype, device) for x in arrays[:count] + arrays[2 * count:]]
     rows = group.compiled_table.read.shape[0]  # p, g, each slot; then p and each slot written
     addresses = plan.adapter.planned_addresses(arrays + fresh).reshape(2 * rows - 1, count)
-    return addresses[:rows], addresses[rows:], fresh
+    return addresses[:rows], addresses[rows:], fresh, copies
 
 
 def _fresh(adapter: Adapter, xp: Any, x: Any, inputs: tuple) -> Any:

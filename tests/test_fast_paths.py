@@ -93,8 +93,8 @@ def _backend_dtypes():
 @pytest.mark.parametrize("variant", VARIANTS, ids=[variant_id(v) for v in VARIANTS])
 def test_fast_path_gives_the_reference_bits(variant, dtype, mode, backend, small_blocks):
     """``step`` and ``update`` under each fast path give the bits of the reference (``update``
-    with the fast path off), leaf by leaf, for a tree that mixes contiguous leaves (one
-    compiled call for all of them) with a view (the reference path in the same step)."""
+    with the fast path off), leaf by leaf, for a tree that mixes contiguous leaves with a view
+    (one compiled call for all of them, the view through a C-order copy)."""
     target = TARGETS[backend]
     rule = make_rule(variant)
     if "eps" in rule.hyperparameters() and variant["name"] == "defaults":
@@ -309,14 +309,90 @@ def test_generated_loops_have_no_fused_multiply_add(variant):
             assert re.search(r"\bv?(mul|add|sub|div)p[sd]\b", assembly), f"{name} is not vectorised"
 
 
-def test_non_contiguous_params_take_the_reference_path_with_the_same_bits():
-    base = np.random.default_rng(1).standard_normal((300, 400))
-    view = base[:, ::2]
-    rule = portopt.Adam(lr=0.1)
-    expected, _ = rule.update(view.copy(), np.ones_like(view), rule.init(view.copy()))
-    with portopt.fast_path("auto"):
-        rule.step(view, np.ones_like(view), rule.init(view))
-    assert same_bits(view, expected)
+def _views(backend, dtype, seed):
+    """Leaves with no address, made on the backend: a transposed view, every third element, a
+    reversed view (NumPy) or a negative view (torch: the values it shows are the negated
+    memory), and a contiguous leaf beside them; host copies of the same values."""
+    rng = np.random.default_rng(seed)
+    host = {"transposed": rng.standard_normal((6, 4)), "every_third": rng.standard_normal(7),
+            "flipped": rng.standard_normal(5), "dense": rng.standard_normal(3)}
+    host = {k: v.astype(dtype) for k, v in host.items()}
+    target = TARGETS[backend]
+    views = {"transposed": target.asarray(np.ascontiguousarray(host["transposed"].T)).T,
+             "every_third": target.asarray(np.repeat(host["every_third"], 3))[::3],
+             "dense": target.asarray(host["dense"])}
+    if backend == "numpy":
+        views["flipped"] = np.ascontiguousarray(host["flipped"][::-1])[::-1]
+    else:
+        views["flipped"] = target.asarray(-host["flipped"])._neg_view()
+    return host, {k: views[k] for k in host}
+
+
+def _broadcast(backend, row, shape):
+    """A gradient whose elements share memory (a zero stride): read only, so allowed."""
+    target = TARGETS[backend]
+    if backend == "numpy":
+        return np.broadcast_to(row, shape)
+    return target.asarray(row).expand(*shape)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("numpy", "torch-cpu") if b in TARGETS])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_strided_views_are_staged_through_the_compiled_loop_with_the_reference_bits(backend, dtype, monkeypatch):
+    """Params and gradients with no address (transposed, every third element, reversed or
+    negative views, a broadcast gradient) go through the compiled loop on C-order copies,
+    written back into their memory: ``step`` and ``update``, and their lanes, give the
+    reference's bits, and nothing falls back to the reference path."""
+    from portopt import optimizer
+
+    if not compiled.available():
+        pytest.skip("staging is the compiled path's; numba is not installed")
+    target = TARGETS[backend]
+    steps = 5
+    host, views = _views(backend, dtype, 0)
+    rng = np.random.default_rng(1)
+    host_grads = [{k: rng.standard_normal(np.shape(v)).astype(dtype) for k, v in host.items()} for _ in range(steps)]
+    for g in host_grads:
+        g["dense"] = np.broadcast_to(g["dense"][:1], (3,))
+    rule = portopt.Adam(lr=0.1, weight_decay=0.01, amsgrad=True)
+    with portopt.fast_path("off"):
+        expected, state = host, rule.init(host)
+        for g in host_grads:
+            expected, state = rule.update(expected, g, state)
+
+    def backend_grads(g):
+        strided = target.asarray(np.repeat(g["every_third"], 2))[::2]  # a strided gradient too
+        return {"transposed": target.asarray(np.ascontiguousarray(g["transposed"])), "every_third": strided,
+                "flipped": target.asarray(g["flipped"]), "dense": _broadcast(backend, g["dense"][:1], (3,))}
+
+    taken = []
+    for name in ("prepare_repeat", "repeat_update"):
+        original = getattr(optimizer, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            result = _original(*args, **kwargs)
+            taken.append((_name, result[0] is not None))
+            return result
+
+        monkeypatch.setattr(optimizer, name, counted)
+    stepper, updater = portopt.Adam(lr=0.1, weight_decay=0.01, amsgrad=True), portopt.Adam(lr=0.1, weight_decay=0.01,
+                                                                                            amsgrad=True)
+    with portopt.fast_path("compiled"), np.errstate(all="ignore"):
+        in_place = stepper.init(views)
+        params = _views(backend, dtype, 0)[1]  # views of their own: step writes into the others
+        updated = updater.init(params)
+        for g in host_grads:
+            stepper.step(views, backend_grads(g), in_place)
+            params, updated = updater.update(params, backend_grads(g), updated)
+    # update's lane from its third call: the first returns C-order arrays, a new signature
+    assert taken.count(("prepare_repeat", True)) == steps - 1 and taken.count(("repeat_update", True)) == steps - 2
+    plan = stepper.__dict__["_plans"][True]
+    assert [group.executor for group in plan.groups] == ["compiled"] and plan.groups[0].staged
+    for k in host:
+        for got, got_state in ((views[k], in_place), (params[k], updated)):
+            assert same_bits(target.to_numpy(got), expected[k]), k
+            for slot in state.slots:
+                assert same_bits(target.to_numpy(got_state.slots[slot][k]), state.slots[slot][k]), (slot, k)
 
 
 class _Scalars(NamedTuple):

@@ -76,6 +76,17 @@ class Adapter:
             raise RuntimeError("portopt internal error: a planned array has no address")
         return np.array(addresses, dtype=np.int64)
 
+    def stageable(self, x: Any) -> bool:
+        """Whether ``x``, an array with no :meth:`address` (a strided view), can be stepped by
+        the compiled loop through :meth:`staged_copy`: a C-order copy read, and for a written
+        array written back, around the loop (same bits: the kernel is elementwise)."""
+        return False
+
+    def staged_copy(self, x: Any) -> Any:
+        """A new C-order array with ``x``'s elements and an :meth:`address` (``x``: an array
+        :meth:`stageable` said yes to)."""
+        raise NotImplementedError(f"{self.name} arrays are not staged for the compiled loop")
+
     def layout_watch(self, x: Any) -> Any:
         """An object whose ``.value`` reads, cheaply, what determines where the elements of this
         very object ``x`` lie while its signature (:meth:`signature`) stays the same, or None

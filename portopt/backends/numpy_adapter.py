@@ -95,6 +95,12 @@ class NumpyAdapter(Adapter):
             return super().planned_addresses(arrays)
         return reader(arrays)
 
+    def stageable(self, x: Any) -> bool:
+        return type(x) is np.ndarray  # any strides; not a subclass (their ufuncs may differ)
+
+    def staged_copy(self, x: Any) -> np.ndarray:
+        return np.array(x, order="C")
+
     def layout_watch(self, x: Any) -> Any:
         # the data pointer field itself: with the shape, dtype and C order that the signature
         # holds, it is the layout (resize(refcheck=False) moves it, and nothing else can)

@@ -91,6 +91,18 @@ class TorchAdapter(Adapter):
         # the signature holds device, contiguity and the negative and conjugate bits
         return x.data_ptr()
 
+    def stageable(self, x: Any) -> bool:
+        import torch
+
+        # a strided view, or a negative view (the copy holds the values it shows); not a
+        # ZeroTensor (no memory: the reference path steps it)
+        return x.device.type == "cpu" and x.layout == torch.strided and not _is_zero_tensor(x)
+
+    def staged_copy(self, x: Any) -> Any:
+        # detached (no autograd record, no grad-mode switch: a third of the time); resolve_neg
+        # so that a contiguous negative view is copied too
+        return x.detach().resolve_neg().contiguous()
+
     def layout_watch(self, x: Any) -> Any:
         # with the shape, dtype and contiguity that the signature holds, the data pointer is
         # the layout (set_(), resize_(), as_strided_() and ``.data =`` move it)
@@ -139,6 +151,9 @@ class TorchAdapter(Adapter):
     def write(self, destination: Any, source: Any) -> None:
         import torch
 
+        if not source.requires_grad:  # the same write, into the same memory, without a grad-mode switch
+            destination.detach().copy_(source)
+            return
         with torch.no_grad():
             destination.copy_(source)
 
