@@ -86,10 +86,15 @@ def _torch(device: str) -> Target:
 
     adapter = adapter_for(xp)
 
-    def from_numpy(a: np.ndarray) -> Any:
-        if a.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: torch takes its bits
+    native = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+    on_cpu = device == "cpu"
+
+    def from_numpy(a: np.ndarray) -> Any:  # ``a``: a C-order copy (Target.asarray), taken over
+        if a.dtype not in native:  # ml_dtypes' bfloat16: torch takes its bits
+            if on_cpu:
+                return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
             return adapter.bfloat16_from_bits(a.view(np.uint16), torch.device(device))
-        return torch.from_numpy(a).to(device)
+        return torch.from_numpy(a) if on_cpu else torch.from_numpy(a).to(device)
 
     return Target(f"torch-{device}", xp, torch.device(device), _ALL_DTYPES + _bfloat16(), from_numpy)
 
