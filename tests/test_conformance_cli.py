@@ -98,3 +98,21 @@ def test_the_plugin_runs_the_suite_inside_another_projects_pytest(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 passed" in result.stdout
+
+
+@pytest.mark.skipif("array_api_strict" not in TARGETS, reason=f"array_api_strict: {MISSING.get('array_api_strict')}")
+def test_the_main_job_leaves_the_standards_checker_to_be_named_and_says_so(tmp_path, capsys):
+    """Without --backends every compute backend found runs; array-api-strict (whose arithmetic
+    is NumPy's) is left out with a line saying how to run it, and runs when named."""
+    report = tmp_path / "report.json"
+    one_case = ["--rules", "SGD", "--variants", "plain", "--shapes", "scalar", "--dtypes", "float32",
+                "--skip-primitives", "--no-progress", "--jobs", "1"]
+    assert portopt_main(["conformance", "--json", str(report), *one_case]) == 0
+    out = capsys.readouterr().out
+    backends = json.loads(report.read_text())["backends"]
+    assert "numpy" in backends and "array_api_strict" not in backends
+    assert "array_api_strict: installed, not run by default" in out
+    assert "portopt conformance --backends array_api_strict" in out
+    assert portopt_main(["conformance", "--backends", "array_api_strict", "--json", str(report), *one_case]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(report.read_text())["backends"] == ["array_api_strict"] and "not run by default" not in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -13,7 +14,14 @@ from typing import Any
 import numpy as np
 
 import portopt
-from portopt.conformance.targets import OPTIONAL_TARGET_NAMES, TARGET_NAMES, TargetError, find_targets
+from portopt.conformance.targets import (
+    CHECKER_NAMES,
+    MAIN_JOB_NAMES,
+    OPTIONAL_TARGET_NAMES,
+    TARGET_NAMES,
+    TargetError,
+    find_targets,
+)
 
 from . import golden
 from .cases import load_matrix
@@ -33,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the suite (default); regenerate the golden files from NumPy; "
                              "run only the primitive tier; list the cases")
     parser.add_argument("--backends", nargs="+", choices=TARGET_NAMES + OPTIONAL_TARGET_NAMES, metavar="NAME",
-                        help=f"backends to run (default: every one found of {', '.join(TARGET_NAMES)}; "
-                             f"{', '.join(OPTIONAL_TARGET_NAMES)} only when named)")
+                        help=f"backends to run (default: every one found of {', '.join(MAIN_JOB_NAMES)}; "
+                             f"{', '.join(CHECKER_NAMES + OPTIONAL_TARGET_NAMES)} only when named)")
     parser.add_argument("--namespace", action="append", default=[], metavar="MODULE",
                         help="run on this array-API namespace, e.g. mylib.array_api (repeatable; without "
                              "--backends, only the namespaces named run)")
@@ -60,10 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _spec(args: argparse.Namespace) -> TargetSpec:
-    """The backends named (or, without --backends, every one found, unless namespaces were
-    named: then only those), and the namespaces."""
-    return TargetSpec(tuple(args.backends) if args.backends else None, tuple(args.namespace),
+    """The backends named (or, without --backends, every one of MAIN_JOB_NAMES found, unless
+    namespaces were named: then only those), and the namespaces."""
+    return TargetSpec(tuple(args.backends) if args.backends else MAIN_JOB_NAMES, tuple(args.namespace),
                       include_backends=bool(args.backends) or not args.namespace)
+
+
+def _checkers_left_out(args: argparse.Namespace) -> list[str]:
+    """The standard's checkers installed here that a run without --backends leaves out."""
+    if args.backends or args.namespace:
+        return []
+    return [name for name in CHECKER_NAMES if importlib.util.find_spec(name) is not None]
 
 
 def _targets(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
@@ -98,6 +113,9 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
     print(f"fast path: {portopt.get_fast_path()}; api: {args.api}", file=out)
     for name, reason in missing.items():
         print(f"backend {name}: not found here ({reason})", file=out)
+    for name in _checkers_left_out(args):
+        print(f"{name}: installed, not run by default (the standard's checker: its arithmetic is NumPy's, its "
+              f"checks ~15 us an operation); `portopt conformance --backends {name}` runs its cases", file=out)
     if not targets:
         print("no backend to run", file=out)
         return 2

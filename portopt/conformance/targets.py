@@ -18,13 +18,22 @@ import numpy as np
 from portopt.backends import adapter_for
 from portopt.numerics import dtype_name, host_dtype
 
-__all__ = ["Target", "TargetError", "find_targets", "namespace_target", "TARGET_NAMES", "OPTIONAL_TARGET_NAMES"]
+__all__ = ["Target", "TargetError", "find_targets", "namespace_target", "TARGET_NAMES", "OPTIONAL_TARGET_NAMES",
+           "CHECKER_NAMES", "MAIN_JOB_NAMES"]
 
 TARGET_NAMES = ("numpy", "torch-cpu", "torch-cuda", "cupy", "array_api_strict", "jax")
 # Chosen by name only (--backends dask): lazy, so a 1000-step golden case is slow there.
 # jax-jit: JAX with every update run as jax.jit(rule.update) (a compilation per case); the plain
 # jax target is eager rule.update on JAX arrays (portopt.jax.eager_update: a compiled kernel per case).
 OPTIONAL_TARGET_NAMES = ("dask", "jax-jit")
+# The backends `portopt conformance` runs without --backends: every one of TARGET_NAMES but the
+# standard's checker. array-api-strict computes nothing of its own (its arithmetic is NumPy's
+# ufuncs); it proves the rules use nothing outside the standard, which is a property of
+# portopt's code, not of a user's install, and its checks cost ~15 us an operation: its 628
+# cases take ~150 s on 2 cores, more than the whole main job may. It runs when named, and in
+# the tests (a sample in `pytest`, every case in `pytest -m long`, which CI runs).
+CHECKER_NAMES = ("array_api_strict",)
+MAIN_JOB_NAMES = tuple(name for name in TARGET_NAMES if name not in CHECKER_NAMES)
 _ALL_DTYPES = ("float16", "float32", "float64")
 
 
