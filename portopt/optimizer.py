@@ -39,6 +39,7 @@ from .plan import (
     repeat_update,
     run_group,
     step_scalars,
+    transformed_grads,
 )
 from .split_master import SPLIT_SLOT, SplitStep, check_split_params, inner_state, low_bits_dtype, master_rule
 from .state import State, is_traced, register_pytree
@@ -483,7 +484,7 @@ class PreparedStep:
         if writing:
             self.g_leaves = self.plan.unshared_grads(self.p_leaves, self.g_leaves, self.slot_leaves)
         if transform is not None:
-            self.g_leaves = transform(self.plan, self.g_leaves)
+            self.g_leaves = transformed_grads(self.plan, self.g_leaves, transform(self.plan, self.g_leaves))
         self.skip = rule.skip_nonfinite and not _all_finite(self.plan.xp, self.g_leaves)
         if self.skip:
             return

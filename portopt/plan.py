@@ -48,7 +48,7 @@ from .trees import builder, collector
 if TYPE_CHECKING:
     from .optimizer import Rule
 
-__all__ = ["Plan", "plan_for", "TracedInputs", "prepare_repeat", "step_scalars", "evaluate_first"]
+__all__ = ["Plan", "plan_for", "TracedInputs", "prepare_repeat", "step_scalars", "evaluate_first", "transformed_grads"]
 
 
 class TracedInputs(TypeError):
@@ -392,6 +392,35 @@ def plan_for(rule: Rule, params: Any, grads: Any, state: State, writing: bool) -
         raise RuntimeError("portopt internal error: a fresh plan does not match its own inputs")
     plans[writing] = plan
     return plan, bound
+
+
+def transformed_grads(plan: Plan, given: Sequence, made: Any) -> list:
+    """The gradient leaves a transform (``chain``'s, clipping's) ``made`` from those it was
+    ``given``, checked: as many, each of the given one's type, shape, dtype and device (the plan
+    and its compiled loop were made for those; another would be misread). One that lost the
+    plain memory the loop reads (a view) is copied."""
+    if not isinstance(made, (list, tuple)) or len(made) != len(given):
+        raise TypeError(f"a gradient transform must return a list of {len(given)} gradient leaves, got "
+                        f"{type(made).__name__}" + (f" of {len(made)}" if isinstance(made, (list, tuple)) else ""))
+    adapter, checked = plan.adapter, []
+    for path, g, new in zip(plan.paths, given, made):
+        if (not hasattr(new, "shape") or tuple(new.shape) != tuple(g.shape) or getattr(new, "dtype", None) != g.dtype
+                or adapter.device(new) != adapter.device(g)):
+            raise ValueError(f"a gradient transform returned grads{path} as {_described(new)}; it must keep each "
+                             f"gradient's shape, dtype and device ({_described(g)})")
+        if adapter.address(g) is not None and adapter.address(new) is None:
+            if not adapter.stageable(new):
+                raise ValueError(f"a gradient transform returned grads{path} as {_described(new)}, which the "
+                                 f"compiled step cannot read; return an array of the gradient's type")
+            new = adapter.staged_copy(new)
+        checked.append(new)
+    return checked
+
+
+def _described(x: Any) -> str:
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        return type(x).__name__
+    return f"{type(x).__name__} of shape {tuple(x.shape)}, dtype {x.dtype}"
 
 
 def step_scalars(rule: Rule, state: State, xp: Any, g_leaves: Sequence, p_leaves: Sequence,

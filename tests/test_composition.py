@@ -350,3 +350,78 @@ def test_dict_key_order_does_not_move_a_parts_state_between_leaves(make):
         second, state_b = rule.update(second, g, state_b)
     for key in values:
         assert first[key].tobytes() == second[key].tobytes(), key
+
+
+def _reversed(plan, grads):
+    return [g[::-1] for g in grads]  # a view whose data pointer is its last element
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+@pytest.mark.parametrize("api", ["step", "update"])
+def test_a_transform_that_returns_views_steps_with_the_reference_bits(api, backend):
+    """A chain transform may return views (here reversed ones): the compiled step, planned for
+    the contiguous gradients it was given, reads them through copies, with the reference's bits."""
+    from conftest import TARGETS
+
+    if backend not in TARGETS:
+        pytest.skip(f"{backend} is not installed")
+    target = TARGETS[backend]
+
+    rng = np.random.default_rng(3)
+    host = {"w": rng.standard_normal(50), "b": rng.standard_normal(7)}
+    host_grads = [{k: rng.standard_normal(v.shape) for k, v in host.items()} for _ in range(3)]
+    reference = portopt.chain(_reversed, portopt.Adam(lr=0.1))
+    with portopt.fast_path("off"):
+        expected, state = host, reference.init(host)
+        for g in host_grads:
+            expected, state = reference.update(expected, g, state)
+    rule = portopt.chain(_reversed if backend == "numpy" else _torch_reversed, portopt.Adam(lr=0.1))
+    params = {k: target.asarray(v) for k, v in host.items()}
+    got_state = rule.init(params)
+    for g in host_grads:
+        grads = {k: target.asarray(v) for k, v in g.items()}
+        if api == "step":
+            rule.step(params, grads, got_state)
+        else:
+            params, got_state = rule.update(params, grads, got_state)
+    for k in host:
+        assert target.to_numpy(params[k]).tobytes() == expected[k].tobytes(), k
+
+
+def _torch_reversed(plan, grads):
+    return [_torch_flip_view(g) for g in grads]
+
+
+def _torch_flip_view(g):
+    # torch has no negative strides: a view with the reversed values is a strided view of a
+    # reversed copy's double-length buffer, which is what "not contiguous" needs here
+    import torch
+
+    doubled = torch.empty(2 * g.shape[0], dtype=g.dtype)
+    doubled[::2] = g.flip(0)
+    return doubled[::2]
+
+
+@pytest.mark.parametrize(("transform", "error", "match"), [
+    (lambda plan, grads: [g.astype(np.float32) for g in grads], ValueError, r"grads\['b'\] as ndarray of shape \(7,\), dtype float32"),
+    (lambda plan, grads: [g[:2] for g in grads], ValueError, r"must keep each gradient's shape, dtype and device"),
+    (lambda plan, grads: grads[:1], TypeError, "must return a list of 2 gradient leaves"),
+    (lambda plan, grads: None, TypeError, "must return a list of 2 gradient leaves, got NoneType"),
+])
+@pytest.mark.parametrize("api", ["step", "update"])
+def test_a_transform_that_changes_the_gradients_is_refused_before_anything_is_written(api, transform, error, match):
+    """A transform's gradients must keep each one's shape, dtype and device (the plan and the
+    compiled loop were made for them): another is a clear error, and nothing is written."""
+    rng = np.random.default_rng(4)
+    params = {"b": rng.standard_normal(7), "w": rng.standard_normal(50)}
+    before = {k: v.copy() for k, v in params.items()}
+    rule = portopt.chain(transform, portopt.Adam(lr=0.1))
+    state = rule.init(params)
+    grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+    with pytest.raises(error, match=match):
+        if api == "step":
+            rule.step(params, grads, state)
+        else:
+            rule.update(params, grads, state)
+    assert all(params[k].tobytes() == before[k].tobytes() for k in params) and state.step == 0
+    assert all(not x.any() for tree in state.slots.values() for x in tree.values())

@@ -96,10 +96,10 @@ class NumpyAdapter(Adapter):
         return reader(arrays)
 
     def stageable(self, x: Any) -> bool:
-        return type(x) is np.ndarray  # any strides; not a subclass (their ufuncs may differ)
+        return type(x) is np.ndarray  # any strides; not a subclass (the reference path keeps its arithmetic)
 
     def staged_copy(self, x: Any) -> np.ndarray:
-        return np.array(x, order="C")
+        return np.array(x, order="C", subok=False)
 
     def layout_watch(self, x: Any) -> Any:
         # the data pointer field itself: with the shape, dtype and C order that the signature
