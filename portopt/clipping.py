@@ -230,6 +230,9 @@ class Chain(Rule):
     def evaluate_schedules(self, state: Any) -> tuple | None:
         return self.rule.evaluate_schedules(state)  # the step evaluates its rule's scalars
 
+    def lane_parts(self) -> tuple[Rule, Any]:
+        return self.rule, self._transform
+
     def _transform(self, plan: Any, grads: list) -> list:
         for transform in self.transforms:
             grads = transform(plan, grads)

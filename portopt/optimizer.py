@@ -298,7 +298,8 @@ class Rule:
         plan = self.__dict__.get("_repeatable_update")
         evaluated = None
         if plan is not None:
-            result, evaluated = repeat_update(self, plan, params, grads, state)
+            rule, transform = self.lane_parts()
+            result, evaluated = repeat_update(rule, plan, params, grads, state, transform)
             if result is not None:
                 return result
         prepared = self.prepared(params, grads, state, writing=False, evaluated=evaluated)
@@ -339,13 +340,19 @@ class Rule:
         plan = self.__dict__.get("_repeatable")
         evaluated = None
         if plan is not None:
-            write, evaluated = prepare_repeat(self, plan, params, grads, state)
+            rule, transform = self.lane_parts()
+            write, evaluated = prepare_repeat(rule, plan, params, grads, state, transform=transform)
             if write is not None:
                 write()
                 return
         prepared = self.plan_step(params, grads, state, evaluated=evaluated)
         prepared.apply()
         self.__dict__["_repeatable"] = prepared.plan if prepared.repeatable(self) else None
+
+    def lane_parts(self) -> tuple[Rule, Callable[[Plan, list], list] | None]:
+        """What a repeated step's lane runs: the rule whose kernel steps, and the gradient
+        transform before it (None here; a chain's transforms)."""
+        return self, None
 
     def plan_step(self, params: Any, grads: Any, state: State, *, evaluated: tuple | None = None
                   ) -> PreparedStep | SplitStep:
@@ -493,11 +500,13 @@ class PreparedStep:
     def repeatable(self, caller: Rule) -> bool:
         """Whether ``caller``'s next step can take its lane: for an in-place step on the same
         arrays :func:`portopt.plan.prepare_repeat`, for update :func:`portopt.plan.repeat_update`.
-        It can when this one was ``caller``'s own, untransformed, not skipping non-finite
-        gradients, and one compiled loop (in place: over NumPy arrays or torch tensors)."""
+        It can when this one was ``caller``'s own (a chain's: its rule's, with its transforms),
+        not skipping non-finite gradients, and one compiled loop (in place: over NumPy arrays or
+        torch tensors)."""
         plan = self.plan
-        return (self.rule is caller and not self.transformed and not self.skip and not caller.skip_nonfinite
-                and (plan.repeats or not plan.writing) and len(plan.groups) == 1
+        rule, transform = caller.lane_parts()
+        return (self.rule is rule and self.transformed == (transform is not None) and not self.skip
+                and not caller.skip_nonfinite and (plan.repeats or not plan.writing) and len(plan.groups) == 1
                 and plan.groups[0].executor == "compiled")
 
     def _cache(self) -> ScalarCache:

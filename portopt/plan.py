@@ -448,7 +448,8 @@ def evaluate_first(rule: Rule, state: Any) -> tuple | None:
 
 
 def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State,
-                   evaluated: tuple | None = None, *, leaves: tuple[Sequence, Sequence[Sequence]] | None = None
+                   evaluated: tuple | None = None, *, leaves: tuple[Sequence, Sequence[Sequence]] | None = None,
+                   transform: Callable[[Plan, list], list] | None = None
                    ) -> tuple[Callable[[], None] | None, tuple | None]:
     """Everything of a repeated in-place step but its writes: ``(write, host scalars)``, where
     ``write`` runs the writes (and counts the step), or is None, nothing having been done,
@@ -464,7 +465,9 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     their new values are written back after the loop. What remains per step is
     :meth:`Plan.bind`, the host scalars and the loop. ``leaves``: ``(param leaves, slot leaves)`` already collected, in the
     plan's order (``params`` is then unused and ``grads`` is the list of gradient leaves), as the
-    drop-in's lane keeps them; they are checked as :meth:`Plan.bind` checks collected leaves."""
+    drop-in's lane keeps them; they are checked as :meth:`Plan.bind` checks collected leaves.
+    ``transform``: a chain's gradient transform (clipping), applied to the gradients once they
+    are checked, as the full step applies it (:func:`transformed_grads`)."""
     group = plan.groups[0]
     last = group.last_tables
     if last is None or rule.skip_nonfinite:  # skip_nonfinite: the full step, its skip counts and copies
@@ -488,9 +491,12 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
                                                                     last_arrays[2 * count:]))):
         return None, evaluated
     staged = group.staged
-    if not plan.remembers or not all(map(operator.is_, g_leaves, last_arrays[count:2 * count])):
+    if (transform is not None or not plan.remembers
+            or not all(map(operator.is_, g_leaves, last_arrays[count:2 * count]))):
         if plan.unshared_grads(p_leaves, g_leaves, slot_leaves, written) is not g_leaves:
             return None, evaluated  # a gradient shares memory with what the step writes: the full step copies it
+        if transform is not None:
+            g_leaves = transformed_grads(plan, g_leaves, transform(plan, list(g_leaves)))
         read = read.copy()
         for column, g in enumerate(g_leaves):
             if (1, column) not in staged:
@@ -517,13 +523,15 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     return run, evaluated
 
 
-def repeat_update(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
+def repeat_update(rule: Rule, plan: Plan, params: Any, grads: Any, state: State,
+                  transform: Callable[[Plan, list], list] | None = None
                   ) -> tuple[tuple[Any, State] | None, tuple | None]:
     """update's lane, beside :func:`prepare_repeat`: ``(result, host scalars)``, where ``result``
     is this update's ``(new_params, new_state)``, or None, nothing having been done, unless it
     matches ``plan`` (one compiled call, the last update's): then what remains is the host
     scalars, :meth:`Plan.bind` (every signature), fresh arrays and the loop. The host scalars
-    are this step's, evaluated first, for the full update to reuse."""
+    are this step's, evaluated first, for the full update to reuse. ``transform``: as for
+    :func:`prepare_repeat`."""
     evaluated = evaluate_first(rule, state)
     if evaluated is None:
         return None, None
@@ -531,6 +539,8 @@ def repeat_update(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     if bound is None:
         return None, evaluated
     p_leaves, g_leaves, slot_leaves = bound
+    if transform is not None:
+        g_leaves = transformed_grads(plan, g_leaves, transform(plan, list(g_leaves)))
     scalars, new_host = step_scalars(rule, state, plan.xp, g_leaves, p_leaves, evaluated)
     group = plan.groups[0]
     loops = group.loops(rule.kernel, scalars, len(slot_leaves))

@@ -417,6 +417,10 @@ LANE_RULES = {
     "Adam lr schedule": lambda: portopt.Adam(lr=lambda step: 0.1 / (1 + step)),
     "AMSGrad": lambda: portopt.AMSGrad(lr=0.1),
     "AdamW float32": lambda: portopt.AdamW(lr=0.1, weight_decay=0.1),
+    # chains: the lane runs their transforms too (a global norm; an elementwise clip)
+    "Clipped Adam": lambda: portopt.Clipped(portopt.Adam(lr=0.1), 0.5),
+    "ClipByValue SGD momentum float32": lambda: portopt.chain(portopt.ClipByValue(0.3),
+                                                              portopt.SGD(lr=0.1, momentum=0.9)),
 }
 
 
@@ -473,6 +477,43 @@ def test_the_update_lane_gives_the_full_updates_bits(name, backend, monkeypatch)
     arrays = [*got[0].values(), *(x for tree in got[1].slots.values() for x in tree.values())]
     starts = [x.data_ptr() if hasattr(x, "data_ptr") else x.ctypes.data for x in arrays if np.size(host(x))]
     assert len(set(starts)) == len(starts)  # every output an array of its own
+
+
+@pytest.mark.parametrize("backend", [b for b in ("numpy", "torch-cpu") if b in TARGETS])
+@pytest.mark.parametrize("name", list(LANE_RULES))
+def test_the_step_lane_gives_the_full_steps_bits(name, backend, monkeypatch):
+    """Repeated in-place steps on the same arrays with new gradients take the lane (a chain's
+    transforms included) from the second step on, with the reference's bits."""
+    from portopt import optimizer
+    from portopt.kernels import cpu as compiled
+
+    if not compiled.available():
+        pytest.skip("the lane is for compiled steps; numba is not installed")
+    target = TARGETS[backend]
+    dtype = np.float32 if "float32" in name else np.float64
+    params, grads = _lane_inputs(dtype, 1)
+    with portopt.fast_path("off"):
+        expected = _updates(LANE_RULES[name](), params, grads)
+    taken = []
+    original = optimizer.prepare_repeat
+
+    def counted(*args, **kwargs):
+        result = original(*args, **kwargs)
+        taken.append(result[0] is not None)
+        return result
+
+    monkeypatch.setattr(optimizer, "prepare_repeat", counted)
+    rule = LANE_RULES[name]()
+    inputs = {k: target.asarray(v) for k, v in params.items()}
+    state = rule.init(inputs)
+    for g in grads:
+        rule.step(inputs, {k: target.asarray(v) for k, v in g.items()}, state)
+    assert taken == [True] * (len(grads) - 1)  # every step after the first
+    assert state.step == expected[1].step and all(state.host[h] == expected[1].host[h] for h in expected[1].host)
+    for k in params:
+        assert target.to_numpy(inputs[k]).tobytes() == expected[0][k].tobytes(), k
+        for slot in expected[1].slots:
+            assert target.to_numpy(state.slots[slot][k]).tobytes() == expected[1].slots[slot][k].tobytes(), (slot, k)
 
 
 def test_a_schedule_runs_once_per_update_when_the_lane_is_missed():
