@@ -95,6 +95,8 @@ def clip_factor(xp: Any, norm: Any, max_norm: float, eps: float, device: Any) ->
     from portopt.backends import adapter_for
 
     adapter = adapter_for(xp)
+    if adapter.name == "numpy":  # host memory already; host_clip_factor's result is a new array
+        return host_clip_factor(np.asarray(norm), max_norm, eps)
     if adapter.address(norm) is not None:
         return adapter.from_numpy(host_clip_factor(adapter.to_numpy(norm), max_norm, eps), device)
     factor = xp.asarray(max_norm, dtype=norm.dtype, device=device) / (norm + xp.asarray(eps, dtype=norm.dtype, device=device))

@@ -70,6 +70,9 @@ class TorchAdapter(Adapter):
             return {"sqrt": numpy_sqrt_for_cpu_tensor}
         return {}
 
+    def device(self, x: Any) -> Any:
+        return x.device
+
     def is_writeable(self, x: Any) -> bool:
         return not x.is_inference()
 

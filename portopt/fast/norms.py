@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import adapter_for
 from ..kernels import cpu as compiled
+from ..numerics import dtype_name
+from ..reductions import pairwise_sum_of_squares
 
 __all__ = ["sums_of_squares", "pairwise_sum", "sum_of_squares"]
 
@@ -48,45 +51,63 @@ def _push(levels, values, top, level, value):
 
 
 @numba.njit(fastmath=False, error_model="numpy", nogil=True, cache=True)
-def pairwise_sums(addresses, sizes, out, square):
+def _sum(x, n, square, levels, values, scratch):
+    # the fixed-order sum of x[:n] (squared first if square), n >= 1
     block = 1 << BLOCK_LEVELS
+    top = 0
+    whole = n // block
+    for b in range(whole):
+        start = b * block
+        for i in range(block):
+            v = x[start + i]
+            scratch[i] = v * v if square else v
+        width = block
+        for _ in range(BLOCK_LEVELS):
+            width //= 2
+            for i in range(width):
+                scratch[i] = scratch[2 * i] + scratch[2 * i + 1]
+        top = _push(levels, values, top, BLOCK_LEVELS, scratch[0])
+    for i in range(whole * block, n):
+        v = x[i]
+        top = _push(levels, values, top, 0, v * v if square else v)
+    while top > 1:  # a node left alone is carried up to the one before it: left + right
+        top -= 1
+        values[top - 1] = values[top - 1] + values[top]
+    return values[0]
+
+
+@numba.njit(fastmath=False, error_model="numpy", nogil=True, cache=True)
+def pairwise_sums(addresses, sizes, out, square):
     levels = np.empty(64, dtype=np.int64)
     values = np.empty(64, dtype=out.dtype)
-    scratch = np.empty(block, dtype=out.dtype)
+    scratch = np.empty(1 << BLOCK_LEVELS, dtype=out.dtype)
     for j in range(sizes.shape[0]):
         n = sizes[j]
-        if n == 0:
-            out[j] = 0.0
-            continue
-        x = carray(pointer(addresses[j]), n)
-        top = 0
-        whole = n // block
-        for b in range(whole):
-            start = b * block
-            for i in range(block):
-                v = x[start + i]
-                scratch[i] = v * v if square else v
-            width = block
-            for _ in range(BLOCK_LEVELS):
-                width //= 2
-                for i in range(width):
-                    scratch[i] = scratch[2 * i] + scratch[2 * i + 1]
-            top = _push(levels, values, top, BLOCK_LEVELS, scratch[0])
-        for i in range(whole * block, n):
-            v = x[i]
-            top = _push(levels, values, top, 0, v * v if square else v)
-        while top > 1:  # a node left alone is carried up to the one before it: left + right
-            top -= 1
-            values[top - 1] = values[top - 1] + values[top]
-        out[j] = values[0]
+        out[j] = _sum(carray(pointer(addresses[j]), n), n, square, levels, values, scratch) if n else 0.0
+
+
+@numba.njit(fastmath=False, error_model="numpy", nogil=True, cache=True)
+def total_of_squares(addresses, sizes, out):
+    # out[0]: the fixed-order sum of the arrays' sums of squares (pairwise_sums, then the
+    # same sum over them): one call for a small tree, where each call costs more than its work
+    sums = np.empty(sizes.shape[0], dtype=out.dtype)
+    pairwise_sums(addresses, sizes, sums, True)
+    levels = np.empty(64, dtype=np.int64)
+    values = np.empty(64, dtype=out.dtype)
+    scratch = np.empty(1 << BLOCK_LEVELS, dtype=out.dtype)
+    out[0] = _sum(sums, sums.shape[0], False, levels, values, scratch)
 '''
 
 
 @functools.cache
-def _loop(dtype: Any) -> Any:
-    """The compiled loop for ``dtype`` (a NumPy dtype or its name; cached per either form)."""
+def _module(dtype: Any) -> Any:
+    """The compiled loops for ``dtype`` (a NumPy dtype or its name; cached per either form)."""
     name = np.dtype(dtype).name
-    return compiled.load_module(_SOURCE.format(dtype=name), f"norm_{name}").pairwise_sums
+    return compiled.load_module(_SOURCE.format(dtype=name), f"norm_{name}")
+
+
+def _loop(dtype: Any) -> Any:
+    return _module(dtype).pairwise_sums
 
 
 def sums_of_squares(addresses: list[int], sizes: list[int], dtype: np.dtype) -> np.ndarray:
@@ -130,11 +151,6 @@ def sum_of_squares(xp: Any, leaves: list, dtype: Any) -> Any:
     """:func:`portopt.reductions.pairwise_sum_of_squares` (same bits), compiled where the
     leaves are contiguous host arrays of the norm's dtype and the fast path is not off;
     else the array implementation. A 0-d array of ``dtype`` on the leaves' device."""
-    from portopt.backends import adapter_for
-
-    from ..numerics import dtype_name
-    from ..reductions import pairwise_sum_of_squares
-
     if leaves and compiled_norm_runs():
         adapter = adapter_for(xp)
         host = np.dtype(dtype_name(xp, dtype))
@@ -143,10 +159,16 @@ def sum_of_squares(xp: Any, leaves: list, dtype: Any) -> Any:
             addresses = [address for address in found if address is not None]
             if len(addresses) == len(found):
                 sizes = [math.prod(leaf.shape) for leaf in leaves]
-                total = pairwise_sum(sums_of_squares(addresses, sizes, host))
-                import array_api_compat
-
-                return adapter.from_numpy(np.asarray(total), array_api_compat.device(leaves[0]))
+                if sum(sizes) < compiled.PARALLEL_THRESHOLD:  # one thread: one call
+                    total = np.empty(1, dtype=host)
+                    _module(host).total_of_squares(np.array(addresses, dtype=np.int64),
+                                                   np.array(sizes, dtype=np.int64), total)
+                    total = total.reshape(())
+                else:
+                    total = pairwise_sum(sums_of_squares(addresses, sizes, host))
+                if adapter.name == "numpy":  # a new array already
+                    return total
+                return adapter.from_numpy(np.asarray(total), adapter.device(leaves[0]))
     return pairwise_sum_of_squares(xp, leaves, dtype)
 
 
