@@ -139,6 +139,9 @@ class Plan:
         # so there the gradients are addressed again at every step.
         self.repeats = writing and (self.remembers or self.adapter.name == "torch")
         self.known: dict[int, tuple[Any, int]] = {}
+        # the leaves a compiled group steps (their gradients are read by address)
+        self.compiled_leaves = frozenset(index for group in self.groups if group.executor in _TABLED
+                                         for index in group.indexes)
 
     # --- executors ---------------------------------------------------------------------
     def _groups(self, params: list, grads: list, slots: dict[str, list]) -> list[Group]:
@@ -394,26 +397,32 @@ def plan_for(rule: Rule, params: Any, grads: Any, state: State, writing: bool) -
     return plan, bound
 
 
-def transformed_grads(plan: Plan, given: Sequence, made: Any) -> list:
+def transformed_grads(plan: Plan, given: Sequence, made: Any, written: tuple | None = None) -> list:
     """The gradient leaves a transform (``chain``'s, clipping's) ``made`` from those it was
-    ``given``, checked: as many, each of the given one's type, shape, dtype and device (the plan
-    and its compiled loop were made for those; another would be misread). One that lost the
-    plain memory the loop reads (a view) is copied."""
+    ``given``, checked: as many, each of the given one's shape, dtype and device (the plan and
+    its compiled loop were made for those; another would be misread). A compiled leaf's
+    gradient that lost the plain memory the loop reads (a view) is copied. In place
+    (``written``: the params and slots the step writes, or None for update), one that shares
+    memory with them is copied too, as the step's own gradients are (:meth:`Plan.unshared_grads`)."""
     if not isinstance(made, (list, tuple)) or len(made) != len(given):
         raise TypeError(f"a gradient transform must return a list of {len(given)} gradient leaves, got "
                         f"{type(made).__name__}" + (f" of {len(made)}" if isinstance(made, (list, tuple)) else ""))
     adapter, checked = plan.adapter, []
-    for path, g, new in zip(plan.paths, given, made):
+    compiled_leaves = plan.compiled_leaves
+    for index, (path, g, new) in enumerate(zip(plan.paths, given, made)):
         if (not hasattr(new, "shape") or tuple(new.shape) != tuple(g.shape) or getattr(new, "dtype", None) != g.dtype
                 or adapter.device(new) != adapter.device(g)):
             raise ValueError(f"a gradient transform returned grads{path} as {_described(new)}; it must keep each "
                              f"gradient's shape, dtype and device ({_described(g)})")
-        if adapter.address(g) is not None and adapter.address(new) is None:
+        if index in compiled_leaves and adapter.address(g) is not None and adapter.address(new) is None:
             if not adapter.stageable(new):
                 raise ValueError(f"a gradient transform returned grads{path} as {_described(new)}, which the "
-                                 f"compiled step cannot read; return an array of the gradient's type")
+                                 f"compiled step cannot read; return a plain array (or step with the fast path off)")
             new = adapter.staged_copy(new)
         checked.append(new)
+    if written is not None:
+        count = len(checked)
+        return list(plan.unshared_grads(written[:count], checked, [written[count:]], written))
     return checked
 
 
@@ -496,7 +505,7 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
         if plan.unshared_grads(p_leaves, g_leaves, slot_leaves, written) is not g_leaves:
             return None, evaluated  # a gradient shares memory with what the step writes: the full step copies it
         if transform is not None:
-            g_leaves = transformed_grads(plan, g_leaves, transform(plan, list(g_leaves)))
+            g_leaves = transformed_grads(plan, g_leaves, transform(plan, list(g_leaves)), written)
         read = read.copy()
         for column, g in enumerate(g_leaves):
             if (1, column) not in staged:

@@ -425,3 +425,25 @@ def test_a_transform_that_changes_the_gradients_is_refused_before_anything_is_wr
             rule.update(params, grads, state)
     assert all(params[k].tobytes() == before[k].tobytes() for k in params) and state.step == 0
     assert all(not x.any() for tree in state.slots.values() for x in tree.values())
+
+
+@pytest.mark.parametrize("api_steps", [1, 3])
+def test_a_transform_that_returns_params_as_gradients_steps_as_update_does(api_steps):
+    """A transform may hand back arrays the step writes (here the params, swapped): an in-place
+    step reads them as update does, through copies, and not half-written by its own loop."""
+    params = {"a": np.arange(5.0), "b": np.arange(5.0) * 2}
+    box = {}
+
+    def swapped(plan, grads):
+        return [box["params"]["b"], box["params"]["a"]]
+
+    rule = portopt.chain(swapped, portopt.SGD(lr=0.5, momentum=0.9))
+    expected, state = {k: v.copy() for k, v in params.items()}, rule.init(params)
+    for _ in range(api_steps):
+        box["params"] = expected
+        expected, state = rule.update(expected, {k: np.ones(5) for k in params}, state)
+    in_place = rule.init(params)
+    box["params"] = params
+    for _ in range(api_steps):
+        rule.step(params, {k: np.ones(5) for k in params}, in_place)
+    assert all(params[k].tobytes() == expected[k].tobytes() for k in params)

@@ -109,10 +109,22 @@ def test_the_main_job_leaves_the_standards_checker_to_be_named_and_says_so(tmp_p
                 "--skip-primitives", "--no-progress", "--jobs", "1"]
     assert portopt_main(["conformance", "--json", str(report), *one_case]) == 0
     out = capsys.readouterr().out
-    backends = json.loads(report.read_text())["backends"]
-    assert "numpy" in backends and "array_api_strict" not in backends
+    document = json.loads(report.read_text())
+    assert "numpy" in document["backends"] and "array_api_strict" not in document["backends"]
+    assert document["not_run_by_default"] == ["array_api_strict"]
     assert "array_api_strict: installed, not run by default" in out
     assert "portopt conformance --backends array_api_strict" in out
     assert portopt_main(["conformance", "--backends", "array_api_strict", "--json", str(report), *one_case]) == 0
     out = capsys.readouterr().out
     assert json.loads(report.read_text())["backends"] == ["array_api_strict"] and "not run by default" not in out
+    assert portopt_main(["conformance", "primitives", "--dtypes", "float32"]) == 0
+    assert "array_api_strict: installed, not run by default" in capsys.readouterr().out
+
+
+def test_json_on_stdout_is_the_document_alone(capsys):
+    """With ``--json -`` stdout parses as JSON; the report goes to stderr."""
+    code = portopt_main(["conformance", "--backends", "numpy", "--json", "-", "--skip-primitives", *SMALL])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    document = json.loads(captured.out)
+    assert document["backends"] == ["numpy"] and "passed, 0 failed" in captured.err

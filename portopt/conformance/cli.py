@@ -74,11 +74,20 @@ def _spec(args: argparse.Namespace) -> TargetSpec:
                       include_backends=bool(args.backends) or not args.namespace)
 
 
-def _checkers_left_out(args: argparse.Namespace) -> list[str]:
+def checkers_left_out(args: argparse.Namespace) -> list[str]:
     """The standard's checkers installed here that a run without --backends leaves out."""
     if args.backends or args.namespace:
         return []
     return [name for name in CHECKER_NAMES if importlib.util.find_spec(name) is not None]
+
+
+def _report_backends(args: argparse.Namespace, missing: dict[str, str], out: Any) -> None:
+    """A line for each backend not found, and for each checker left out."""
+    for name, reason in missing.items():
+        print(f"backend {name}: not found here ({reason})", file=out)
+    for name in checkers_left_out(args):
+        print(f"{name}: installed, not run by default (the standard's checker: its arithmetic is NumPy's, its "
+              f"checks ~15 us an operation); `portopt conformance --backends {name}` runs its cases", file=out)
 
 
 def _targets(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
@@ -96,7 +105,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def run_suite(args: argparse.Namespace, out=None) -> int:
-    out = out or sys.stdout
+    # with --json -, stdout is the JSON document alone: the report goes to stderr
+    out = out or (sys.stderr if args.json == "-" else sys.stdout)
     from .primitives import print_primitive_table, run_primitives
 
     started = time.perf_counter()
@@ -111,11 +121,7 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
         print(f"portopt conformance: {error}", file=out)
         return 2
     print(f"fast path: {portopt.get_fast_path()}; api: {args.api}", file=out)
-    for name, reason in missing.items():
-        print(f"backend {name}: not found here ({reason})", file=out)
-    for name in _checkers_left_out(args):
-        print(f"{name}: installed, not run by default (the standard's checker: its arithmetic is NumPy's, its "
-              f"checks ~15 us an operation); `portopt conformance --backends {name}` runs its cases", file=out)
+    _report_backends(args, missing, out)
     if not targets:
         print("no backend to run", file=out)
         return 2
@@ -135,7 +141,7 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
     if len(failed) > 20:
         print(f"... and {len(failed) - 20} more", file=out)
     if args.json:
-        _write_json(args.json, targets, missing, primitive_results, results)
+        _write_json(args.json, targets, missing, primitive_results, results, checkers_left_out(args))
     if args.readme:
         replace_block(args.readme, "conformance", markdown_summary(targets, missing, primitive_results, results))
     passed = len([r for r in results if r.status == "pass"])
@@ -200,11 +206,12 @@ def markdown_summary(targets, missing, primitive_results, results) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: str, targets, missing, primitive_results, results) -> None:
+def _write_json(path: str, targets, missing, primitive_results, results, left_out: Sequence[str] = ()) -> None:
     document = {
         "portopt": portopt.__version__,
         "backends": sorted(targets),
         "missing_backends": missing,
+        "not_run_by_default": list(left_out),  # installed checkers a run without --backends leaves out
         "primitives": [r.as_dict() for r in primitive_results],
         "cases": [
             {"case": r.case, "backend": r.target, "status": r.status, "detail": r.detail}
@@ -284,6 +291,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         except TargetError as error:
             print(f"portopt conformance: {error}")
             return 2
+        _report_backends(args, missing, sys.stdout)
         results = run_primitives(targets, tuple(args.dtypes or ("float16", "float32", "float64", "bfloat16")))
         print_primitive_table(results)
         return 1 if any(r.failed_on_portopt for r in results) else 0
