@@ -143,7 +143,9 @@ def run_suite(args: argparse.Namespace, out=None) -> int:
     if args.json:
         _write_json(args.json, targets, missing, primitive_results, results, checkers_left_out(args))
     if args.readme:
-        replace_block(args.readme, "conformance", markdown_summary(targets, missing, primitive_results, results))
+        named = f"--backends {' '.join(args.backends)} " if args.backends else ""
+        replace_block(args.readme, "conformance", markdown_summary(targets, missing, primitive_results, results,
+                                                                   f"{named}--readme {args.readme}"))
     passed = len([r for r in results if r.status == "pass"])
     known = len([r for r in results if r.status == "known exception"])
     not_applicable = len([r for r in results if r.status == "unsupported"])
@@ -167,15 +169,16 @@ def print_case_table(results: Sequence[CaseResult], out=None) -> None:
         print(f"{target:<18} {rule:<9} {dtype:<8} {result:<12} {note}", file=out)
 
 
-def markdown_summary(targets, missing, primitive_results, results) -> str:
+def markdown_summary(targets, missing, primitive_results, results, command: str = "--readme docs/conformance.md"
+                     ) -> str:
     """The README's conformance section: cases passed per backend, rule and dtype; primitive defects."""
     table = summarise(results)
     dtypes = ("float16", "float32", "float64", "bfloat16")
     lines = [
-        f"`portopt conformance --readme docs/conformance.md` on {machine_description()}, "
+        f"`portopt conformance {command}` on {machine_description()}, "
         f"portopt {portopt.__version__}, NumPy {np.__version__}"
-        + "".join(f", {name}" for name in targets if name != "numpy") + ". "
-        + (f"Not found there: {', '.join(missing)}." if missing else ""),
+        + "".join(f", {name}" for name in targets if name != "numpy") + "."
+        + (f" Not found there: {', '.join(missing)}." if missing else ""),
         "",
         "| backend | rule | " + " | ".join(dtypes) + " |",
         "|---|---|" + "---|" * len(dtypes),
