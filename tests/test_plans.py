@@ -439,30 +439,36 @@ def _updates(rule, params, grads):
     return params, state
 
 
-@pytest.mark.parametrize("backend", [b for b in ("numpy", "torch-cpu") if b in TARGETS])
-@pytest.mark.parametrize("name", list(LANE_RULES))
-def test_the_update_lane_gives_the_full_updates_bits(name, backend, monkeypatch):
-    """A repeated update takes the lane (one compiled call after the signatures), with the bits
-    of the reference, and hands back new arrays only."""
+def _lane_case(name, backend, seed, lane, monkeypatch):
+    """A LANE_RULES case: (target, dtype, host params, host grads, the reference's updates,
+    and a list that records, per call of the lane ``lane`` of portopt.optimizer, whether it ran)."""
     from portopt import optimizer
     from portopt.kernels import cpu as compiled
 
     if not compiled.available():
         pytest.skip("the lane is for compiled steps; numba is not installed")
-    target = TARGETS[backend]
     dtype = np.float32 if "float32" in name else np.float64
-    params, grads = _lane_inputs(dtype, 0)
+    params, grads = _lane_inputs(dtype, seed)
     with portopt.fast_path("off"):
         expected = _updates(LANE_RULES[name](), params, grads)
     taken = []
-    original = optimizer.repeat_update
+    original = getattr(optimizer, lane)
 
-    def counted(*args):
-        result = original(*args)
+    def counted(*args, **kwargs):
+        result = original(*args, **kwargs)
         taken.append(result[0] is not None)
         return result
 
-    monkeypatch.setattr(optimizer, "repeat_update", counted)
+    monkeypatch.setattr(optimizer, lane, counted)
+    return TARGETS[backend], dtype, params, grads, expected, taken
+
+
+@pytest.mark.parametrize("backend", [b for b in ("numpy", "torch-cpu") if b in TARGETS])
+@pytest.mark.parametrize("name", list(LANE_RULES))
+def test_the_update_lane_gives_the_full_updates_bits(name, backend, monkeypatch):
+    """A repeated update takes the lane (one compiled call after the signatures), with the bits
+    of the reference, and hands back new arrays only."""
+    target, dtype, params, grads, expected, taken = _lane_case(name, backend, 0, "repeat_update", monkeypatch)
     inputs = {k: target.asarray(v) for k, v in params.items()}
     got = _updates(LANE_RULES[name](), inputs, [{k: target.asarray(v) for k, v in g.items()} for g in grads])
     assert taken == [True] * (len(grads) - 1)  # every update after the first
@@ -484,25 +490,7 @@ def test_the_update_lane_gives_the_full_updates_bits(name, backend, monkeypatch)
 def test_the_step_lane_gives_the_full_steps_bits(name, backend, monkeypatch):
     """Repeated in-place steps on the same arrays with new gradients take the lane (a chain's
     transforms included) from the second step on, with the reference's bits."""
-    from portopt import optimizer
-    from portopt.kernels import cpu as compiled
-
-    if not compiled.available():
-        pytest.skip("the lane is for compiled steps; numba is not installed")
-    target = TARGETS[backend]
-    dtype = np.float32 if "float32" in name else np.float64
-    params, grads = _lane_inputs(dtype, 1)
-    with portopt.fast_path("off"):
-        expected = _updates(LANE_RULES[name](), params, grads)
-    taken = []
-    original = optimizer.prepare_repeat
-
-    def counted(*args, **kwargs):
-        result = original(*args, **kwargs)
-        taken.append(result[0] is not None)
-        return result
-
-    monkeypatch.setattr(optimizer, "prepare_repeat", counted)
+    target, dtype, params, grads, expected, taken = _lane_case(name, backend, 1, "prepare_repeat", monkeypatch)
     rule = LANE_RULES[name]()
     inputs = {k: target.asarray(v) for k, v in params.items()}
     state = rule.init(inputs)
