@@ -472,9 +472,10 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
     same object); the gradients are then checked, as in the full step, not to share memory
     with anything the step writes. Staged arrays (strided views) get new C-order copies, and
     their new values are written back after the loop. What remains per step is
-    :meth:`Plan.bind`, the host scalars and the loop. ``leaves``: ``(param leaves, slot leaves)`` already collected, in the
-    plan's order (``params`` is then unused and ``grads`` is the list of gradient leaves), as the
-    drop-in's lane keeps them; they are checked as :meth:`Plan.bind` checks collected leaves.
+    :meth:`Plan.bind`, the host scalars and the loop. ``leaves``: ``(param leaves, slot
+    leaves)`` already collected, in the plan's order (``params`` is then unused and ``grads`` is
+    the list of gradient leaves), as the drop-in's lane keeps them; they are checked as
+    :meth:`Plan.bind` checks collected leaves.
     ``transform``: a chain's gradient transform (clipping), applied to the gradients once they
     are checked, as the full step applies it (:func:`transformed_grads`)."""
     group = plan.groups[0]
