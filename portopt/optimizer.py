@@ -491,8 +491,9 @@ class PreparedStep:
         if writing:
             self.g_leaves = self.plan.unshared_grads(self.p_leaves, self.g_leaves, self.slot_leaves)
         if transform is not None:
-            written = (*self.p_leaves, *(x for leaves in self.slot_leaves for x in leaves)) if writing else None
-            self.g_leaves = transformed_grads(self.plan, self.g_leaves, transform(self.plan, self.g_leaves), written)
+            self.g_leaves = transformed_grads(self.plan, self.g_leaves, transform(self.plan, self.g_leaves))
+            if writing:  # a transform may hand back what the step writes
+                self.g_leaves = self.plan.unshared_grads(self.p_leaves, self.g_leaves, self.slot_leaves)
         self.skip = rule.skip_nonfinite and not _all_finite(self.plan.xp, self.g_leaves)
         if self.skip:
             return

@@ -397,13 +397,13 @@ def plan_for(rule: Rule, params: Any, grads: Any, state: State, writing: bool) -
     return plan, bound
 
 
-def transformed_grads(plan: Plan, given: Sequence, made: Any, written: tuple | None = None) -> list:
+def transformed_grads(plan: Plan, given: Sequence, made: Any) -> list:
     """The gradient leaves a transform (``chain``'s, clipping's) ``made`` from those it was
     ``given``, checked: as many, each of the given one's shape, dtype and device (the plan and
     its compiled loop were made for those; another would be misread). A compiled leaf's
-    gradient that lost the plain memory the loop reads (a view) is copied. In place
-    (``written``: the params and slots the step writes, or None for update), one that shares
-    memory with them is copied too, as the step's own gradients are (:meth:`Plan.unshared_grads`)."""
+    gradient that lost the plain memory the loop reads (a view) is copied. (An in-place step
+    then passes them through :meth:`Plan.unshared_grads`: a transform may hand back what the
+    step writes.)"""
     if not isinstance(made, (list, tuple)) or len(made) != len(given):
         raise TypeError(f"a gradient transform must return a list of {len(given)} gradient leaves, got "
                         f"{type(made).__name__}" + (f" of {len(made)}" if isinstance(made, (list, tuple)) else ""))
@@ -420,9 +420,6 @@ def transformed_grads(plan: Plan, given: Sequence, made: Any, written: tuple | N
                                  f"compiled step cannot read; return a plain array (or step with the fast path off)")
             new = adapter.staged_copy(new)
         checked.append(new)
-    if written is not None:
-        count = len(checked)
-        return list(plan.unshared_grads(written[:count], checked, [written[count:]], written))
     return checked
 
 
@@ -505,8 +502,9 @@ def prepare_repeat(rule: Rule, plan: Plan, params: Any, grads: Any, state: State
             or not all(map(operator.is_, g_leaves, last_arrays[count:2 * count]))):
         if plan.unshared_grads(p_leaves, g_leaves, slot_leaves, written) is not g_leaves:
             return None, evaluated  # a gradient shares memory with what the step writes: the full step copies it
-        if transform is not None:
-            g_leaves = transformed_grads(plan, g_leaves, transform(plan, list(g_leaves)), written)
+        if transform is not None:  # a transform may hand back what the step writes: copied then
+            made = transformed_grads(plan, g_leaves, transform(plan, list(g_leaves)))
+            g_leaves = plan.unshared_grads(p_leaves, made, slot_leaves, written)
         read = read.copy()
         for column, g in enumerate(g_leaves):
             if (1, column) not in staged:
@@ -797,14 +795,11 @@ def _fresh_tables(plan: Plan, group: Group, p_leaves: Sequence, g_leaves: Sequen
     empty, device = plan.adapter.empty, plan.device
     arrays = [leaves[i] for leaves in (p_leaves, g_leaves, *slot_leaves) for i in indexes]
     count = len(indexes)
-    copies = []
-    for row, column in group.staged:  # read through a C-order copy
-        copies.append(plan.adapter.staged_copy(arrays[row * count + column]))
-        arrays[row * count + column] = copies[-1]
     fresh = [empty(x.shape, x.dtype, device) for x in arrays[:count] + arrays[2 * count:]]
     rows = group.compiled_table.read.shape[0]  # p, g, each slot; then p and each slot written
     addresses = plan.adapter.planned_addresses(arrays + fresh).reshape(2 * rows - 1, count)
-    return addresses[:rows], addresses[rows:], fresh, copies
+    read = addresses[:rows]  # a staged array's entry: its copy's address, filled in by _stage
+    return read, addresses[rows:], fresh, _stage(plan, group, read, (p_leaves, g_leaves, *slot_leaves))
 
 
 def _fresh(adapter: Adapter, xp: Any, x: Any, inputs: tuple) -> Any:
